@@ -1,0 +1,120 @@
+"""Engine, transactions and migrations for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pki.errors import Duplicate, StoreError, StoreUnavailable
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN instead
+    # (BEGIN IMMEDIATE) so that read-then-write transactions in two processes serialise instead
+    # of failing with "database is locked" on the upgrade.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Read-only sessions (Store.read) take no write lock: WAL readers never block writers.
+        readonly = conn.get_execution_options().get("cps_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+class Store:
+    """A database: hands out transactional sessions and runs migrations."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
+        self.engine = create_engine(url, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_setup(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back on any error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except IntegrityError as exc:
+            session.rollback()
+            raise Duplicate(f"store refused a duplicate: {_short(exc)}") from None
+        except OperationalError as exc:
+            session.rollback()
+            raise StoreUnavailable(f"database unavailable: {_short(exc)}") from None
+        except DBAPIError as exc:
+            session.rollback()
+            raise StoreError(f"database error: {_short(exc)}") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (no write lock on SQLite); rolled back at the end."""
+        session = self._sessions()
+        try:
+            session.connection(execution_options={"cps_readonly": True})
+            yield session
+        except OperationalError as exc:
+            raise StoreUnavailable(f"database unavailable: {_short(exc)}") from None
+        finally:
+            # close() ends the transaction without expiring what was loaded, so rows read here
+            # stay usable (detached) after the block; nothing was written to roll back.
+            session.close()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location",
+                            str(resources.files("pki.store").joinpath("migrations")))
+        cfg.attributes["engine"] = self.engine
+        try:
+            command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StoreUnavailable(f"database unavailable: {_short(exc)}") from None
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            raise StoreUnavailable(f"database unavailable: {_short(exc)}") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _short(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)

@@ -1,0 +1,111 @@
+"""The PKCS#11 signing seam against a real SoftHSM token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pkcs11
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+from pkcs11 import Attribute, ObjectClass
+
+from pki.ca.authority import Authority
+from pki.ca.hsm import Hsm, HsmEcKey, HsmRsaKey, KeyType
+from pki.ca.signer import TbsSigner
+from pki.config import Config
+from pki.errors import HsmError, HsmKeyNotFound, HsmPinIncorrect
+
+
+def _open(home: Path) -> Hsm:
+    c = Config.load(home)
+    return Hsm(c.hsm.module, c.hsm.token_label, c.read_secret(c.hsm.user_pin_file),
+               c.softhsm_conf_path())
+
+
+@pytest.mark.parametrize("key_type", list(KeyType))
+def test_keys_sign_and_verify(home: Path, key_type: KeyType) -> None:
+    hsm = _open(home)
+    key = hsm.generate_key(f"test:{key_type.value}", key_type)
+    data = b"to be signed"
+    if isinstance(key, HsmRsaKey):
+        sig = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        key.public_key().verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
+        assert key.key_size == key_type.rsa_bits
+        # Pre-hashed input goes through the same DigestInfo path.
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(data)
+        sig2 = key.sign(digest.finalize(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        key.public_key().verify(sig2, data, padding.PKCS1v15(), hashes.SHA256())
+        with pytest.raises(ValueError):
+            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+            key.sign(data, pss, hashes.SHA256())
+    else:
+        assert isinstance(key, HsmEcKey)
+        sig = key.sign(data, ec.ECDSA(hashes.SHA256()))
+        key.public_key().verify(sig, data, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(HsmError):
+        key.private_bytes(None, None, None)  # type: ignore[arg-type]
+    with pytest.raises(HsmError, match="already holds"):
+        hsm.generate_key(f"test:{key_type.value}", key_type)
+
+
+def test_ca_keys_are_sensitive_and_never_extractable(home: Path) -> None:
+    hsm = _open(home)
+    auth = Authority.open(home)
+    labels = {ca.key_label for ca in auth.cas()}
+    assert labels <= set(hsm.labels())
+    session = hsm._session
+    for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+        assert obj[Attribute.SENSITIVE] is True
+        assert obj[Attribute.EXTRACTABLE] is False
+        assert obj[Attribute.NEVER_EXTRACTABLE] is True
+        assert obj[Attribute.TOKEN] is True
+    # And no private key material anywhere in the home's plain files.
+    for path in home.rglob("*"):
+        if path.is_file() and "tokens" not in path.parts:
+            assert b"PRIVATE KEY" not in path.read_bytes(), path
+
+
+def test_wrong_pin_is_refused(home: Path, tmp_path: Path) -> None:
+    c = Config.load(home)
+    # A fresh process would see CKR_PIN_INCORRECT; in this process the token may already be
+    # logged in, and the seam still refuses a PIN that differs from the one that logged in.
+    _open(home)
+    with pytest.raises(HsmPinIncorrect):
+        Hsm(c.hsm.module, c.hsm.token_label, "not-the-pin", c.softhsm_conf_path())
+
+
+def test_unknown_token_and_key(home: Path) -> None:
+    c = Config.load(home)
+    with pytest.raises(HsmError, match="no token"):
+        Hsm(c.hsm.module, "NO-SUCH-TOKEN", "x", c.softhsm_conf_path())
+    with pytest.raises(HsmKeyNotFound):
+        _open(home).key("nope")
+    with pytest.raises(HsmError, match="cannot load"):
+        Hsm("/nonexistent/module.so", "x", "x", None)
+
+
+def test_tbs_signer_matches_certificate_key(authority: Authority) -> None:
+    ca = authority.issuing_ca("PERSONNES")
+    signer = authority.signer(ca.slug)
+    assert isinstance(signer, TbsSigner)
+    tbs = b"\x30\x03\x02\x01\x01"
+    sig = signer.sign(tbs)
+    pub = ca.certificate.public_key()
+    assert isinstance(ca.certificate, x509.Certificate)
+    pub.verify(sig, tbs, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg,union-attr]
+    fake = signer.throwaway_sign(tbs)
+    assert len(fake) == len(sig)
+    with pytest.raises(InvalidSignature):
+        pub.verify(fake, tbs, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg,union-attr]
+
+
+def test_pkcs11_exceptions_do_not_escape(home: Path) -> None:
+    hsm = _open(home)
+    hsm.close()
+    with pytest.raises(HsmError):
+        hsm.labels()
+    assert issubclass(HsmError, Exception) and not issubclass(HsmError, pkcs11.PKCS11Error)

@@ -1,0 +1,68 @@
+"""The lint-then-sign pipelines: order kept, nothing signed after a lint finding."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pki.ca.issuer import pipelined, pipelined_lint
+from pki.ca.lint import lint_certificate
+from pki.errors import LintFailed
+
+
+def _cert(clean: bool) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pipeline test")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30)))
+    if clean:
+        builder = (builder
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                                False, False), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                  critical=False))
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def ders() -> tuple[bytes, bytes]:
+    good, bad = _cert(True), _cert(False)
+    assert lint_certificate(good) == []
+    assert lint_certificate(bad) != []
+    return good, bad
+
+
+def test_parallel_lint_keeps_order(ders: tuple[bytes, bytes]) -> None:
+    good, _ = ders
+    out = list(pipelined_lint(range(100), lambda i: (i, good, f"item {i}"), lambda i: i * 2,
+                              lint_workers=2, depth=8))
+    assert out == [i * 2 for i in range(100)]
+
+
+def test_parallel_lint_finding_stops_before_signing(ders: tuple[bytes, bytes]) -> None:
+    good, bad = ders
+    signed: list[int] = []
+
+    def sign(i: int) -> int:
+        signed.append(i)
+        return i
+
+    with pytest.raises(LintFailed, match="item 70"):
+        list(pipelined_lint(range(100),
+                            lambda i: (i, bad if i == 70 else good, f"item {i}"),
+                            sign, lint_workers=2, depth=4))
+    assert 70 not in signed
+    assert all(i < 70 for i in signed)
+
+
+def test_in_process_pipeline_keeps_order() -> None:
+    assert list(pipelined(range(50), lambda i: i, lambda i: -i, depth=3)) == \
+        [-i for i in range(50)]
