@@ -1,0 +1,381 @@
+"""The certificate authority of one home: its CAs, their HSM keys, and issuance.
+
+``Authority`` is the only object that holds signing handles. Publishers (CRL, OCSP, the token
+issuer) receive ``TbsSigner`` objects from it; everything else receives certificates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pki import audit, ids, urls
+from pki.ca import profiles
+from pki.ca.hsm import Hsm, HsmEcKey, HsmRsaKey
+from pki.ca.issuer import (
+    LINT_POOL_MIN_BATCH,
+    lint_tbs,
+    lint_workers,
+    pipelined,
+    pipelined_lint,
+    sign_linted,
+    trial_der,
+)
+from pki.ca.signer import TbsSigner
+from pki.clock import SYSTEM_CLOCK, Clock, utc_seconds
+from pki.config import Config, default_home
+from pki.errors import BadCsr, InvalidInput, NotFound
+from pki.store.db import Store
+from pki.store.models import Certificate, CertificateAuthority, Professional, Structure
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+# Backdating absorbs clock skew between the CA and relying parties.
+BACKDATE = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class CaInfo:
+    id: int
+    slug: str
+    name: str
+    role: str
+    range: str
+    key_label: str
+    key_type: str
+    der: bytes
+    certificate: x509.Certificate
+    parent_id: int | None
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """One certificate to issue for a professional (auth/sign) or a structure (org)."""
+
+    profile: str
+    public_key: PublicKey
+    rpps: str | None = None
+    structure_id: str | None = None
+    dns_names: tuple[str, ...] = ()
+    common_name: str | None = None
+    card_id: int | None = None
+    renewed_from_id: int | None = None
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    id: int
+    serial: str
+    profile: str
+    ca_slug: str
+    der: bytes
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.der)
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def serial_hex(serial: int) -> str:
+    """Upper-case hex with an even number of digits, as `openssl x509 -serial` prints it."""
+    text = f"{serial:X}"
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def parse_serial(text: str) -> str:
+    """Accept `0x..`, colons, any case; return the canonical form used in the store."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        value = int(cleaned, 16)
+    except ValueError:
+        raise InvalidInput(f"serial must be hexadecimal, got {text!r}") from None
+    if value <= 0:
+        raise InvalidInput(f"serial must be positive, got {text!r}")
+    return serial_hex(value)
+
+
+class _Holder(NamedTuple):
+    professional_id: int
+    profession_code: int
+    subject: x509.Name
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    request: IssueRequest
+    builder: x509.CertificateBuilder
+    ca: CaInfo
+    serial: int
+    subject: str
+    professional_id: int | None
+    structure_pk: int | None
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+class Authority:
+    def __init__(self, config: Config, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self._hsm: Hsm | None = None
+        self._cas: dict[str, CaInfo] | None = None
+
+    @classmethod
+    def open(cls, home: Path | None = None, db_url: str | None = None,
+             clock: Clock = SYSTEM_CLOCK) -> Authority:
+        config = Config.load(home or default_home())
+        return cls(config, Store(config.effective_db_url(db_url)), clock)
+
+    # --- HSM ---------------------------------------------------------------------------
+    @property
+    def hsm(self) -> Hsm:
+        if self._hsm is None:
+            c = self.config
+            self._hsm = Hsm(c.hsm.module, c.hsm.token_label, c.read_secret(c.hsm.user_pin_file),
+                            c.softhsm_conf_path())
+        return self._hsm
+
+    def _key(self, ca: CaInfo) -> HsmRsaKey | HsmEcKey:
+        return self.hsm.key(ca.key_label)
+
+    def signer(self, slug: str) -> TbsSigner:
+        """Signs TBS structures (CRLs) with the CA's own key."""
+        ca = self.ca(slug)
+        return TbsSigner(self._key(ca), ca.certificate)
+
+    def key_signer(self, label: str, certificate: x509.Certificate) -> TbsSigner:
+        """Signs with another HSM key of this authority (OCSP responder, token issuer)."""
+        return TbsSigner(self.hsm.key(label), certificate)
+
+    def close(self) -> None:
+        if self._hsm is not None:
+            self._hsm.close()
+            self._hsm = None
+        self.store.dispose()
+
+    # --- CAs ---------------------------------------------------------------------------
+    def cas(self) -> list[CaInfo]:
+        if self._cas is None:
+            with self.store.read() as session:
+                rows = session.execute(select(CertificateAuthority)
+                                       .order_by(CertificateAuthority.id)).scalars().all()
+                self._cas = {r.slug: _ca_info(r) for r in rows}
+        return list(self._cas.values())
+
+    def ca(self, slug: str) -> CaInfo:
+        for ca in self.cas():
+            if ca.slug == slug:
+                return ca
+        raise NotFound(f"no CA {slug!r}; known: {', '.join(c.slug for c in self.cas())}")
+
+    def ca_by_id(self, ca_id: int) -> CaInfo:
+        for ca in self.cas():
+            if ca.id == ca_id:
+                return ca
+        raise NotFound(f"no CA with id {ca_id}")
+
+    def issuing_cas(self) -> list[CaInfo]:
+        return [c for c in self.cas() if c.role != "ROOT"]
+
+    def issuing_ca(self, role: str, range_: str = "FORT") -> CaInfo:
+        for ca in self.cas():
+            if ca.role == role and ca.range == range_:
+                return ca
+        raise NotFound(f"no {range_} {role} CA in this home")
+
+    def chain(self, slug: str) -> list[CaInfo]:
+        """The CA and its ancestors up to the root."""
+        out = [self.ca(slug)]
+        while out[-1].parent_id is not None:
+            out.append(self.ca_by_id(out[-1].parent_id))
+        return out
+
+    def invalidate_cache(self) -> None:
+        self._cas = None
+
+    # --- issuance ----------------------------------------------------------------------
+    def issue(self, request: IssueRequest, *, actor: str = "cps-admin") -> IssuedCertificate:
+        return next(iter(self.issue_many([request], actor=actor)))
+
+    def issue_many(self, requests: Iterable[IssueRequest], *, actor: str = "cps-admin",
+                   batch_size: int = 200, parallel_lint: bool = False
+                   ) -> Iterator[IssuedCertificate]:
+        """Issue certificates through lint-then-sign, storing them in batches.
+
+        Each batch is one transaction (certificates + audit links); a failure stores nothing of
+        that batch and the error propagates. ``parallel_lint`` runs pkilint in worker processes
+        (spawned: the caller's ``__main__`` must be importable) for batches of 64 or more.
+        """
+        # Directory lookups cached for this call: a card's auth and sign certificates (and a
+        # batch's repeated holders) cost one read transaction, not one each.
+        holders: dict[str, _Holder] = {}
+
+        def prepare(req: IssueRequest) -> _Prepared:
+            prepared = self._prepare(req, holders)
+            lint_tbs(prepared.builder, self._key(prepared.ca), f"{req.profile} certificate")
+            return prepared
+
+        def sign(prepared: _Prepared) -> tuple[_Prepared, bytes]:
+            cert = sign_linted(prepared.builder, self._key(prepared.ca))
+            return prepared, cert.public_bytes(serialization.Encoding.DER)
+
+        def prepare_trial(req: IssueRequest) -> tuple[_Prepared, bytes, str]:
+            prepared = self._prepare(req, holders)
+            return (prepared, trial_der(prepared.builder, self._key(prepared.ca)),
+                    f"{req.profile} certificate")
+
+        # Large batches lint in worker processes beside the HSM; small ones in this process.
+        # Peek at the head only: a population of millions is never held in memory.
+        stream = iter(requests)
+        head = list(itertools.islice(stream, LINT_POOL_MIN_BATCH))
+        items = itertools.chain(head, stream)
+        if parallel_lint and len(head) >= LINT_POOL_MIN_BATCH and lint_workers() > 1:
+            results = pipelined_lint(items, prepare_trial, sign, lint_workers=lint_workers())
+        else:
+            results = pipelined(items, prepare, sign)
+        batch: list[tuple[_Prepared, bytes]] = []
+        for item in results:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                yield from self._store_batch(batch, actor)
+                batch = []
+        if batch:
+            yield from self._store_batch(batch, actor)
+
+    def _prepare(self, req: IssueRequest, holders: dict[str, _Holder] | None = None
+                 ) -> _Prepared:
+        prof = profiles.profile(req.profile)
+        ca = self.issuing_ca(prof.issuer_role)
+        now = utc_seconds(self.clock.now())
+        serial = profiles.random_serial()
+        not_before = now - BACKDATE
+        professional_id = structure_pk = None
+        profession_code = None
+        if prof.subject == "professional":
+            if req.rpps is None:
+                raise InvalidInput(f"profile {prof.name} needs --rpps")
+            holder = holders.get(req.rpps) if holders is not None else None
+            if holder is None:
+                with self.store.read() as session:
+                    pro = _professional(session, req.rpps)
+                    holder = _Holder(pro.id, pro.profession_code, profiles.professional_subject(
+                        ids.profession(pro.profession_code).label, pro.given_name, pro.surname,
+                        ids.national_id(pro.rpps)))
+                if holders is not None:
+                    holders[req.rpps] = holder
+            professional_id, profession_code, subject = holder
+        else:
+            with self.store.read() as session:
+                if req.structure_id is None:
+                    raise InvalidInput(f"profile {prof.name} needs a structure")
+                st = _structure(session, req.structure_id)
+                structure_pk = st.id
+                subject = profiles.structure_subject(
+                    st.state, st.name, st.structure_id,
+                    req.common_name or (req.dns_names[0] if req.dns_names else st.name))
+        builder = profiles.end_entity_builder(
+            self.config, prof, profiles.IssuerView(ca.slug, ca.certificate), subject,
+            req.public_key, serial=serial, not_before=not_before,
+            profession_code=profession_code, dns_names=req.dns_names)
+        not_after = min(not_before + dt.timedelta(days=prof.validity_days(self.config)),
+                        ca.certificate.not_valid_after_utc)
+        return _Prepared(req, builder, ca, serial, profiles.name_text(subject), professional_id,
+                         structure_pk, not_before, not_after)
+
+    def _store_batch(self, batch: list[tuple[_Prepared, bytes]],
+                     actor: str) -> list[IssuedCertificate]:
+        out: list[IssuedCertificate] = []
+        with self.store.session() as session:
+            rows = []
+            for prep, der in batch:
+                row = Certificate(
+                    serial=serial_hex(prep.serial), ca_id=prep.ca.id, profile=prep.request.profile,
+                    subject=prep.subject, professional_id=prep.professional_id,
+                    structure_id=prep.structure_pk, card_id=prep.request.card_id,
+                    not_before=prep.not_before, not_after=prep.not_after, status="active",
+                    shard=urls.shard_of(prep.serial, self.config.crl.shards) or 0,
+                    renewed_from_id=prep.request.renewed_from_id, der=der,
+                    created_at=self.clock.now())
+                session.add(row)
+                rows.append((prep, row))
+            session.flush()
+            audit.append_many(session, [
+                ("cert.issue", row.serial,
+                 {"profile": row.profile, "ca": prep.ca.slug, "subject": row.subject})
+                for prep, row in rows], actor=actor, clock=self.clock)
+            for prep, row in rows:
+                out.append(IssuedCertificate(row.id, row.serial, row.profile, prep.ca.slug,
+                                             row.der))
+        return out
+
+    def issue_from_csr(self, csr_data: bytes, profile: str, *, rpps: str | None = None,
+                       structure_id: str | None = None, actor: str = "cps-admin"
+                       ) -> IssuedCertificate:
+        """Issue from a PKCS#10 request after checking its proof of possession."""
+        csr = load_csr(csr_data)
+        public_key = csr.public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise BadCsr("CSR key must be RSA or EC")
+        if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < 2048:
+            raise BadCsr(f"CSR RSA key is {public_key.key_size} bits; at least 2048 required")
+        dns: tuple[str, ...] = ()
+        if profile == "org":
+            try:
+                san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                dns = tuple(san.value.get_values_for_type(x509.DNSName))
+            except x509.ExtensionNotFound:
+                dns = ()
+        return self.issue(IssueRequest(profile=profile, public_key=public_key, rpps=rpps,
+                                       structure_id=structure_id, dns_names=dns), actor=actor)
+
+
+def load_csr(data: bytes) -> x509.CertificateSigningRequest:
+    try:
+        csr = (x509.load_pem_x509_csr(data) if data.lstrip().startswith(b"-----")
+               else x509.load_der_x509_csr(data))
+    except (ValueError, x509.InvalidVersion) as exc:   # InvalidVersion is no ValueError
+        raise BadCsr(f"CSR does not parse: {exc}") from None
+    try:
+        valid = csr.is_signature_valid
+    except Exception as exc:
+        raise BadCsr(f"CSR signature cannot be checked: {exc}") from None
+    if not valid:
+        raise BadCsr("CSR signature is invalid (no proof of possession of the key)")
+    return csr
+
+
+def _professional(session: Session, rpps: str) -> Professional:
+    rpps = ids.validate_rpps(rpps)
+    pro = session.execute(select(Professional).where(Professional.rpps == rpps)
+                          ).scalar_one_or_none()
+    if pro is None:
+        raise NotFound(f"no professional with RPPS {rpps} (add with `cps-admin pro add`)")
+    return pro
+
+
+def _structure(session: Session, structure_id: str) -> Structure:
+    st = session.execute(select(Structure).where(Structure.structure_id == structure_id)
+                         ).scalar_one_or_none()
+    if st is None:
+        raise NotFound(f"no structure {structure_id}")
+    return st
+
+
+def _ca_info(row: CertificateAuthority) -> CaInfo:
+    return CaInfo(id=row.id, slug=row.slug, name=row.name, role=row.role, range=row.range,
+                  key_label=row.key_label, key_type=row.key_type, der=row.cert_der,
+                  certificate=x509.load_der_x509_certificate(row.cert_der),
+                  parent_id=row.parent_id)

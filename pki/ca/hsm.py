@@ -1,0 +1,357 @@
+"""The PKCS#11 key store and the one signing seam.
+
+Every CA key (roots, issuing CAs, OCSP responders, the token-signing key) is generated inside the
+token as sensitive and non-extractable. ``HsmRsaKey`` / ``HsmEcKey`` subclass cryptography's
+private-key interfaces so that cryptography's certificate, CRL and OCSP builders sign through
+PKCS#11: one class signs everything, and no private key ever exists outside the token.
+
+python-pkcs11 sessions are not safe for concurrent use from several threads (SoftHSM crashes), so
+each ``Hsm`` serialises calls on its session with a lock; throughput scales with processes, each
+of which opens its own session (see ``pki.ca.batch``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pkcs11
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import KeyType as P11KeyType
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+from pkcs11.util.rsa import encode_rsa_public_key
+
+from pki import pkcs11lib
+from pki.errors import HsmError, HsmKeyNotFound, HsmPinIncorrect
+
+
+class KeyType(StrEnum):
+    RSA2048 = "rsa2048"
+    RSA4096 = "rsa4096"
+    P256 = "p256"
+
+    @property
+    def is_rsa(self) -> bool:
+        return self in (KeyType.RSA2048, KeyType.RSA4096)
+
+    @property
+    def rsa_bits(self) -> int:
+        return {KeyType.RSA2048: 2048, KeyType.RSA4096: 4096}[self]
+
+    @classmethod
+    def parse(cls, value: str) -> KeyType:
+        try:
+            return cls(value.lower())
+        except ValueError:
+            raise ValueError(f"unknown key type {value!r}; expected one of "
+                             f"{', '.join(k.value for k in cls)}") from None
+
+
+# DER DigestInfo prefixes (RFC 8017 §9.2 note 1): the host hashes, the token pads and signs.
+_DIGEST_INFO_PREFIX = {
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+    "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
+}
+
+_P256_PARAMS = encode_named_curve_parameters("1.2.840.10045.3.1.7")
+
+# A token stays logged in for the whole process once any session logged in (PKCS#11 login state
+# is per application), so a later open with another PIN must be checked against the first one.
+_LOGGED_IN: dict[tuple[str, str], bytes] = {}
+
+
+def _load_lib(module: str, softhsm_conf: Path | None) -> Any:
+    if softhsm_conf is not None:
+        os.environ["SOFTHSM2_CONF"] = str(softhsm_conf)
+    try:
+        return pkcs11lib.load(module)
+    except (RuntimeError, OSError) as exc:
+        raise HsmError(f"cannot load PKCS#11 module {module}: {exc}") from None
+
+
+def _hash_name(algorithm: hashes.HashAlgorithm) -> str:
+    name = algorithm.name.lower()
+    if name not in _DIGEST_INFO_PREFIX:
+        raise ValueError(f"unsupported hash for HSM signing: {algorithm.name}")
+    return name
+
+
+HashChoice = hashes.HashAlgorithm | utils.Prehashed | utils.NoDigestInfo
+Data = bytes | bytearray | memoryview
+
+
+def _digest(data: Data, algorithm: HashChoice) -> tuple[str, bytes]:
+    if isinstance(algorithm, utils.Prehashed):
+        return _hash_name(algorithm._algorithm), bytes(data)
+    if not isinstance(algorithm, hashes.HashAlgorithm):
+        raise ValueError("the HSM signing seam always signs a DigestInfo")
+    name = _hash_name(algorithm)
+    return name, hashlib.new(name, data).digest()
+
+
+@contextmanager
+def _softhsm_open_lock(softhsm_conf: Path | None) -> Iterator[None]:
+    """Serialise token opening across processes sharing one SoftHSM token directory.
+
+    SoftHSM reads the token files at C_Initialize/C_Login; two processes doing so at the same
+    instant (parallel bench workers, ``serve`` and ``cps-admin``) intermittently see "no token"
+    or crash. Signing afterwards runs concurrently. Real HSMs (no SoftHSM conf) take no lock.
+    """
+    if softhsm_conf is None:
+        yield
+        return
+    lock_path = softhsm_conf.parent / ".softhsm-open.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)     # releases the lock
+
+
+class Hsm:
+    """An open, logged-in session on one token; the only holder of CA signing handles."""
+
+    def __init__(self, module: str, token_label: str, user_pin: str,
+                 softhsm_conf: Path | None = None) -> None:
+        self.module = module
+        self.token_label = token_label
+        with _softhsm_open_lock(softhsm_conf):
+            lib = _load_lib(module, softhsm_conf)
+            try:
+                token = lib.get_token(token_label=token_label)
+            except pkcs11.NoSuchToken:
+                raise HsmError(f"no token labelled {token_label!r} in {module}") from None
+            except pkcs11.PKCS11Error as exc:
+                raise HsmError(f"cannot list tokens of {module}: {type(exc).__name__}") from None
+            pin_hash = hashlib.sha256(user_pin.encode()).digest()
+            try:
+                self._session = token.open(rw=True, user_pin=user_pin)
+                _LOGGED_IN[(module, token_label)] = pin_hash
+            except pkcs11.PinIncorrect:
+                raise HsmPinIncorrect(f"wrong user PIN for HSM token {token_label!r}") from None
+            except pkcs11.PinLocked:
+                raise HsmPinIncorrect(f"user PIN of HSM token {token_label!r} is locked") from None
+            except pkcs11.UserAlreadyLoggedIn:
+                if _LOGGED_IN.get((module, token_label)) != pin_hash:
+                    raise HsmPinIncorrect(f"wrong user PIN for HSM token {token_label!r}") from None
+                self._session = token.open(rw=True)
+            except pkcs11.PKCS11Error as exc:
+                raise HsmError(f"cannot log in to token {token_label!r}: "
+                               f"{type(exc).__name__}") from None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._keys: dict[str, HsmRsaKey | HsmEcKey] = {}
+        self.sign_count = 0
+
+    # --- key management ----------------------------------------------------------------
+    def generate_key(self, label: str, key_type: KeyType) -> HsmRsaKey | HsmEcKey:
+        """Generate a key pair inside the token: private half sensitive and non-extractable."""
+        if self._find_private(label) is not None:
+            raise HsmError(f"HSM already holds a key labelled {label!r}")
+        key_id = hashlib.sha256(label.encode()).digest()[:16]
+        private_template = {
+            Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.ID: key_id,
+            Attribute.LABEL: label,
+        }
+        public_template = {Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ID: key_id,
+                           Attribute.LABEL: label}
+        with self._guard("generate key"):
+            if key_type.is_rsa:
+                self._session.generate_keypair(
+                    P11KeyType.RSA, key_type.rsa_bits, store=True,
+                    public_template=public_template, private_template=private_template)
+            else:
+                params = self._session.create_domain_parameters(
+                    P11KeyType.EC, {Attribute.EC_PARAMS: _P256_PARAMS}, local=True)
+                params.generate_keypair(store=True, public_template=public_template,
+                                        private_template=private_template)
+        return self.key(label)
+
+    def key(self, label: str) -> HsmRsaKey | HsmEcKey:
+        """The signing key labelled ``label`` (cached: one lookup per process)."""
+        cached = self._keys.get(label)
+        if cached is not None:
+            return cached
+        with self._guard("find key"):
+            private = self._find_private(label)
+            if private is None:
+                raise HsmKeyNotFound(f"no private key labelled {label!r} in token "
+                                     f"{self.token_label!r}")
+            public = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
+            if private.key_type == P11KeyType.RSA:
+                pub = serialization.load_der_public_key(encode_rsa_public_key(public))
+                assert isinstance(pub, rsa.RSAPublicKey)
+                key: HsmRsaKey | HsmEcKey = HsmRsaKey(self, label, private, pub)
+            elif private.key_type == P11KeyType.EC:
+                pub_ec = serialization.load_der_public_key(encode_ec_public_key(public))
+                assert isinstance(pub_ec, ec.EllipticCurvePublicKey)
+                key = HsmEcKey(self, label, private, pub_ec)
+            else:
+                raise HsmError(f"key {label!r} has unsupported type {private.key_type}")
+        self._keys[label] = key
+        return key
+
+    def labels(self) -> list[str]:
+        with self._guard("list keys"):
+            return sorted(str(obj[Attribute.LABEL]) for obj in
+                          self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+
+    def has_key(self, label: str) -> bool:
+        with self._guard("find key"):
+            return self._find_private(label) is not None
+
+    def destroy_key(self, label: str) -> None:
+        with self._guard("destroy key"):
+            for obj in list(self._session.get_objects({Attribute.LABEL: label})):
+                obj.destroy()
+        self._keys.pop(label, None)
+
+    def _find_private(self, label: str) -> Any:
+        objs = list(self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                               Attribute.LABEL: label}))
+        return objs[0] if objs else None
+
+    # --- signing -----------------------------------------------------------------------
+    def raw_sign(self, private: Any, data: bytes, mechanism: Mechanism) -> bytes:
+        with self._guard("sign"):
+            signature: bytes = private.sign(data, mechanism=mechanism)
+            self.sign_count += 1
+            return signature
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise HsmError(f"HSM {what} failed: the session is closed")
+            try:
+                yield
+            except pkcs11.PKCS11Error as exc:
+                raise HsmError(f"HSM {what} failed: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        with self._lock, suppress(pkcs11.PKCS11Error):
+            self._session.close()
+
+
+def _no_export(*_: Any) -> NoReturn:
+    raise HsmError("HSM private keys cannot be exported")
+
+
+class HsmRsaKey(rsa.RSAPrivateKey):
+    """An RSA key in the token, usable wherever cryptography takes an RSA private key."""
+
+    def __init__(self, hsm: Hsm, label: str, handle: Any, public: rsa.RSAPublicKey) -> None:
+        self.hsm = hsm
+        self.label = label
+        self._handle = handle
+        self._public = public
+
+    def sign(self, data: Data, padding: padding.AsymmetricPadding,
+             algorithm: HashChoice) -> bytes:
+        if not isinstance(padding, _PKCS1v15):
+            raise ValueError("the HSM signing seam signs with PKCS#1 v1.5 only")
+        name, digest = _digest(data, algorithm)
+        return self.hsm.raw_sign(self._handle, _DIGEST_INFO_PREFIX[name] + digest,
+                                 Mechanism.RSA_PKCS)
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._public
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def decrypt(self, ciphertext: bytes, padding: padding.AsymmetricPadding) -> bytes:
+        raise HsmError("CA keys are for signing only")
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        _no_export()
+
+    def private_bytes(self, encoding: serialization.Encoding, format: serialization.PrivateFormat,
+                      encryption_algorithm: serialization.KeySerializationEncryption) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> HsmRsaKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> HsmRsaKey:
+        return self
+
+
+class HsmEcKey(ec.EllipticCurvePrivateKey):
+    """A P-256 key in the token (no CKM_ECDSA_SHA256 there: hash here, sign with CKM_ECDSA)."""
+
+    def __init__(self, hsm: Hsm, label: str, handle: Any,
+                 public: ec.EllipticCurvePublicKey) -> None:
+        self.hsm = hsm
+        self.label = label
+        self._handle = handle
+        self._public = public
+
+    def sign(self, data: Data, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        if not isinstance(signature_algorithm, ec.ECDSA):
+            raise ValueError("only ECDSA is supported")
+        _, digest = _digest(data, signature_algorithm.algorithm)
+        raw = self.hsm.raw_sign(self._handle, digest, Mechanism.ECDSA)
+        half = len(raw) // 2
+        return utils.encode_dss_signature(int.from_bytes(raw[:half], "big"),
+                                          int.from_bytes(raw[half:], "big"))
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._public.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
+        raise HsmError("CA keys are for signing only")
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        _no_export()
+
+    def private_bytes(self, encoding: serialization.Encoding, format: serialization.PrivateFormat,
+                      encryption_algorithm: serialization.KeySerializationEncryption) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> HsmEcKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> HsmEcKey:
+        return self
+
+
+_PKCS1v15 = padding.PKCS1v15
+
+SigningKey = HsmRsaKey | HsmEcKey
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """Where a home's token lives and how to reach it."""
+
+    module: str
+    label: str
+    user_pin: str
+    softhsm_conf: Path | None
+
+    def open(self) -> Hsm:
+        return Hsm(self.module, self.label, self.user_pin, self.softhsm_conf)
