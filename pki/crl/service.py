@@ -1,0 +1,149 @@
+"""The CRL side of ``cps-admin serve``: keeps the cache current and republishes on schedule.
+
+``tick`` is meant to be called about once a second from a worker thread (it talks to the store
+and the HSM; never call it on the event loop). When nothing is due it costs a few indexed queries
+per CA. It publishes:
+
+* a full CRL when a partition has none, or its nextUpdate is within ``republish_before_hours``
+  (then a fresh delta on top of it, so the freshestCRL URL always matches the newest base);
+* a delta ``delta_after_change_seconds`` after the first revocation, hold or release it does not
+  cover yet (a burst of changes lands in one delta), when a partition has no delta on the newest
+  base, or when the delta's nextUpdate is near (within ``republish_before_hours``, at most half
+  the delta validity).
+
+CRLs published by another process (``cps-admin crl publish``) are picked up from the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from pki import urls
+from pki.crl import publisher, source
+from pki.crl.cache import PublicationCache
+from pki.crl.http import crl_handler
+from pki.crl.publisher import ROOT_ROLE, AuthorityView, CaView, PublishedCrl
+from pki.errors import PkiError
+from pki.http import Handler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TickError:
+    ca_slug: str
+    error: PkiError
+
+
+class CrlService:
+    def __init__(self, auth: AuthorityView, cache: PublicationCache | None = None) -> None:
+        self.auth = auth
+        self.cache = cache or PublicationCache()
+        self._known: dict[int, int] = {}          # CA id -> highest CRL number in the cache
+        self._covered: dict[int, set[int]] = {}   # CA id -> status events in its newest delta
+        self.last_errors: list[TickError] = []
+
+    @property
+    def handler(self) -> Handler:
+        return crl_handler(self.cache)
+
+    def ready(self) -> bool:
+        """True once every CA's full CRLs (each partition) can be served from the cache."""
+        served = self.cache.snapshot
+        return all(urls.crl_path(ca.slug, shard, delta=False) in served
+                   for ca in self.auth.cas()
+                   for shard in publisher.scopes(self.auth.config, ca))
+
+    # --- cache ------------------------------------------------------------------------------
+    def load(self) -> None:
+        """CA certificates and the newest stored CRL of every scope, into the cache."""
+        for ca in self.auth.cas():
+            self.cache.put_ca_certificate(ca.slug, ca.der)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        with self.auth.store.read() as session:
+            numbers = source.latest_numbers(session)
+            for ca in self.auth.cas():
+                newest = numbers.get(ca.id)
+                if newest is None or self._known.get(ca.id, 0) >= newest:
+                    continue
+                for shard in publisher.scopes(self.auth.config, ca):
+                    for kind in ("full", "delta"):
+                        stored = source.latest(session, ca.id, kind, shard)
+                        if stored is not None:
+                            self.cache.put_crl(
+                                urls.crl_path(ca.slug, shard, delta=kind == "delta"),
+                                source.der_of(session, ca.id, stored.number),
+                                stored.this_update, stored.next_update, delta=kind == "delta")
+                self._known[ca.id] = newest
+
+    def _remember(self, published: list[PublishedCrl], ca: CaView) -> None:
+        for p in published:
+            self.cache.put_crl(p.path, p.der, p.this_update, p.next_update,
+                               delta=p.kind == "delta")
+            self._known[ca.id] = max(self._known.get(ca.id, 0), p.number)
+
+    # --- publication -------------------------------------------------------------------------
+    def publish_full(self, ca: CaView) -> list[PublishedCrl]:
+        out = publisher.publish_full(self.auth, ca.slug)
+        self._remember(out, ca)
+        if ca.role != ROOT_ROLE:
+            out += self.publish_delta(ca)
+        return out
+
+    def publish_delta(self, ca: CaView) -> list[PublishedCrl]:
+        out, covered = publisher.publish_delta_tracked(self.auth, ca.slug)
+        self._covered[ca.id] = covered
+        self._remember(out, ca)
+        return out
+
+    def tick(self, now: dt.datetime | None = None) -> list[PublishedCrl]:
+        """Publish whatever is due at ``now`` (default: the authority's clock)."""
+        now = now or self.auth.clock.now()
+        self.last_errors = []
+        self._refresh()
+        out: list[PublishedCrl] = []
+        for ca in self.auth.cas():
+            try:
+                if self._full_due(ca, now):
+                    out += self.publish_full(ca)
+                elif ca.role != ROOT_ROLE and self._delta_due(ca, now):
+                    out += self.publish_delta(ca)
+            except PkiError as exc:
+                log.error("CRL publication for %s failed: %s", ca.slug, exc.message)
+                self.last_errors.append(TickError(ca.slug, exc))
+        return out
+
+    def _full_due(self, ca: CaView, now: dt.datetime) -> bool:
+        margin = dt.timedelta(hours=self.auth.config.crl.republish_before_hours)
+        with self.auth.store.read() as session:
+            for shard in publisher.scopes(self.auth.config, ca):
+                full = source.latest(session, ca.id, "full", shard)
+                if full is None or full.next_update - now <= margin:
+                    return True
+        return False
+
+    def _delta_due(self, ca: CaView, now: dt.datetime) -> bool:
+        cfg = self.auth.config.crl
+        margin = min(dt.timedelta(hours=cfg.republish_before_hours),
+                     dt.timedelta(hours=cfg.delta_validity_hours) / 2)
+        with self.auth.store.read() as session:
+            oldest_delta: dt.datetime | None = None
+            for shard in publisher.scopes(self.auth.config, ca):
+                full = source.latest(session, ca.id, "full", shard)
+                delta = source.latest(session, ca.id, "delta", shard)
+                if full is None or delta is None or delta.base_number != full.number \
+                        or delta.next_update - now <= margin:
+                    return True
+                if oldest_delta is None or delta.this_update < oldest_delta:
+                    oldest_delta = delta.this_update
+            assert oldest_delta is not None
+            changes = source.recent_changes(session, ca.id,
+                                            oldest_delta - publisher.DELTA_SAFETY_MARGIN)
+        covered = self._covered.get(ca.id, set())
+        pending = [c.at for c in changes if c.event_id not in covered]
+        delay = dt.timedelta(seconds=cfg.delta_after_change_seconds)
+        return bool(pending) and now - min(pending) >= delay
