@@ -1,0 +1,248 @@
+"""`cps-admin cert ...`: issue from a CSR, list, show, revoke, hold/release, renew."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import select
+
+from pki import ids
+from pki.ca import lifecycle
+from pki.ca.authority import IssuedCertificate, load_csr, parse_serial
+from pki.cli.context import (
+    AdminContext,
+    emit_json,
+    emit_json_stream,
+    emit_record,
+    emit_table,
+    json_flag,
+    pass_admin,
+)
+from pki.config import write_private
+from pki.errors import BadCsr, InvalidInput, NotFound
+from pki.store.models import Certificate, CertificateAuthority, Professional, Structure
+
+STATUSES = ("active", "hold", "revoked", "expired")
+USAGES = ("auth", "sign", "org")
+
+
+def display_status(status: str, not_after: dt.datetime, now: dt.datetime) -> str:
+    """``expired`` once not_after has passed, unless revoked (revocation says more)."""
+    if status != "revoked" and not_after <= now:
+        return "expired"
+    return status
+
+
+def certificate_rows(obj: AdminContext, *, rpps: str | None = None, status: str | None = None,
+                     serial: str | None = None, limit: int | None = None
+                     ) -> Iterator[dict[str, Any]]:
+    auth = obj.authority()
+    now = auth.clock.now()
+    query = (select(Certificate, CertificateAuthority.name, Professional.rpps,
+                    Structure.structure_id)
+             .join(CertificateAuthority, Certificate.ca_id == CertificateAuthority.id)
+             .outerjoin(Professional, Certificate.professional_id == Professional.id)
+             .outerjoin(Structure, Certificate.structure_id == Structure.id)
+             .order_by(Certificate.id))
+    if rpps is not None:
+        query = query.where(Professional.rpps == ids.validate_rpps(rpps))
+    if serial is not None:
+        query = query.where(Certificate.serial == serial)
+    if status == "expired":
+        query = query.where(Certificate.status != "revoked", Certificate.not_after <= now)
+    elif status in ("active", "hold"):
+        query = query.where(Certificate.status == status, Certificate.not_after > now)
+    elif status == "revoked":
+        query = query.where(Certificate.status == "revoked")
+    if limit is not None:
+        query = query.limit(limit)
+    with auth.store.read() as session:
+        for cert, issuer, pro_rpps, structure_id in session.execute(
+                query.execution_options(yield_per=1000)):
+            yield {
+                "serial": cert.serial, "subject": cert.subject, "issuer": issuer,
+                "usage": cert.profile,
+                "status": display_status(cert.status, cert.not_after, now),
+                "reason": cert.reason,
+                "revoked_at": cert.revoked_at.isoformat() if cert.revoked_at else None,
+                "invalidity_date": (cert.invalidity_date.isoformat()
+                                    if cert.invalidity_date else None),
+                "not_before": cert.not_before.isoformat(),
+                "not_after": cert.not_after.isoformat(),
+                "rpps": pro_rpps, "structure_id": structure_id,
+                "der": cert.der,
+            }
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "der"}
+
+
+@click.group()
+def cert() -> None:
+    """End-entity certificates."""
+
+
+def _csr_public_key(path: Path) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+    csr = load_csr(path.read_bytes())
+    key = csr.public_key()
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise BadCsr("CSR key must be RSA or EC")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        raise BadCsr(f"CSR RSA key is {key.key_size} bits; at least 2048 required")
+    return key
+
+
+def _write_cert(out: Path | None, issued: IssuedCertificate) -> None:
+    if out is not None:
+        write_private(out, issued.pem.decode("ascii"), mode=0o644)
+    click.echo(f"issued {issued.profile} certificate serial {issued.serial} "
+               f"by {issued.ca_slug}" + (f" -> {out}" if out else ""))
+
+
+@cert.command("issue")
+@click.option("--csr", "csr_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PKCS#10 request (PEM or DER); its signature proves possession of the key.")
+@click.option("--rpps", default=None, help="Holder (auth/sign certificates).")
+@click.option("--structure", "structure_id", default=None,
+              help="Structure id, e.g. 1 + FINESS (org certificates).")
+@click.option("--usage", required=True, type=click.Choice(USAGES))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the PEM certificate.")
+@pass_admin
+def cert_issue(obj: AdminContext, csr_file: Path, rpps: str | None, structure_id: str | None,
+               usage: str, out: Path) -> None:
+    """Issue a certificate for a CSR. The subject comes from the directory, not the CSR."""
+    if usage == "org":
+        if structure_id is None or rpps is not None:
+            raise click.UsageError("--usage org needs --structure (and no --rpps)")
+    elif rpps is None or structure_id is not None:
+        raise click.UsageError(f"--usage {usage} needs --rpps (and no --structure)")
+    data = csr_file.read_bytes()
+    issued = obj.authority().issue_from_csr(data, usage, rpps=rpps, structure_id=structure_id)
+    _write_cert(out, issued)
+
+
+@cert.command("list")
+@click.option("--status", type=click.Choice(STATUSES), default=None)
+@click.option("--rpps", default=None, help="Only this professional's certificates.")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@json_flag
+@pass_admin
+def cert_list(obj: AdminContext, status: str | None, rpps: str | None,
+              limit: int | None) -> None:
+    """Certificates with their live status (expired shown as such)."""
+    rows = (_public(r) for r in certificate_rows(obj, rpps=rpps, status=status, limit=limit))
+    if obj.json_output:
+        emit_json_stream(rows)
+    else:
+        emit_table(list(rows), ["serial", "usage", "status", "not_after", "rpps", "subject"])
+
+
+@cert.command("show")
+@click.argument("serial")
+@click.option("--pem", is_flag=True, help="Print the certificate in PEM after the details.")
+@json_flag
+@pass_admin
+def cert_show(obj: AdminContext, serial: str, pem: bool) -> None:
+    """One certificate, by serial (hex as `openssl x509 -serial` prints it; any case/colons)."""
+    canonical = parse_serial(serial)
+    rows = list(certificate_rows(obj, serial=canonical))
+    if not rows:
+        raise NotFound(f"no certificate with serial {canonical}")
+    row = rows[0]
+    certificate = x509.load_der_x509_certificate(row["der"])
+    pem_text = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    data = _public(row)
+    data["key"] = _key_text(certificate)
+    data["policies"] = _policies(certificate)
+    if obj.json_output:
+        data["pem"] = pem_text
+        emit_json(data)
+        return
+    emit_record(data)
+    if pem:
+        click.echo(pem_text, nl=False)
+
+
+def _key_text(certificate: x509.Certificate) -> str:
+    key = certificate.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__
+
+
+def _policies(certificate: x509.Certificate) -> list[str]:
+    try:
+        ext = certificate.extensions.get_extension_for_class(x509.CertificatePolicies)
+    except x509.ExtensionNotFound:
+        return []
+    return [p.policy_identifier.dotted_string for p in ext.value]
+
+
+def _parse_when(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"invalidity date {value!r} is not ISO 8601 "
+                           f"(e.g. 2025-01-31T10:00:00Z)") from None
+    if when.tzinfo is None:
+        raise InvalidInput(f"invalidity date {value!r} needs a timezone (e.g. Z or +01:00)")
+    return when.astimezone(dt.UTC)
+
+
+@cert.command("revoke")
+@click.argument("serial")
+@click.option("--reason", required=True, metavar="|".join(lifecycle.REASONS),
+              help="RFC 5280 reason; certificateHold suspends (see `cert release`).")
+@click.option("--invalidity-date", default=None, metavar="ISO",
+              help="When the key is known or suspected to have been compromised.")
+@pass_admin
+def cert_revoke(obj: AdminContext, serial: str, reason: str,
+                invalidity_date: str | None) -> None:
+    """Revoke (or hold, with --reason certificateHold) a certificate."""
+    reason = lifecycle.parse_reason(reason)
+    change = lifecycle.revoke(obj.authority(), serial, reason, _parse_when(invalidity_date))
+    click.echo(f"{change.serial}: {change.status} ({change.reason}) at {change.at.isoformat()}")
+
+
+@cert.command("release")
+@click.argument("serial")
+@pass_admin
+def cert_release(obj: AdminContext, serial: str) -> None:
+    """Lift a certificateHold."""
+    change = lifecycle.release(obj.authority(), serial)
+    click.echo(f"{change.serial}: {change.status} (hold released)")
+
+
+@cert.command("renew")
+@click.argument("serial")
+@click.option("--csr", "csr_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="New key (CSR); default: renew the same public key.")
+@click.option("--revoke-old", is_flag=True, help="Revoke the old certificate as superseded.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the new PEM certificate.")
+@pass_admin
+def cert_renew(obj: AdminContext, serial: str, csr_file: Path | None, revoke_old: bool,
+               out: Path | None) -> None:
+    """Issue a successor certificate for the same holder and usage."""
+    key = _csr_public_key(csr_file) if csr_file is not None else None
+    issued = lifecycle.renew(obj.authority(), serial, public_key=key, revoke_old=revoke_old)
+    _write_cert(out, issued)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(cert)
