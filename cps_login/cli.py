@@ -1,0 +1,214 @@
+"""``cps-login``: the professional's card client.
+
+``readers``, ``watch`` and ``info`` live here; ``login`` (broker round trip) is added by the
+login-client work as another ``@main.command()`` that calls :func:`open_card` and
+``card.verify_pin`` / ``card.sign("auth", challenge)``; nothing else here needs to change.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from pki.cards.card import USAGES, Card
+from pki.cards.errors import CardError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def card_errors(fn: F) -> F:
+    """Turn card errors into the one-line ``error: ...`` the CLI contract requires."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CardError as exc:
+            fail(f"{exc} [{exc.code}]")
+        except ValueError as exc:
+            fail(str(exc), 2)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_card(
+    reader: str | None = None, pkcs11_module: str | None = None, token_label: str | None = None
+) -> Card:
+    """The card the user pointed at: a PC/SC reader (default: first with a card) or a token."""
+    if pkcs11_module is not None:
+        from pki.cards.pkcs11_card import Pkcs11Card
+
+        if not token_label:
+            raise ValueError("--token-label is required with --pkcs11-module")
+        return Pkcs11Card.open(pkcs11_module, token_label)
+    from pki.cards.pcsc import PcscCard
+
+    return PcscCard.open(reader)
+
+
+@click.group()
+def main() -> None:
+    """CPS card client: readers, card events, card information (and login)."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@card_errors
+def readers(as_json: bool) -> None:
+    """List readers and whether a card is present."""
+    from pki.cards.pcsc import reader_states
+
+    states = reader_states()
+    if as_json:
+        import json
+
+        click.echo(
+            json.dumps(
+                [
+                    {"reader": s.name, "card_present": s.card_present, "atr": s.atr.hex()}
+                    for s in states
+                ]
+            )
+        )
+        return
+    if not states:
+        fail("no smart card reader [no_reader]")
+    for state in states:
+        status = (
+            f"card present (ATR {state.atr.hex(' ').upper()})" if state.card_present else "no card"
+        )
+        click.echo(f"{state.name}: {status}")
+
+
+@main.command()
+@card_errors
+def watch() -> None:
+    """Print card insert/remove events until interrupted."""
+    from pki.cards.pcsc import CardWatcher, list_readers
+
+    if not list_readers():
+        fail("no smart card reader [no_reader]")
+
+    def show(event: str, reader: str, atr: bytes) -> None:
+        click.echo(f"{event}: {reader} {atr.hex(' ').upper()}".rstrip(), nl=True)
+        sys.stdout.flush()
+
+    watcher = CardWatcher(show)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.stop()
+
+
+@main.command()
+@click.option("--reader", default=None, help="PC/SC reader name (default: first with a card)")
+@click.option(
+    "--pkcs11-module", default=None, help="read a token through this PKCS#11 module instead"
+)
+@click.option("--token-label", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@card_errors
+def info(
+    reader: str | None, pkcs11_module: str | None, token_label: str | None, as_json: bool
+) -> None:
+    """Card holder, certificates and PIN tries left."""
+    card = open_card(reader, pkcs11_module, token_label)
+    try:
+        holder = card.holder()
+        certs = {usage: card.certificate(usage) for usage in USAGES}
+        tries = card.pin_tries_left()
+    finally:
+        card.close()
+    if as_json:
+        import json
+
+        click.echo(
+            json.dumps(
+                {
+                    "holder": {
+                        "national_id": holder.national_id,
+                        "rpps": holder.rpps,
+                        "given_name": holder.given_name,
+                        "surname": holder.surname,
+                        "profession_code": holder.profession_code,
+                        "profession_label": holder.profession_label,
+                    },
+                    "certificates": {
+                        u: {
+                            "subject": c.subject.rfc4514_string(),
+                            "serial": f"{c.serial_number:X}",
+                            "not_after": c.not_valid_after_utc.isoformat(),
+                        }
+                        for u, c in certs.items()
+                    },
+                    "pin_tries_left": tries,
+                }
+            )
+        )
+        return
+    click.echo(f"holder: {holder.given_name} {holder.surname} ({holder.national_id})")
+    click.echo(f"profession: {holder.profession_code} {holder.profession_label}".rstrip())
+    for usage, cert in certs.items():
+        click.echo(f"{usage} certificate: {cert.subject.rfc4514_string()}")
+        click.echo(f"  serial {cert.serial_number:X}, expires {cert.not_valid_after_utc:%Y-%m-%d}")
+    click.echo(f"PIN tries left: {'unknown' if tries is None else tries}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+@main.command()
+@click.option("--broker", required=True, help="broker base URL, e.g. http://127.0.0.1:8080")
+@click.option("--reader", default=None, help="PC/SC reader name (default: first with a card)")
+@click.option("--pkcs11-module", default=None, help="PKCS#11 module (.so) instead of PC/SC")
+@click.option("--token-label", default=None, help="token label with --pkcs11-module")
+@click.option("--pin-file", type=click.Path(dir_okay=False), default=None,
+              help="file holding the PIN (default: asked on the terminal)")
+@click.option("--organisation", default=None,
+              help="structure id to act for (SubjectOrganizationID)")
+@click.option("--json", "as_json", is_flag=True, help="print the whole token answer as JSON")
+@card_errors
+def login(broker: str, reader: str | None, pkcs11_module: str | None, token_label: str | None,
+          pin_file: str | None, organisation: str | None, as_json: bool) -> None:
+    """Log in with card + PIN; print the access token."""
+    import json
+    from pathlib import Path
+
+    from cps_login.client import BrokerRefused, card_login
+
+    if pin_file is not None:
+        try:
+            pin = Path(pin_file).read_text("utf-8").strip()
+        except OSError as exc:
+            fail(f"cannot read PIN file {pin_file}: {exc.strerror}", 2)
+    else:
+        pin = click.prompt("PIN", hide_input=True, err=True)
+    card = open_card(reader, pkcs11_module, token_label)
+    try:
+        outcome = card_login(card, pin, broker, organisation_id=organisation)
+    except BrokerRefused as exc:
+        fail(str(exc))
+    except ConnectionError as exc:
+        fail(str(exc))
+    finally:
+        card.close()
+    if as_json:
+        click.echo(json.dumps({"access_token": outcome.access_token,
+                               "token_type": outcome.token_type,
+                               "expires_in": outcome.expires_in, "scope": outcome.scope}))
+    else:
+        click.echo(outcome.access_token)

@@ -1,0 +1,76 @@
+"""The professional's side of a login: challenge from the broker, signature by the card, token.
+
+Used by ``cps-login login`` and the bench. The card signs ``proof.login_message(challenge,
+broker)`` where ``broker`` is the URL the user asked for (normalised without a trailing
+slash): a broker reached under another name than its issuer URL refuses the signature, and a
+man in the middle cannot relay the challenge of another broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from cps_login.proof import login_message
+from pki.cards.card import Card
+
+
+class BrokerRefused(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        reason = f" ({body['reason']})" if "reason" in body else ""
+        super().__init__(f"broker refused the login: {body.get('error', status)}{reason}")
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    access_token: str
+    expires_in: int
+    token_type: str
+    scope: str
+
+
+def _post(url: str, body: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"broker URL must be http(s): {url!r}")
+    data = json.dumps(body or {}).encode()
+    request = urllib.request.Request(url, data=data, method="POST",  # noqa: S310 - checked
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - checked
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read() or b"{}")
+        except ValueError:
+            err = {"error": f"HTTP {exc.code}"}
+        raise BrokerRefused(exc.code, err) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise ConnectionError(f"broker {url} unreachable: {exc}") from None
+
+
+def card_login(card: Card, pin: str, broker: str, *, organisation_id: str | None = None,
+               timeout: float = 10.0) -> LoginOutcome:
+    """PIN, challenge, card signature, token. Card errors (wrong PIN...) propagate."""
+    base = broker.rstrip("/")
+    card.verify_pin(pin)
+    certificate = card.certificate("auth")
+    challenge_b64 = _post(base + "/login/challenge", None, timeout)["challenge"]
+    challenge = base64.b64decode(challenge_b64)
+    signature = card.sign("auth", login_message(challenge, base))
+    body: dict[str, Any] = {
+        "certificate": base64.b64encode(certificate.public_bytes(Encoding.DER)).decode(),
+        "challenge": challenge_b64, "signature": base64.b64encode(signature).decode()}
+    if organisation_id:
+        body["organisation_id"] = organisation_id
+    answer = _post(base + "/login", body, timeout)
+    return LoginOutcome(answer["access_token"], int(answer["expires_in"]),
+                        answer["token_type"], answer.get("scope", ""))

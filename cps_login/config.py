@@ -1,0 +1,86 @@
+"""Settings of the broker and the patient API (HOME/login.json, all keys optional).
+
+Secrets are never in this file: the patient-session key lives in ``secrets/login-session.key``
+(created 0600 on first start), the HSM PIN is the home's.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pki.config import Config, write_private
+from pki.errors import ConfigError
+
+LOGIN_CONFIG_NAME = "login.json"
+
+
+@dataclass(frozen=True)
+class LoginConfig:
+    home: Path
+    db_url: str | None = None
+    # Token issuer (``iss``) and base of the broker's URLs; defaults to the home's base_url.
+    issuer: str = ""
+    # ``aud`` of the tokens the broker issues: the patient API by default.
+    audience: str = ""
+    client_id: str = "cps-login"
+    scope: str = "openid patient.read"
+    token_ttl_seconds: int = 120
+    challenge_ttl_seconds: int = 60
+    redis_url: str | None = None
+    # Revocation: OCSP at the AIA URL unless overridden, CRL distribution point as fallback.
+    ocsp_url: str | None = None
+    revocation_timeout_seconds: float = 2.0
+    ocsp_max_age_seconds: int = 2 * 86400   # oldest acceptable thisUpdate
+    clock_skew_seconds: int = 300
+    # SubjectOrganizationID of emergency call centres (SAMU) allowed the emergency mode.
+    emergency_centres: tuple[str, ...] = ()
+    patient_session_ttl_seconds: int = 900
+    signin_max_attempts: int = 5
+    signin_window_seconds: int = 300
+    session_key_file: str = "secrets/login-session.key"
+    token_key_label: str = "token:broker"  # noqa: S105 - a label
+    token_key_type: str = "p256"  # noqa: S105 - a key type
+    matrix_file: str | None = None           # default: cps_login/data/access_matrix.json
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_home(cls, home: Path, db_url: str | None = None, **overrides: Any) -> LoginConfig:
+        base = Config.load(home)
+        raw: dict[str, Any] = {}
+        path = home / LOGIN_CONFIG_NAME
+        if path.exists():
+            try:
+                raw = json.loads(path.read_text("utf-8"))
+            except ValueError as exc:
+                raise ConfigError(f"{path}: not JSON ({exc})") from None
+        known = {f.name for f in fields(cls)} - {"home"}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+        if "emergency_centres" in raw:
+            raw["emergency_centres"] = tuple(raw["emergency_centres"])
+        merged: dict[str, Any] = {**raw, **overrides}
+        merged.setdefault("issuer", base.base_url)
+        merged.setdefault("db_url", db_url or base.db_url)
+        config = cls(home=home, **merged)
+        if not config.audience:
+            config = replace(config, audience=config.issuer.rstrip("/") + "/api")
+        return config
+
+    @property
+    def pki(self) -> Config:
+        return Config.load(self.home)
+
+    def session_key(self) -> bytes:
+        """The HMAC key of patient sessions; generated (0600) the first time."""
+        path = self.home / self.session_key_file
+        if not path.exists():
+            write_private(path, secrets.token_hex(32) + "\n")
+        key = bytes.fromhex(path.read_text("utf-8").strip())
+        if len(key) < 32:
+            raise ConfigError(f"{path}: session key shorter than 32 bytes")
+        return key

@@ -1,0 +1,528 @@
+"""Live revocation status of a certificate: OCSP first, the CRL when OCSP cannot answer.
+
+OCSP: POST to the certificate's AIA OCSP URL (or a configured one) with a short timeout; the
+answer must be ``successful``, name our certificate (CertID with the issuer's name and key
+hashes), be signed by the issuing CA or by a delegated responder that the issuing CA certified
+with id-kp-OCSPSigning, and be fresh (thisUpdate not in the future nor older than the maximum
+age, nextUpdate not passed). Anything else counts as "OCSP unavailable" and the CRL of the
+certificate's distribution point is tried (signature by the issuer, nextUpdate not passed, plus
+the delta CRL when the certificate names one). When both fail, ``RevocationUnavailable`` is
+raised and the caller refuses: fail closed.
+
+In process (``OcspServiceFetcher``, when the broker runs beside this home's own
+``pki.ocsp.service.OcspService``), a request for the home's OCSP URL is answered from the
+responder's pre-signed state directly: the status, thisUpdate and nextUpdate of the very record
+that the responder would sign into its answer, with the same freshness checks — no DER built,
+parsed nor signature verified, because the producer is this trusted process, and no cache: every
+login reads the current record, so a revoke or hold refuses the very next login exactly as the
+answer bytes would. Anything fetched (HTTP, other URLs) is verified in full, every time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import http.client
+import threading
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+from cps_login.errors import RevocationUnavailable
+from pki.clock import Clock
+
+
+class FetchError(Exception):
+    pass
+
+
+class Fetcher(Protocol):
+    def post(self, url: str, body: bytes, content_type: str, timeout: float) -> bytes: ...
+
+    def get(self, url: str, timeout: float) -> bytes: ...
+
+
+class HttpFetcher:
+    """http.client with one keep-alive connection per (thread, host): a login costs no TCP
+    handshake with the responder. Only http:// (OCSP and CRLs are signed objects)."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._local = threading.local()
+        self._max = max_bytes
+
+    def _conn(self, url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise FetchError(f"unsupported URL {url!r}")
+        conns: dict[tuple[str, int], http.client.HTTPConnection] = getattr(
+            self._local, "conns", None) or {}
+        self._local.conns = conns
+        key = (parts.hostname, parts.port or 80)
+        conn = conns.get(key)
+        if conn is None:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+            conns[key] = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        path = parts.path or "/"
+        return conn, path + (f"?{parts.query}" if parts.query else "")
+
+    def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                 timeout: float) -> bytes:
+        for attempt in (1, 2):   # a kept-alive connection the server closed: retry once
+            conn, path = self._conn(url, timeout)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read(self._max + 1)
+                if resp.status != 200:
+                    raise FetchError(f"{url}: HTTP {resp.status}")
+                if len(data) > self._max:
+                    raise FetchError(f"{url}: answer larger than {self._max} bytes")
+                if resp.will_close:
+                    conn.close()
+                return data
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def post(self, url: str, body: bytes, content_type: str, timeout: float) -> bytes:
+        return self._request("POST", url, body, {"Content-Type": content_type}, timeout)
+
+    def get(self, url: str, timeout: float) -> bytes:
+        return self._request("GET", url, None, {}, timeout)
+
+
+@dataclass(frozen=True)
+class LocalOcspStatus:
+    """A pre-signed record's fields as the in-process responder holds them (RFC 6960 codes)."""
+
+    status: int                 # 0 good, 1 revoked, 2 unknown (CertStatus CHOICE tags)
+    reason: int                 # CRLReason code; 0 or 255: none given
+    revoked_at: int             # seconds since the epoch
+    this_update: int
+    next_update: int
+
+
+class OcspServiceFetcher:
+    """Answers POSTs to this home's own OCSP URL from the in-process responder
+    (``pki.ocsp.service.OcspService``): the same DER the HTTP endpoint would send, checked the
+    same way, without a socket. Everything else goes to ``fallback``.
+
+    ``local_status`` is the shortcut ``RevocationChecker`` takes first for the home's own URL:
+    the status of the record the responder would answer from, read from its memory."""
+
+    def __init__(self, service: Any, ocsp_url: str, fallback: Fetcher) -> None:
+        self._service = service
+        self._url = ocsp_url.rstrip("/")
+        self._fallback = fallback
+
+    def post(self, url: str, body: bytes, content_type: str, timeout: float) -> bytes:
+        if url.rstrip("/") != self._url:
+            return self._fallback.post(url, body, content_type, timeout)
+        try:
+            answer = self._service.lookup(body)
+            if not hasattr(answer, "body"):
+                answer = self._service.sign_live(answer)   # not pre-signed yet: sign now
+            return bytes(answer.body)
+        except Exception as exc:   # the responder's trouble is "OCSP unavailable" here
+            raise FetchError(f"in-process OCSP: {type(exc).__name__}: {exc}") from None
+
+    def get(self, url: str, timeout: float) -> bytes:
+        return self._fallback.get(url, timeout)
+
+    def local_status(self, url: str, name_hash: bytes, key_hash: bytes,
+                     serial: bytes) -> LocalOcspStatus | None:
+        """The in-process responder's current record for this SHA-1 CertID, or None (another
+        URL, a responder without that method, nothing pre-signed: take the DER path)."""
+        if url.rstrip("/") != self._url:
+            return None
+        probe = getattr(self._service, "presigned_status", None)
+        if probe is None:
+            return None
+        try:
+            found = probe(name_hash, key_hash, serial)
+        except Exception:   # the responder's trouble: let the DER path say what it is
+            return None
+        return None if found is None else LocalOcspStatus(*found)
+
+
+@dataclass(frozen=True)
+class RevocationStatus:
+    status: str                 # good | revoked | hold | status_unknown
+    source: str                 # ocsp | crl
+    reason: str | None = None
+    revoked_at: dt.datetime | None = None
+    ocsp_problem: str | None = None   # why OCSP was not used, when the CRL answered
+    via: str | None = None      # "in-process" when read from this process's own responder
+
+
+class _Unusable(Exception):
+    """This source gave no usable answer (unreachable, unsigned, stale, ...)."""
+
+
+# RFC 5280 CRLReason codes (0, unspecified, is left out of answers like an absent reason).
+_REASONS: dict[int, x509.ReasonFlags] = {
+    1: x509.ReasonFlags.key_compromise, 2: x509.ReasonFlags.ca_compromise,
+    3: x509.ReasonFlags.affiliation_changed, 4: x509.ReasonFlags.superseded,
+    5: x509.ReasonFlags.cessation_of_operation, 6: x509.ReasonFlags.certificate_hold,
+    8: x509.ReasonFlags.remove_from_crl, 9: x509.ReasonFlags.privilege_withdrawn,
+    10: x509.ReasonFlags.aa_compromise,
+}
+
+
+def _epoch(seconds: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def _issuer_key_bits(issuer: x509.Certificate) -> bytes:
+    key = issuer.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key.public_bytes(serialization.Encoding.X962,
+                                serialization.PublicFormat.UncompressedPoint)
+    raise _Unusable("issuer key type not supported")
+
+
+def _verify(public_key: object, signature: bytes, data: bytes,
+            algorithm: hashes.HashAlgorithm | None) -> bool:
+    if algorithm is None:
+        return False
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, data, padding.PKCS1v15(), algorithm)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, data, ec.ECDSA(algorithm))
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _urls(cert: x509.Certificate, ext_class: type[x509.CRLDistributionPoints]
+          | type[x509.FreshestCRL]) -> list[str]:
+    try:
+        points = cert.extensions.get_extension_for_class(ext_class).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.value for point in points for name in (point.full_name or [])
+            if isinstance(name, x509.UniformResourceIdentifier)]
+
+
+def ocsp_urls(cert: x509.Certificate) -> list[str]:
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return []
+    return [d.access_location.value for d in aia
+            if d.access_method == AuthorityInformationAccessOID.OCSP
+            and isinstance(d.access_location, x509.UniformResourceIdentifier)]
+
+
+@dataclass(frozen=True)
+class _IssuerFacts:
+    """Per issuing CA, computed once: CertID hashes and the DER prefix of our requests."""
+
+    certificate: x509.Certificate
+    public_key: object
+    name_hash: dict[str, bytes]
+    key_hash: dict[str, bytes]
+    request_prefix: bytes          # CertID up to the serial (SHA-1, RFC 5019)
+    fingerprint: bytes
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    return bytes([tag]) + _der_len(len(body)) + body
+
+
+def _issuer_facts(issuer: x509.Certificate) -> _IssuerFacts:
+    name_der = issuer.subject.public_bytes()
+    key_bits = _issuer_key_bits(issuer)
+    names = {h: hashlib.new(h, name_der).digest() for h in ("sha1", "sha256")}
+    keys = {h: hashlib.new(h, key_bits).digest() for h in ("sha1", "sha256")}
+    sha1_alg = bytes.fromhex("300906052b0e03021a0500")
+    prefix = sha1_alg + _der(0x04, names["sha1"]) + _der(0x04, keys["sha1"])
+    return _IssuerFacts(issuer, issuer.public_key(), names, keys, prefix,
+                        issuer.fingerprint(hashes.SHA256()))
+
+
+def _serial_content(serial: int) -> bytes:
+    """Content octets of a (positive) DER INTEGER."""
+    return serial.to_bytes(serial.bit_length() // 8 + 1, "big", signed=False)
+
+
+def ocsp_request_der(facts: _IssuerFacts, serial: int) -> bytes:
+    """OCSPRequest{TBSRequest{requestList{Request{CertID}}}}, no nonce, no extensions (the
+    RFC 5019 shape the responder answers from pre-signed bytes)."""
+    body = _serial_content(serial)
+    cert_id = _der(0x30, facts.request_prefix + _der(0x02, body))
+    return _der(0x30, _der(0x30, _der(0x30, _der(0x30, cert_id))))
+
+
+@dataclass
+class _CachedCrl:
+    crl: x509.CertificateRevocationList
+    fetched_at: dt.datetime
+
+
+class RevocationChecker:
+    def __init__(self, clock: Clock, *, fetcher: Fetcher | None = None,
+                 ocsp_url: str | None = None, timeout: float = 2.0,
+                 max_age: dt.timedelta = dt.timedelta(days=2),
+                 skew: dt.timedelta = dt.timedelta(minutes=5),
+                 crl_refresh: dt.timedelta = dt.timedelta(seconds=60)) -> None:
+        self._clock = clock
+        self._fetcher = fetcher or HttpFetcher()
+        self._ocsp_url = ocsp_url
+        self._timeout = timeout
+        self._max_age = max_age
+        self._skew = skew
+        self._crl_refresh = crl_refresh
+        self._responders: dict[tuple[bytes, bytes, bytes], tuple[bool, object]] = {}
+        self._issuers: dict[int, _IssuerFacts] = {}
+        self._crls: dict[str, _CachedCrl] = {}
+        self._urls: dict[int, tuple[x509.Certificate, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    # --- entry point --------------------------------------------------------------------
+    def status(self, cert: x509.Certificate, issuer: x509.Certificate) -> RevocationStatus:
+        try:
+            return self._ocsp(cert, issuer)
+        except _Unusable as exc:
+            ocsp_problem = str(exc)
+        try:
+            crl_status = self._crl(cert, issuer)
+        except _Unusable as exc:
+            raise RevocationUnavailable(f"OCSP: {ocsp_problem}; CRL: {exc}") from None
+        return RevocationStatus(crl_status.status, "crl", crl_status.reason,
+                                crl_status.revoked_at, ocsp_problem=ocsp_problem)
+
+    # --- OCSP ---------------------------------------------------------------------------
+    def _ocsp(self, cert: x509.Certificate, issuer: x509.Certificate) -> RevocationStatus:
+        urls = [self._ocsp_url] if self._ocsp_url else self._ocsp_urls(cert)
+        if not urls:
+            raise _Unusable("certificate names no OCSP responder")
+        facts = self._facts(issuer)
+        serial = cert.serial_number
+        local_status = getattr(self._fetcher, "local_status", None)
+        if local_status is not None:
+            local = local_status(urls[0], facts.name_hash["sha1"], facts.key_hash["sha1"],
+                                 _serial_content(serial))
+            if local is not None:
+                return self._local(local)
+        request = ocsp_request_der(facts, serial)
+        try:
+            data = self._fetcher.post(urls[0], request, "application/ocsp-request",
+                                      self._timeout)
+        except FetchError as exc:
+            raise _Unusable(str(exc)) from None
+        try:
+            resp = ocsp.load_der_ocsp_response(data)
+        except ValueError:
+            raise _Unusable("OCSP answer does not parse") from None
+        if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            raise _Unusable(f"OCSP status {resp.response_status.name}")
+        self._check_ocsp_signature(resp, facts)
+        single = self._matching(resp, cert, facts)
+        self._fresh(single.this_update_utc, single.next_update_utc)
+        status = single.certificate_status
+        if status == ocsp.OCSPCertStatus.GOOD:
+            return RevocationStatus("good", "ocsp")
+        if status == ocsp.OCSPCertStatus.UNKNOWN:
+            return RevocationStatus("status_unknown", "ocsp")
+        reason = single.revocation_reason
+        return RevocationStatus("hold" if reason == x509.ReasonFlags.certificate_hold
+                                else "revoked", "ocsp", reason.value if reason else None,
+                                single.revocation_time_utc)
+
+    def _fresh(self, this_update: dt.datetime, next_update: dt.datetime | None) -> None:
+        now = self._clock.now()
+        if this_update > now + self._skew:
+            raise _Unusable("OCSP thisUpdate is in the future")
+        if this_update < now - self._max_age:
+            raise _Unusable("OCSP answer older than the maximum age")
+        if next_update is not None and next_update < now - self._skew:
+            raise _Unusable("OCSP answer past its nextUpdate")
+
+    def _local(self, local: LocalOcspStatus) -> RevocationStatus:
+        """The in-process responder's record, judged like a verified answer carrying it."""
+        self._fresh(_epoch(local.this_update), _epoch(local.next_update))
+        if local.status == 0:
+            return RevocationStatus("good", "ocsp", via="in-process")
+        if local.status == 2:
+            return RevocationStatus("status_unknown", "ocsp", via="in-process")
+        if local.status != 1:
+            raise _Unusable(f"in-process OCSP: status {local.status}")
+        reason = _REASONS.get(local.reason)
+        return RevocationStatus("hold" if reason == x509.ReasonFlags.certificate_hold
+                                else "revoked", "ocsp", reason.value if reason else None,
+                                _epoch(local.revoked_at), via="in-process")
+
+    def _ocsp_urls(self, cert: x509.Certificate) -> list[str]:
+        """The leaf's AIA OCSP URLs, memoised per certificate object (the broker reuses the
+        parsed leaf of identical DER); the entry holds the object, so its id stays unique."""
+        cached = self._urls.get(id(cert))
+        if cached is not None and cached[0] is cert:
+            return cached[1]
+        urls = ocsp_urls(cert)
+        with self._lock:
+            if len(self._urls) >= 100_000:
+                self._urls.clear()
+            self._urls[id(cert)] = (cert, urls)
+        return urls
+
+    def _facts(self, issuer: x509.Certificate) -> _IssuerFacts:
+        facts = self._issuers.get(id(issuer))
+        if facts is None or facts.certificate is not issuer:
+            facts = _issuer_facts(issuer)
+            with self._lock:
+                if len(self._issuers) > 1000:
+                    self._issuers.clear()
+                self._issuers[id(issuer)] = facts
+        return facts
+
+    @staticmethod
+    def _matching(resp: ocsp.OCSPResponse, cert: x509.Certificate,
+                  facts: _IssuerFacts) -> ocsp.OCSPSingleResponse:
+        for single in resp.responses:
+            algorithm = single.hash_algorithm.name
+            if algorithm not in facts.name_hash:
+                continue
+            if (single.serial_number == cert.serial_number
+                    and single.issuer_name_hash == facts.name_hash[algorithm]
+                    and single.issuer_key_hash == facts.key_hash[algorithm]):
+                return single
+        raise _Unusable("OCSP answer does not name the certificate")
+
+    def _check_ocsp_signature(self, resp: ocsp.OCSPResponse, facts: _IssuerFacts) -> None:
+        issuer = facts.certificate
+        tbs, sig, alg = resp.tbs_response_bytes, resp.signature, resp.signature_hash_algorithm
+        by_issuer = (resp.responder_name == issuer.subject if resp.responder_name is not None
+                     else resp.responder_key_hash == facts.key_hash["sha1"])
+        if by_issuer and _verify(facts.public_key, sig, tbs, alg):
+            return
+        for responder in resp.certificates:
+            key = self._delegated_key(responder, facts)
+            if key is not None and _verify(key, sig, tbs, alg):
+                return
+        raise _Unusable("OCSP answer not signed by the issuer or its delegated responder")
+
+    def _delegated_key(self, responder: x509.Certificate, facts: _IssuerFacts) -> object:
+        """The public key of a responder certificate the issuer delegated OCSP signing to and
+        valid now, or None."""
+        now = self._clock.now()
+        if not responder.not_valid_before_utc - self._skew <= now <= responder.not_valid_after_utc:
+            return None
+        # Keyed on the exact signed bytes: a certificate whose TBS or signature differs in any
+        # bit is verified afresh.
+        key = (responder.tbs_certificate_bytes, responder.signature, facts.fingerprint)
+        with self._lock:
+            known = self._responders.get(key)
+        if known is None:
+            known = (_is_delegated_responder(responder, facts.certificate),
+                     responder.public_key())
+            with self._lock:
+                if len(self._responders) > 1000:
+                    self._responders.clear()
+                self._responders[key] = known
+        return known[1] if known[0] else None
+
+    # --- CRL ----------------------------------------------------------------------------
+    def _crl(self, cert: x509.Certificate, issuer: x509.Certificate) -> RevocationStatus:
+        urls = _urls(cert, x509.CRLDistributionPoints)
+        if not urls:
+            raise _Unusable("certificate names no CRL distribution point")
+        full = self._load_crl(urls[0], issuer, delta=False)
+        status = _entry_status(full, cert.serial_number)
+        for delta_url in _urls(cert, x509.FreshestCRL)[:1]:
+            try:
+                delta = self._load_crl(delta_url, issuer, delta=True)
+            except _Unusable:
+                break   # the full CRL, within its validity, still answers
+            delta_status = _entry_status(delta, cert.serial_number)
+            if delta_status is not None:
+                status = None if delta_status.status == "removed" else delta_status
+        return status or RevocationStatus("good", "crl")
+
+    def _load_crl(self, url: str, issuer: x509.Certificate,
+                  delta: bool) -> x509.CertificateRevocationList:
+        now = self._clock.now()
+        with self._lock:
+            cached = self._crls.get(url)
+        if cached is not None and now - cached.fetched_at < self._crl_refresh:
+            return self._still_valid(cached.crl, url, now)
+        try:
+            data = self._fetcher.get(url, self._timeout)
+            crl = x509.load_der_x509_crl(data)
+        except (FetchError, ValueError) as exc:
+            if cached is not None:
+                return self._still_valid(cached.crl, url, now)
+            raise _Unusable(f"{url}: {exc}") from None
+        issuer_key = issuer.public_key()
+        if not isinstance(issuer_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) \
+                or crl.issuer != issuer.subject or not crl.is_signature_valid(issuer_key):
+            raise _Unusable(f"{url}: CRL not signed by the issuing CA")
+        is_delta = any(isinstance(e.value, x509.DeltaCRLIndicator) for e in crl.extensions)
+        if is_delta != delta:
+            raise _Unusable(f"{url}: expected a {'delta' if delta else 'full'} CRL")
+        self._still_valid(crl, url, now)
+        with self._lock:
+            self._crls[url] = _CachedCrl(crl, now)
+        return crl
+
+    def _still_valid(self, crl: x509.CertificateRevocationList, url: str,
+                     now: dt.datetime) -> x509.CertificateRevocationList:
+        next_update = crl.next_update_utc
+        if next_update is None or next_update < now - self._skew:
+            raise _Unusable(f"{url}: CRL past its nextUpdate")
+        if crl.last_update_utc > now + self._skew:
+            raise _Unusable(f"{url}: CRL thisUpdate in the future")
+        return crl
+
+
+def _entry_status(crl: x509.CertificateRevocationList, serial: int) -> RevocationStatus | None:
+    entry = crl.get_revoked_certificate_by_serial_number(serial)
+    if entry is None:
+        return None
+    try:
+        reason: x509.ReasonFlags | None = entry.extensions.get_extension_for_class(
+            x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        reason = None
+    if reason == x509.ReasonFlags.remove_from_crl:
+        return RevocationStatus("removed", "crl")
+    return RevocationStatus("hold" if reason == x509.ReasonFlags.certificate_hold else "revoked",
+                            "crl", reason.value if reason else None, entry.revocation_date_utc)
+
+
+def _is_delegated_responder(responder: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        responder.verify_directly_issued_by(issuer)
+        eku = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.OCSP_SIGNING in eku
+
+
+def issuers_by_name(cas: Sequence[x509.Certificate]) -> dict[bytes, x509.Certificate]:
+    return {c.subject.public_bytes(): c for c in cas}

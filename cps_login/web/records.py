@@ -1,0 +1,137 @@
+"""Blueprint ``records``: the patient-record API for professionals (``/api``).
+
+Authenticated by the broker's access token (``Authorization: Bearer``), validated like any
+relying service would (signature by JWKS key, typ, iss, aud, exp). Emergency modes are asked
+for with ``mode=break_glass|emergency`` and a ``reason``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from cps_login.errors import TokenInvalid
+from cps_login.patients import ProfessionalContext
+from pki.errors import InvalidInput
+
+bp = Blueprint("records", __name__, url_prefix="/api")
+
+
+def _services() -> Any:
+    from cps_login.web import services_of
+
+    return services_of(current_app)
+
+
+def _professional() -> ProfessionalContext:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenInvalid("token_missing")
+    claims = _services().validator.validate(token.strip())
+    return ProfessionalContext.from_claims(claims)
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("expected a JSON object body")
+    return body
+
+
+def _mode() -> tuple[str, str | None]:
+    mode = request.args.get("mode", "normal")
+    if mode not in ("normal", "break_glass", "emergency"):
+        raise InvalidInput(f"mode must be normal, break_glass or emergency, got {mode!r}")
+    return mode, request.args.get("reason")
+
+
+def _datetime(value: object, field: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be an ISO 8601 date-time")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{field} must be an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(f"{field} needs a timezone")
+    return parsed
+
+
+@bp.get("/whoami")
+def whoami() -> Response:
+    pro = _professional()
+    return jsonify({"national_id": pro.national_id, "profession_code": pro.profession_code,
+                    "organisation_id": pro.organisation_id})
+
+
+@bp.post("/patients")
+def enrol() -> tuple[Response, int]:
+    pro = _professional()
+    body = _body()
+    try:
+        birth = dt.date.fromisoformat(str(body.get("birth_date")))
+    except ValueError:
+        raise InvalidInput("birth_date must be YYYY-MM-DD") from None
+    reps = body.get("representatives", [])
+    if not isinstance(reps, list):
+        raise InvalidInput("representatives must be a list of INS")
+    enrolment = _services().patients.enrol(pro, str(body.get("ins", "")),
+                                           str(body.get("given_name", "")),
+                                           str(body.get("surname", "")), birth,
+                                           [str(r) for r in reps])
+    return jsonify({"ins": enrolment.ins, "activation_code": enrolment.activation_code}), 201
+
+
+@bp.get("/patients/<ins>/documents")
+def list_documents(ins: str) -> Response:
+    pro = _professional()
+    mode, reason = _mode()
+    docs = _services().patients.list_documents(pro, ins, mode, reason)
+    return jsonify({"ins": ins, "mode": mode, "documents": docs})
+
+
+@bp.get("/patients/<ins>/documents/<int:doc_id>")
+def read_document(ins: str, doc_id: int) -> Response:
+    pro = _professional()
+    mode, reason = _mode()
+    return jsonify(_services().patients.read_document(pro, ins, doc_id, mode, reason))
+
+
+@bp.post("/patients/<ins>/documents")
+def write_document(ins: str) -> tuple[Response, int]:
+    pro = _professional()
+    mode, reason = _mode()
+    body = _body()
+    doc_id = _services().patients.write_document(
+        pro, ins, str(body.get("category", "")), str(body.get("title", "")),
+        str(body.get("content", "")),
+        hidden_from_patient_until=_datetime(body.get("hidden_from_patient_until"),
+                                            "hidden_from_patient_until"),
+        hidden_from_representatives=bool(body.get("hidden_from_representatives", False)),
+        mode=mode, reason=reason)
+    return jsonify({"id": doc_id}), 201
+
+
+@bp.put("/patients/<ins>/documents/<int:doc_id>/visibility")
+def set_visibility(ins: str, doc_id: int) -> Response:
+    pro = _professional()
+    body = _body()
+    _services().patients.set_visibility(
+        pro, ins, doc_id,
+        hidden_from_patient_until=_datetime(body.get("hidden_from_patient_until"),
+                                            "hidden_from_patient_until"),
+        hidden_from_representatives=bool(body.get("hidden_from_representatives", False)))
+    return jsonify({"id": doc_id, "updated": True})
+
+
+@bp.post("/patients/<ins>/representatives")
+def add_representative(ins: str) -> tuple[Response, int]:
+    pro = _professional()
+    body = _body()
+    _services().patients.add_representative(pro, ins, str(body.get("representative", "")))
+    return jsonify({"ins": ins, "representative": body.get("representative")}), 201
