@@ -1,0 +1,317 @@
+"""Login broker, card login and access-decision throughput, in one run.
+
+    .venv/bin/python bench/login.py [--logins 5000] [--seconds 5] [--cards 200] [--threads 8]
+
+What each figure includes (a fresh SoftHSM home, SQLite unless --db):
+
+* broker logins/s — ``LoginService.login`` in this process, per login: a fresh challenge
+  (issue + atomic consume), parse of the certificate, the card's RSA-2048 PKCS#1 v1.5
+  signature verified, path validation to the home's root (cached per leaf after its first
+  validation; the uncached cost is printed too), key usage + policy, LIVE revocation by the
+  real ``pki.ocsp`` responder, either ``in-process`` (the broker beside the responder, as
+  ``cps-admin serve`` runs it: the current pre-signed record's status read from the responder's
+  memory, freshness checked, no cache) or ``http`` (OCSP request over HTTP keep-alive to the
+  real server, the answer's signature, CertID and freshness verified in full); then the ES256
+  access token signed in SoftHSM and the audit record committed to the hash chain (group
+  commit, SQLite synchronous=FULL) before returning. Software keys stand in for cards
+  (``--cards`` distinct certificates, used round robin).
+
+  Two figures per path: logins per wall-clock second, and logins per CPU-second of this
+  process (``time.process_time``: user + system time of all its threads). On a shared, noisy
+  machine the CPU figure is the one that says what one core can do; the wall figure also
+  depends on the neighbours and on fsync latency. The responder and the HTTP server run in
+  this process, so their CPU is counted in both paths (for ``http``: both ends of the socket).
+  The revocation path each login actually took is counted from the audit records.
+* card login p50/p99 — ``cps_login.client.card_login`` against the broker over HTTP: PIN
+  verification and RSA-2048 signature by the software CPS card through the real pcscd
+  (vpcd reader), challenge and login round trips, full verification as above.
+* access decisions/s — ``cps_login.access.decide`` (pure function) over a mix of requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from cps_login import access
+from cps_login.broker import LoginRequest
+from cps_login.config import LoginConfig
+from cps_login.proof import login_message
+from cps_login.revocation import HttpFetcher, OcspServiceFetcher
+from cps_login.services import build_services
+from cps_login.web import create_app
+from pki import ids
+from pki.ca import lifecycle
+from pki.ca.authority import Authority, IssueRequest
+from pki.ca.hierarchy import init_home
+from pki.crl.service import CrlService
+from pki.http.server import HttpServer
+from pki.ocsp.endpoint import OcspEndpoint
+from pki.ocsp.service import OcspService
+from pki.store.models import Professional
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(server: HttpServer, port: int) -> None:
+    started = threading.Event()
+
+    def main() -> None:
+        loop = asyncio.new_event_loop()
+
+        async def go() -> None:
+            await server.start("127.0.0.1", port)
+            started.set()
+            await asyncio.Event().wait()
+
+        loop.run_until_complete(go())
+
+    threading.Thread(target=main, daemon=True).start()
+    started.wait(10)
+
+
+def make_cards(auth: Authority, n: int) -> list[tuple[rsa.RSAPrivateKey, bytes]]:
+    key = rsa.generate_private_key(65537, 2048)   # one key, n certificates: signing cost same
+    rpps_list = [ids.luhn_complete(f"2{i:09d}") for i in range(n)]
+    with auth.store.session() as session:
+        for rpps in rpps_list:
+            session.add(Professional(rpps=rpps, profession_code=10, given_name="Bench",
+                                     surname="Card", created_at=dt.datetime.now(dt.UTC)))
+    issued = auth.issue_many(IssueRequest(profile="auth", public_key=key.public_key(),
+                                          rpps=r) for r in rpps_list)
+    return [(key, i.der) for i in issued]
+
+
+def revocation_paths(auth: Authority, after_seq: int) -> dict[str, int]:
+    """How many login.success records since ``after_seq`` took each revocation path."""
+    from sqlalchemy import func, select
+
+    from pki.store.models import AuditRecord
+
+    counts: dict[str, int] = {}
+    with auth.store.read() as session:
+        for via, pattern in (("in-process", '%"revocation_via":"in-process"%'),
+                             ("fetched+verified", None)):
+            query = select(func.count()).select_from(AuditRecord).where(
+                AuditRecord.seq > after_seq, AuditRecord.action == "login.success")
+            query = (query.where(AuditRecord.details.like(pattern)) if pattern else
+                     query.where(AuditRecord.details.not_like('%"revocation_via"%')))
+            counts[via] = int(session.execute(query).scalar_one())
+    return counts
+
+
+def audit_seq(auth: Authority) -> int:
+    from sqlalchemy import select
+
+    from pki.store.models import AuditHead
+
+    with auth.store.read() as session:
+        return int(session.execute(select(AuditHead.seq)).scalar_one())
+
+
+def bench_broker(services: object, cards: list[tuple[rsa.RSAPrivateKey, bytes]],
+                 count: int, threads: int, issuer: str) -> tuple[float, float, int]:
+    """Time ``count`` logins; challenges are fetched and signed by the "cards" beforehand (the
+    card's signature is the client's cost, not the broker's: it is printed separately)."""
+    login = services.login  # type: ignore[attr-defined]
+    requests = []
+    for i in range(count):
+        key, der = cards[i % len(cards)]
+        ch = login.challenge().value
+        sig = key.sign(login_message(ch, issuer), padding.PKCS1v15(), hashes.SHA256())
+        requests.append(LoginRequest(der, (), ch, sig))
+    it = iter(requests)
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                req = next(it, None)
+            if req is None:
+                return
+            try:
+                login.login(req)
+            except Exception as exc:
+                errors.append(repr(exc))
+                return
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    if errors:
+        raise SystemExit(f"login failed during the bench: {errors[0]}")
+    return count / elapsed, count / cpu, count
+
+
+def bench_client_signing(cards: list[tuple[rsa.RSAPrivateKey, bytes]], n: int = 300) -> float:
+    key = cards[0][0]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        key.sign(b"x" * 100, padding.PKCS1v15(), hashes.SHA256())
+    return (time.perf_counter() - t0) / n
+
+
+def bench_decisions(seconds: float) -> float:
+    now = dt.datetime.now(dt.UTC)
+    doc = access.DocumentState(1, "report", "810000000001")
+    record = access.RecordState("295059912345646", care_team=frozenset({"810000000001"}),
+                                blocked=frozenset({"810000000009"}),
+                                consents={"810000000002": None})
+    reqs = [access.AccessRequest(access.Actor("professional", f"81000000000{i % 10}", 10),
+                                 "read", now, doc, "break_glass" if i % 7 == 0 else "normal",
+                                 "arrest" if i % 7 == 0 else None) for i in range(100)]
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for r in reqs:
+            access.decide(r, record)
+        n += len(reqs)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_card(base: str, auth: Authority, seconds: float, tmp: Path) -> list[float] | str:
+    try:
+        from cps_login.client import card_login
+        from pki.cards.card import HolderData
+        from pki.cards.pcsc import PcscCard, wait_for_card
+        from pki.cards.pcscd import Pcscd, pcscd_binary
+        from pki.cards.personalise import personalise
+        from pki.cards.sim import SimulatedCard
+    except ImportError as exc:
+        return f"card layer unavailable ({exc})"
+    if pcscd_binary() is None:
+        return "pcscd not installed"
+    daemon = Pcscd.ensure(log=tmp / "pcscd.log")
+    reader = "Virtual PCD 00 00"
+    rpps = ids.luhn_complete("3000000001")
+    with auth.store.session() as session:
+        session.add(Professional(rpps=rpps, profession_code=10, given_name="Carte",
+                                 surname="Bench", created_at=dt.datetime.now(dt.UTC)))
+    sim = SimulatedCard(tmp / "card.json")
+    sim.insert()
+    try:
+        wait_for_card(reader, present=True)
+        with PcscCard.open(reader) as pc:
+            personalise(pc, HolderData(rpps, "Carte", "Bench", 10, "Médecin"),
+                        lambda usage, key: auth.issue(IssueRequest(
+                            profile=usage, public_key=key, rpps=rpps)).der,  # type: ignore[arg-type]
+                        "1234")
+        time.sleep(1.0)   # the OCSP responder's watcher picks the new certificate up
+        card = PcscCard.open(reader)
+        samples: list[float] = []
+        stop = time.monotonic() + seconds
+        try:
+            while time.monotonic() < stop or len(samples) < 20:
+                t0 = time.perf_counter()
+                card_login(card, "1234", base)
+                samples.append(time.perf_counter() - t0)
+        finally:
+            card.close()
+        return samples
+    finally:
+        sim.remove()
+        daemon.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--cards", type=int, default=200)
+    parser.add_argument("--logins", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--db", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-login-"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    init_home(tmp / "home", key_type="rsa2048", base_url=base, db_url=args.db)
+    auth = Authority.open(tmp / "home", args.db)
+    cards = make_cards(auth, args.cards)
+    ocsp = OcspService(auth, poll_interval=0.2)
+    lifecycle.add_listener(auth, ocsp.on_status_change)
+    crl = CrlService(auth)
+    crl.load()
+    ocsp.start(wait=True, timeout=300)
+    config = LoginConfig.from_home(tmp / "home", db_url=args.db)
+    app = create_app(config, auth=auth, ocsp=ocsp)
+    serve(HttpServer([OcspEndpoint(ocsp), crl.handler], app), port)
+    print(f"home: {tmp / 'home'}  db: {auth.store.dialect}  cards: {args.cards}  "
+          f"threads: {args.threads}  CPU cores: {os.cpu_count()}  "
+          f"load average: {os.getloadavg()[0]:.1f}")
+    print("CPU figures: time.process_time() of this process (all threads, user + system), "
+          "the measure of one core's capacity on a shared machine; wall figures for reference")
+
+    results: dict[str, float] = {}
+    for via, fetcher in (("in-process", OcspServiceFetcher(ocsp, base + "/ocsp", HttpFetcher())),
+                         ("http", HttpFetcher())):
+        services = build_services(config, authority=auth, fetcher=fetcher)
+        bench_broker(services, cards, len(cards), args.threads, base)   # warm: paths cached
+        start_seq = audit_seq(auth)
+        rate, per_cpu, n = bench_broker(services, cards, args.logins, args.threads, base)
+        results[via] = rate
+        paths = services.login._paths
+        took = revocation_paths(auth, start_seq)
+        print(f"broker, revocation {via:10s}: {per_cpu:6.0f} logins per CPU-second "
+              f"({1e6 / per_cpu:5.0f} µs CPU per login), {rate:6.0f} logins/s wall "
+              f"({1e3 / rate * args.threads:.1f} ms per login at {args.threads} threads); "
+              f"{n} logins, revocation answered: {took['in-process']} in process, "
+              f"{took['fetched+verified']} fetched + verified; path cache hits "
+              f"{paths.cache_hits}, misses {paths.cache_misses}")
+
+    # uncached path validation cost, for reference
+    from cryptography import x509
+
+    from cps_login.pathcheck import PathValidator
+    cas = auth.cas()
+    pv = PathValidator([c.certificate for c in cas if c.role == "ROOT"],
+                       [c.certificate for c in cas if c.role != "ROOT"], cache_size=0)
+    leaves = [x509.load_der_x509_certificate(d) for _, d in cards[:100]]
+    t0 = time.perf_counter()
+    now = dt.datetime.now(dt.UTC)
+    for leaf in leaves:
+        pv.validate(leaf, [], now)
+    print(f"uncached path validation: {(time.perf_counter() - t0) / len(leaves) * 1e6:.0f} µs"
+          f" per certificate (RSA-2048 CAs)")
+    print(f"client-side card signature (software RSA-2048, not in the broker figure): "
+          f"{bench_client_signing(cards) * 1e3:.2f} ms")
+
+    samples = bench_card(base, auth, args.seconds, tmp)
+    if isinstance(samples, str):
+        print(f"card login through pcscd: not measured: {samples}")
+    else:
+        q = statistics.quantiles(samples, n=100)
+        print(f"card login through pcscd (software card, vpcd): n={len(samples)} "
+              f"p50 {statistics.median(samples) * 1e3:.1f} ms  p99 {q[98] * 1e3:.1f} ms")
+    print(f"access decisions/s: {bench_decisions(args.seconds):,.0f}")
+    ocsp.stop()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
