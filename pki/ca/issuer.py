@@ -9,8 +9,11 @@ lint of certificate n+1 (pure Python, holds the GIL) overlaps the HSM signature 
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
@@ -30,6 +33,34 @@ LINT_POOL_MIN_BATCH = 64
 def lint_workers() -> int:
     """Processes for pkilint: one per core, leaving the HSM thread its share."""
     return max(1, (os.cpu_count() or 1))
+
+
+# While a batch is signed, the GIL changes hands every 0.2 ms instead of CPython's 5 ms: the HSM
+# thread needs it back each time C_Sign returns, and with the default slice it would wait up to
+# 5 ms behind the lint (a 6 ms RSA-4096 signature then costs 11 ms). Measured with SoftHSM: the
+# signing thread keeps ~90 % of its solo rate at 0.2 ms, ~45 % at 5 ms.
+GIL_SLICE_SECONDS = 0.0002
+_slice_lock = threading.Lock()
+_slice_users = 0
+_slice_saved = 0.0
+
+
+@contextlib.contextmanager
+def short_gil_slices(seconds: float = GIL_SLICE_SECONDS) -> Iterator[None]:
+    """Shorten the interpreter's switch interval for the duration (nesting and threads safe)."""
+    global _slice_users, _slice_saved
+    with _slice_lock:
+        if _slice_users == 0:
+            _slice_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(seconds, _slice_saved))
+        _slice_users += 1
+    try:
+        yield
+    finally:
+        with _slice_lock:
+            _slice_users -= 1
+            if _slice_users == 0:
+                sys.setswitchinterval(_slice_saved)
 
 
 T = TypeVar("T")
@@ -70,7 +101,8 @@ def pipelined(items: Iterable[T], prepare: Callable[[T], P], sign: Callable[[P],
     One signing thread only: an HSM session must not be used by two threads at once.
     """
     pending: collections.deque[Future[R]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsm-sign") as pool:
+    with short_gil_slices(), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsm-sign") as pool:
         try:
             for item in items:
                 prepared = prepare(item)
@@ -97,7 +129,8 @@ def pipelined_lint(items: Iterable[T], prepare: Callable[[T], tuple[P, bytes, st
     ctx = multiprocessing.get_context("spawn")
     linting: collections.deque[tuple[P, str, Future[list[str]]]] = collections.deque()
     signing: collections.deque[Future[R]] = collections.deque()
-    with ProcessPoolExecutor(max_workers=lint_workers, mp_context=ctx) as lint_pool, \
+    with short_gil_slices(), \
+            ProcessPoolExecutor(max_workers=lint_workers, mp_context=ctx) as lint_pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsm-sign") as sign_pool:
         try:
             def advance(final: bool) -> Iterator[R]:

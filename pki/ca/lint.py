@@ -9,6 +9,7 @@ set aside (``INFORMATIONAL``); anything else, however mild, fails the lint.
 
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 import types
@@ -71,23 +72,72 @@ def _plan_for(validators: list[Any], path: str, pdu_type: type) -> tuple[tuple[A
 
 
 def _fast_validate_rec(self: Any, node: Any, results: list[Any]) -> None:
+    # pkilint's recursion, as a loop: pre-order, each node's validators before its children,
+    # children read only after their parent's validators ran (decoders add children).
     plans: dict[tuple[str, type], tuple[tuple[Any, bool], ...]] = self._cps_plans
-    key = (node.path, type(node.pdu))
-    plan = plans.get(key)
-    if plan is None:
-        if len(plans) >= _PLAN_LIMIT:
-            plans.clear()
-        plan = plans[key] = _plan_for(self.validators, *key)
-    for v, dynamic in plan:
-        if not dynamic or v.match(node):
-            result = v.validate_wrapper(node)
-            if isinstance(result, list):
-                results += result
-            else:
-                results.append(result)
-    # Read after the validators ran: decoding validators add children (extension values).
-    for child in node.children.values():
-        self._validate_rec(child, results)
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        key = (node.path, type(node.pdu))
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= _PLAN_LIMIT:
+                plans.clear()
+            plan = plans[key] = _plan_for(self.validators, *key)
+        for v, dynamic in plan:
+            if not dynamic or v.match(node):
+                result = v.validate_wrapper(node)
+                if isinstance(result, list):
+                    results += result
+                else:
+                    results.append(result)
+        children = node.children
+        if children:
+            stack.extend(reversed(children.values()))
+
+
+class DecodeMemo:
+    """pkilint's DER decoder, remembering recent small decodes (extension and attribute values).
+
+    Certificates from one CA and profile repeat most of their extension values byte for byte
+    (policies, CRL distribution points, AIA, key usage, the issuer name's attributes). Decoding
+    is a pure function of (bytes, schema object) and pkilint only reads the values it decodes,
+    so a repeated value is decoded once. Failures are never remembered (they re-raise each
+    time); whole documents (over ``max_bytes``) are never cached.
+    """
+
+    def __init__(self, decode: Any, size: int = 4096, max_bytes: int = 1024) -> None:
+        self._decode = decode
+        self._size = size
+        self._max_bytes = max_bytes
+        self._cache: collections.OrderedDict[tuple[int, bytes], tuple[Any, Any]] = \
+            collections.OrderedDict()
+        self.enabled = True
+        self.hits = self.misses = 0
+
+    def __call__(self, substrate: Any, asn1Spec: Any) -> tuple[Any, bytes]:
+        data = bytes(substrate)
+        if not self.enabled or len(data) > self._max_bytes:
+            return self._decode(data, asn1Spec=asn1Spec)  # type: ignore[no-any-return]
+        key = (id(asn1Spec), data)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is asn1Spec:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return hit[1], b""
+        decoded, rest = self._decode(data, asn1Spec=asn1Spec)
+        self.misses += 1
+        self._cache[key] = (asn1Spec, decoded)   # the schema object is kept: ids stay unique
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return decoded, rest
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+DECODE_MEMO = DecodeMemo(document.decode_der)
+document.decode_der = DECODE_MEMO   # pkilint.document looks the name up at each decode
 
 
 def accelerate(container: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The cached validator dispatch in pki.ca.lint finds exactly what pkilint's own driver finds.
+"""pki.ca.lint's faster pkilint (cached dispatch, remembered value decodes) finds exactly what
+pkilint's own driver and decoder find.
 
 Both drivers run over the same documents — clean certificates, certificates with findings of
 every severity, byte-mutated DER that pkilint can only partly decode, and CRLs — and must return
@@ -100,7 +101,8 @@ def _both(make: Callable[[], Any], loader_cls: Any, der: bytes, name: str
           ) -> tuple[list[Any], list[Any]]:
     plain, fast = make(), lint.accelerate(make())
     out: list[list[Any]] = []
-    for container in (plain, fast):
+    for container, memo in ((plain, False), (fast, True)):
+        lint.DECODE_MEMO.enabled = memo
         try:
             doc = loader_cls().load_der_document(der, name)
         except Exception as exc:   # undecodable at the top: neither driver runs
@@ -109,6 +111,8 @@ def _both(make: Callable[[], Any], loader_cls: Any, der: bytes, name: str
             out.append(_summary(container.validate(doc.root)))
         except Exception as exc:   # whatever escapes one driver must escape the other
             out.append([type(exc).__name__, str(exc)])
+        finally:
+            lint.DECODE_MEMO.enabled = True
     return out[0], out[1]
 
 
@@ -169,3 +173,50 @@ def test_public_lint_uses_the_cached_dispatch(keys: dict[str, Any]) -> None:
     assert lint.lint_certificate(_cert(keys, "leaf")) == []
     findings = lint.lint_certificate(_cert(keys, "bad-uris"))
     assert any("invalid_uri_syntax" in f for f in findings)
+
+
+def test_decode_memo_remembers_values_never_failures_and_stays_bounded() -> None:
+    calls: list[bytes] = []
+
+    def decode(data: bytes, asn1Spec: object) -> tuple[object, bytes]:
+        calls.append(data)
+        if data.startswith(b"bad"):
+            raise ValueError("undecodable")
+        return (data, asn1Spec), b""
+
+    memo = lint.DecodeMemo(decode, size=3, max_bytes=8)
+    spec, other_spec = object(), object()
+    first = memo(b"abc", asn1Spec=spec)[0]
+    assert memo(b"abc", asn1Spec=spec)[0] is first and calls == [b"abc"]
+    assert memo(b"abc", asn1Spec=other_spec)[0] == (b"abc", other_spec)   # per schema object
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            memo(b"bad", asn1Spec=spec)
+    assert calls.count(b"bad") == 2                       # failures are decoded every time
+    memo(b"0123456789", asn1Spec=spec)
+    memo(b"0123456789", asn1Spec=spec)
+    assert calls.count(b"0123456789") == 2                # whole documents are not kept
+    for value in (b"d", b"e", b"f"):
+        memo(value, asn1Spec=spec)
+    memo(b"abc", asn1Spec=spec)
+    assert calls.count(b"abc") == 3                       # evicted: at most `size` entries
+    memo.enabled = False
+    memo(b"f", asn1Spec=spec)
+    assert calls.count(b"f") == 2
+
+
+def test_short_gil_slices_nest_and_restore() -> None:
+    import sys
+
+    from pki.ca.issuer import short_gil_slices
+
+    before = sys.getswitchinterval()
+    with short_gil_slices(0.0002):
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+        with short_gil_slices(0.0002):
+            pass
+        assert sys.getswitchinterval() == pytest.approx(0.0002)   # the outer user still runs
+    assert sys.getswitchinterval() == before
+    with pytest.raises(RuntimeError), short_gil_slices(0.0002):
+        raise RuntimeError("a failed batch")
+    assert sys.getswitchinterval() == before
