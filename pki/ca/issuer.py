@@ -16,15 +16,19 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 
+from pki import der
 from pki.ca.hsm import HsmEcKey, HsmRsaKey
 from pki.ca.lint import lint_certificate
-from pki.ca.signer import throwaway_key
-from pki.errors import LintFailed
+from pki.ca.signer import SHA256_ECDSA_ALG, SHA256_RSA_ALG, throwaway_key
+from pki.errors import HsmError, LintFailed, PkiError
 
 # Batches at least this large lint in worker processes (starting them costs ~1 s).
 LINT_POOL_MIN_BATCH = 64
@@ -74,12 +78,59 @@ def trial_der(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey
     return trial.public_bytes(serialization.Encoding.DER)
 
 
+@dataclass(frozen=True)
+class LintedTbs:
+    """To-be-signed certificate bytes that pkilint accepted, exactly as they will be signed."""
+
+    tbs: bytes
+    algorithm: bytes     # signatureAlgorithm DER (the same value sits inside the TBS)
+    what: str
+
+
+def linted_tbs(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey,
+               what: str = "certificate") -> LintedTbs:
+    """Lint ``builder`` as ``issuer_key`` would sign it; raise LintFailed on any finding.
+
+    The throw-away signature gives pkilint the whole certificate; what is kept for the HSM is
+    the TBS inside it, so the bytes signed are the bytes linted.
+    """
+    trial = builder.sign(throwaway_key(issuer_key.public_key()), hashes.SHA256())
+    der_bytes = trial.public_bytes(serialization.Encoding.DER)
+    findings = lint_certificate(der_bytes)
+    if findings:
+        raise LintFailed(what, findings)
+    algorithm = SHA256_RSA_ALG if isinstance(issuer_key, HsmRsaKey) else SHA256_ECDSA_ALG
+    linted = LintedTbs(trial.tbs_certificate_bytes, algorithm, what)
+    if assemble(linted, trial.signature) != der_bytes:     # the layout sign_tbs will produce
+        raise PkiError(f"{what}: unexpected certificate layout from the builder")
+    return linted
+
+
+def assemble(linted: LintedTbs, signature: bytes) -> bytes:
+    """Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }."""
+    return der.sequence(linted.tbs, linted.algorithm, der.bit_string(signature))
+
+
+def sign_tbs(linted: LintedTbs, issuer_key: HsmRsaKey | HsmEcKey) -> bytes:
+    """The certificate DER: the linted TBS signed in the HSM, the signature checked first."""
+    try:
+        if isinstance(issuer_key, HsmRsaKey):
+            signature = issuer_key.sign(linted.tbs, padding.PKCS1v15(), hashes.SHA256())
+            issuer_key.public_key().verify(signature, linted.tbs, padding.PKCS1v15(),
+                                           hashes.SHA256())
+        else:
+            signature = issuer_key.sign(linted.tbs, ec.ECDSA(hashes.SHA256()))
+            issuer_key.public_key().verify(signature, linted.tbs, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise HsmError(f"{linted.what}: the HSM returned a signature that does not verify "
+                       f"with key {issuer_key.label!r}; nothing was issued") from None
+    return assemble(linted, signature)
+
+
 def lint_tbs(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey,
              what: str = "certificate") -> None:
     """Lint ``builder`` as it would be signed by ``issuer_key``; raise LintFailed on findings."""
-    findings = lint_certificate(trial_der(builder, issuer_key))
-    if findings:
-        raise LintFailed(what, findings)
+    linted_tbs(builder, issuer_key, what)
 
 
 def sign_linted(builder: x509.CertificateBuilder,
@@ -90,8 +141,8 @@ def sign_linted(builder: x509.CertificateBuilder,
 
 def lint_then_sign(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey,
                    what: str = "certificate") -> x509.Certificate:
-    lint_tbs(builder, issuer_key, what)
-    return sign_linted(builder, issuer_key)
+    return x509.load_der_x509_certificate(sign_tbs(linted_tbs(builder, issuer_key, what),
+                                                   issuer_key))
 
 
 def pipelined(items: Iterable[T], prepare: Callable[[T], P], sign: Callable[[P], R], *,

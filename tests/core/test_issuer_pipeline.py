@@ -66,3 +66,78 @@ def test_parallel_lint_finding_stops_before_signing(ders: tuple[bytes, bytes]) -
 def test_in_process_pipeline_keeps_order() -> None:
     assert list(pipelined(range(50), lambda i: i, lambda i: -i, depth=3)) == \
         [-i for i in range(50)]
+
+
+class _SoftEcKey:
+    """Stands in for an HSM EC key: signs with ``signing`` while claiming ``claimed``'s key."""
+
+    label = "soft-test-key"
+
+    def __init__(self, signing: ec.EllipticCurvePrivateKey,
+                 claimed: ec.EllipticCurvePrivateKey) -> None:
+        self._signing, self._claimed = signing, claimed
+
+    def sign(self, data: bytes, algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        return self._signing.sign(data, algorithm)
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._claimed.public_key()
+
+
+def _ca_builder(key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sign tbs test")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                         False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                           critical=False))
+
+
+def test_the_bytes_signed_are_the_bytes_linted() -> None:
+    from pki.ca.issuer import linted_tbs, sign_tbs
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    soft = _SoftEcKey(key, key)
+    linted = linted_tbs(_ca_builder(key), soft, "test CA")  # type: ignore[arg-type]
+    cert = x509.load_der_x509_certificate(sign_tbs(linted, soft))  # type: ignore[arg-type]
+    assert cert.tbs_certificate_bytes == linted.tbs
+    cert.verify_directly_issued_by(cert)
+    assert lint_certificate(cert.public_bytes(serialization.Encoding.DER)) == []
+
+
+def test_a_signature_that_does_not_verify_issues_nothing() -> None:
+    from pki.ca.issuer import linted_tbs, sign_tbs
+    from pki.errors import HsmError
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    faulty = _SoftEcKey(other, key)      # an HSM answering with the wrong key's signature
+    linted = linted_tbs(_ca_builder(key), faulty, "test CA")  # type: ignore[arg-type]
+    with pytest.raises(HsmError, match="does not verify"):
+        sign_tbs(linted, faulty)  # type: ignore[arg-type]
+
+
+def test_a_lint_finding_stops_before_the_hsm() -> None:
+    from pki.ca.issuer import linted_tbs
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no extensions")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30)))
+    signs: list[bytes] = []
+
+    class Counting(_SoftEcKey):
+        def sign(self, data: bytes, algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+            signs.append(data)
+            return super().sign(data, algorithm)
+
+    with pytest.raises(LintFailed):
+        linted_tbs(builder, Counting(key, key), "bad")  # type: ignore[arg-type]
+    assert signs == []
