@@ -6,7 +6,7 @@ import multiprocessing as mp
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from pki import audit
 from pki.store.db import Store
@@ -101,3 +101,38 @@ def test_concurrent_writers_never_fork_the_chain(store: Store) -> None:
     report = audit.verify(store)
     assert report.ok, report.problems
     assert report.records == 75
+
+
+def test_append_many_links_like_append_and_mixes_with_it(store: Store) -> None:
+    """Bulk links (no ORM objects) and single links share one head, even in one session."""
+    from pki.store.models import AuditHead, AuditRecord
+    _fill(store, 2)
+    with store.session() as session:
+        audit.append(session, "test.op", "single-1", {"n": 1})
+        audit.append_many(session, [("test.bulk", f"bulk-{i}", {"i": i, "é": "ü"})
+                                    for i in range(5)], actor="bulk-actor")
+        audit.append(session, "test.op", "single-2", {"n": 2})
+    with store.session() as session:
+        audit.append_many(session, [])            # nothing to add: the chain is untouched
+        audit.append_many(session, [("test.bulk", "bulk-last", {})])
+    report = audit.verify(store)
+    assert report.ok, report.problems
+    assert report.records == 2 + 1 + 5 + 1 + 1
+    with store.session() as session:
+        rows = session.execute(select(AuditRecord).order_by(AuditRecord.seq)).scalars().all()
+        head = session.get(AuditHead, 1)
+        assert head is not None and (head.seq, head.hash) == (rows[-1].seq, rows[-1].hash)
+    bulk = [r for r in rows if r.action == "test.bulk"]
+    assert [r.target for r in bulk] == [f"bulk-{i}" for i in range(5)] + ["bulk-last"]
+    assert all(r.actor == "bulk-actor" for r in bulk[:5]) and bulk[5].actor == "system"
+    assert bulk[0].details == audit.canonical({"i": 0, "é": "ü"}) == '{"i":0,"é":"ü"}'
+    assert len({r.at for r in bulk[:5]}) == 1           # one batch, one instant
+
+
+def test_failed_batch_leaves_no_links(store: Store) -> None:
+    _fill(store, 2)
+    with pytest.raises(RuntimeError), store.session() as session:
+        audit.append_many(session, [("test.bulk", f"lost-{i}", {}) for i in range(3)])
+        raise RuntimeError("operation failed after auditing")
+    report = audit.verify(store)
+    assert report.ok and report.records == 2
