@@ -57,6 +57,27 @@ def test_unique_serial_constraint(db_auth: Authority) -> None:
                          .where(Certificate.serial == serial)).scalar_one() == 1
 
 
+def test_batch_issue_ids_rows_and_links(db_auth: Authority) -> None:
+    """Bulk INSERT .. RETURNING: each certificate gets its own row's id, across batches."""
+    rpps = add_professional(db_auth, "1000777000")
+    issued = list(db_auth.issue_many([IssueRequest(p, KEY, rpps=rpps)
+                                      for p in ("auth", "sign") * 3], batch_size=4))
+    assert len({c.id for c in issued}) == 6
+    with db_auth.store.read() as s:
+        rows = {c.id: c for c in s.execute(select(Certificate)).scalars()}
+        links = s.execute(select(AuditRecord).where(AuditRecord.action == "cert.issue")
+                          .order_by(AuditRecord.seq)).scalars().all()
+        head = s.get(AuditHead, 1)
+    for out in issued:
+        assert (rows[out.id].serial, rows[out.id].der, rows[out.id].profile) == (
+            out.serial, out.der, out.profile)
+        assert rows[out.id].not_before.tzinfo is not None
+    assert [link.target for link in links] == [c.serial for c in issued]
+    assert head is not None and (head.seq, head.hash) == (links[-1].seq, links[-1].hash)
+    report = audit.verify(db_auth.store)
+    assert report.ok, report.problems
+
+
 def _tamper(auth: Authority, statement: Any) -> None:
     with auth.store.engine.begin() as conn:
         conn.execute(statement)
