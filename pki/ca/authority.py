@@ -23,15 +23,7 @@ from sqlalchemy.orm import Session
 from pki import audit, ids, urls
 from pki.ca import profiles
 from pki.ca.hsm import Hsm, HsmEcKey, HsmRsaKey
-from pki.ca.issuer import (
-    LINT_POOL_MIN_BATCH,
-    lint_tbs,
-    lint_workers,
-    pipelined,
-    pipelined_lint,
-    sign_linted,
-    trial_der,
-)
+from pki.ca.issuer import LintedTbs, linted_tbs, pipelined, sign_tbs
 from pki.ca.signer import TbsSigner
 from pki.clock import SYSTEM_CLOCK, Clock, utc_seconds
 from pki.config import Config, default_home
@@ -228,13 +220,12 @@ class Authority:
         return next(iter(self.issue_many([request], actor=actor)))
 
     def issue_many(self, requests: Iterable[IssueRequest], *, actor: str = "cps-admin",
-                   batch_size: int = 200, parallel_lint: bool = False
-                   ) -> Iterator[IssuedCertificate]:
+                   batch_size: int = 200) -> Iterator[IssuedCertificate]:
         """Issue certificates through lint-then-sign, storing them in batches.
 
-        Each batch is one transaction (certificates + audit links); a failure stores nothing of
-        that batch and the error propagates. ``parallel_lint`` runs pkilint in worker processes
-        (spawned: the caller's ``__main__`` must be importable) for batches of 64 or more.
+        Build, lint and store run on this thread; HSM signatures of the linted TBS bytes on
+        one worker thread, overlapping them. Each batch is one transaction (certificates +
+        audit links); a failure stores nothing of that batch and the error propagates.
         """
         # Directory lookups cached for this call: the holders of the next HOLDER_PREFETCH
         # requests are read in one query, so a card's auth and sign certificates (and a batch's
@@ -242,29 +233,17 @@ class Authority:
         holders: dict[str, _Holder] = {}
         serials = profiles.random_serials(64)
 
-        def prepare(req: IssueRequest) -> _Prepared:
+        def prepare(req: IssueRequest) -> tuple[_Prepared, LintedTbs]:
             prepared = self._prepare(req, holders, serials)
-            lint_tbs(prepared.builder, self._key(prepared.ca), f"{req.profile} certificate")
-            return prepared
+            return prepared, linted_tbs(prepared.builder, self._key(prepared.ca),
+                                        f"{req.profile} certificate")
 
-        def sign(prepared: _Prepared) -> tuple[_Prepared, bytes]:
-            cert = sign_linted(prepared.builder, self._key(prepared.ca))
-            return prepared, cert.public_bytes(serialization.Encoding.DER)
+        def sign(item: tuple[_Prepared, LintedTbs]) -> tuple[_Prepared, bytes]:
+            prepared, linted = item
+            return prepared, sign_tbs(linted, self._key(prepared.ca))
 
-        def prepare_trial(req: IssueRequest) -> tuple[_Prepared, bytes, str]:
-            prepared = self._prepare(req, holders, serials)
-            return (prepared, trial_der(prepared.builder, self._key(prepared.ca)),
-                    f"{req.profile} certificate")
-
-        # Large batches lint in worker processes beside the HSM; small ones in this process.
-        # Peek at the head only: a population of millions is never held in memory.
-        stream = self._prefetching(iter(requests), holders)
-        head = list(itertools.islice(stream, LINT_POOL_MIN_BATCH))
-        items = itertools.chain(head, stream)
-        if parallel_lint and len(head) >= LINT_POOL_MIN_BATCH and lint_workers() > 1:
-            results = pipelined_lint(items, prepare_trial, sign, lint_workers=lint_workers())
-        else:
-            results = pipelined(items, prepare, sign)
+        # A stream: a population of millions is never held in memory.
+        results = pipelined(self._prefetching(iter(requests), holders), prepare, sign)
         batch: list[tuple[_Prepared, bytes]] = []
         for item in results:
             batch.append(item)

@@ -1,21 +1,20 @@
 """Lint-then-sign: the only path from a to-be-signed certificate to the HSM.
 
 A builder is first signed with a throw-away key of the issuer's shape (no HSM involved) and the
-result linted with pkilint; only a clean certificate is signed by the HSM key. For batches the
-lint of certificate n+1 (pure Python, holds the GIL) overlaps the HSM signature of certificate n
-(python-pkcs11 releases the GIL inside C_Sign), so the HSM stays the bottleneck.
+result linted with pkilint; only a clean certificate's TBS bytes — exactly those — are signed by
+the HSM key, and the signature is verified before the certificate is released. For batches the
+build + lint of certificate n+1 (Python, holds the GIL) overlaps the HSM signature of
+certificate n (python-pkcs11 releases the GIL inside C_Sign), so the HSM stays the bottleneck.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import multiprocessing
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -29,15 +28,6 @@ from pki.ca.hsm import HsmEcKey, HsmRsaKey
 from pki.ca.lint import lint_certificate
 from pki.ca.signer import SHA256_ECDSA_ALG, SHA256_RSA_ALG, throwaway_key
 from pki.errors import HsmError, LintFailed, PkiError
-
-# Batches at least this large lint in worker processes (starting them costs ~1 s).
-LINT_POOL_MIN_BATCH = 64
-
-
-def lint_workers() -> int:
-    """Processes for pkilint: one per core, leaving the HSM thread its share."""
-    return max(1, (os.cpu_count() or 1))
-
 
 # While a batch is signed, the GIL changes hands every 0.2 ms instead of CPython's 5 ms: the HSM
 # thread needs it back each time C_Sign returns, and with the default slice it would wait up to
@@ -70,12 +60,6 @@ def short_gil_slices(seconds: float = GIL_SLICE_SECONDS) -> Iterator[None]:
 T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
-
-
-def trial_der(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey) -> bytes:
-    """The certificate ``builder`` makes, signed by a throw-away key of the issuer's shape."""
-    trial = builder.sign(throwaway_key(issuer_key.public_key()), hashes.SHA256())
-    return trial.public_bytes(serialization.Encoding.DER)
 
 
 @dataclass(frozen=True)
@@ -127,18 +111,6 @@ def sign_tbs(linted: LintedTbs, issuer_key: HsmRsaKey | HsmEcKey) -> bytes:
     return assemble(linted, signature)
 
 
-def lint_tbs(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey,
-             what: str = "certificate") -> None:
-    """Lint ``builder`` as it would be signed by ``issuer_key``; raise LintFailed on findings."""
-    linted_tbs(builder, issuer_key, what)
-
-
-def sign_linted(builder: x509.CertificateBuilder,
-                issuer_key: HsmRsaKey | HsmEcKey) -> x509.Certificate:
-    """HSM signature of a builder that ``lint_tbs`` accepted."""
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def lint_then_sign(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey,
                    what: str = "certificate") -> x509.Certificate:
     return x509.load_der_x509_certificate(sign_tbs(linted_tbs(builder, issuer_key, what),
@@ -165,42 +137,3 @@ def pipelined(items: Iterable[T], prepare: Callable[[T], P], sign: Callable[[P],
         finally:
             for fut in pending:
                 fut.cancel()
-
-
-def pipelined_lint(items: Iterable[T], prepare: Callable[[T], tuple[P, bytes, str]],
-                   sign: Callable[[P], R], *, lint_workers: int,
-                   depth: int = 64) -> Iterator[R]:
-    """Like ``pipelined``, with pkilint in ``lint_workers`` processes.
-
-    pkilint is pure Python (several ms per certificate, holding the GIL); in worker processes it
-    runs beside the HSM signatures instead of between them. ``prepare`` returns the prepared
-    item, its throw-away-signed DER and a label for errors. A certificate is signed only once
-    its own lint came back clean, and results come out in input order.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    linting: collections.deque[tuple[P, str, Future[list[str]]]] = collections.deque()
-    signing: collections.deque[Future[R]] = collections.deque()
-    with short_gil_slices(), \
-            ProcessPoolExecutor(max_workers=lint_workers, mp_context=ctx) as lint_pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsm-sign") as sign_pool:
-        try:
-            def advance(final: bool) -> Iterator[R]:
-                while linting and (final or len(linting) > depth or linting[0][2].done()):
-                    prepared, what, fut = linting.popleft()
-                    findings = fut.result()
-                    if findings:
-                        raise LintFailed(what, findings)
-                    signing.append(sign_pool.submit(sign, prepared))
-                while signing and (final or len(signing) > depth or signing[0].done()):
-                    yield signing.popleft().result()
-
-            for item in items:
-                prepared, der, what = prepare(item)
-                linting.append((prepared, what, lint_pool.submit(lint_certificate, der)))
-                yield from advance(False)
-            yield from advance(True)
-        finally:
-            for _, _, lint_fut in linting:
-                lint_fut.cancel()
-            for sign_fut in signing:
-                sign_fut.cancel()

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pki.ca.issuer import pipelined, pipelined_lint
+from pki.ca.issuer import pipelined
 from pki.ca.lint import lint_certificate
 from pki.errors import LintFailed
 
@@ -40,25 +40,22 @@ def ders() -> tuple[bytes, bytes]:
     return good, bad
 
 
-def test_parallel_lint_keeps_order(ders: tuple[bytes, bytes]) -> None:
-    good, _ = ders
-    out = list(pipelined_lint(range(100), lambda i: (i, good, f"item {i}"), lambda i: i * 2,
-                              lint_workers=2, depth=8))
-    assert out == [i * 2 for i in range(100)]
-
-
-def test_parallel_lint_finding_stops_before_signing(ders: tuple[bytes, bytes]) -> None:
+def test_pipeline_lint_finding_stops_before_signing(ders: tuple[bytes, bytes]) -> None:
     good, bad = ders
     signed: list[int] = []
+
+    def prepare(i: int) -> int:
+        findings = lint_certificate(bad if i == 70 else good)
+        if findings:
+            raise LintFailed(f"item {i}", findings)
+        return i
 
     def sign(i: int) -> int:
         signed.append(i)
         return i
 
     with pytest.raises(LintFailed, match="item 70"):
-        list(pipelined_lint(range(100),
-                            lambda i: (i, bad if i == 70 else good, f"item {i}"),
-                            sign, lint_workers=2, depth=4))
+        list(pipelined(range(100), prepare, sign, depth=4))
     assert 70 not in signed
     assert all(i < 70 for i in signed)
 
