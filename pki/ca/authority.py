@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from pki import audit, ids, urls
 from pki.ca import profiles
 from pki.ca.hsm import Hsm, HsmEcKey, HsmRsaKey
-from pki.ca.issuer import LintedTbs, linted_tbs, pipelined, sign_tbs
+from pki.ca.issuer import LintedTbs, hsm_signature, linted_tbs, pipelined, release
 from pki.ca.signer import TbsSigner
 from pki.clock import SYSTEM_CLOCK, Clock, utc_seconds
 from pki.config import Config, default_home
@@ -238,12 +238,16 @@ class Authority:
             return prepared, linted_tbs(prepared.builder, self._key(prepared.ca),
                                         f"{req.profile} certificate")
 
-        def sign(item: tuple[_Prepared, LintedTbs]) -> tuple[_Prepared, bytes]:
+        def sign(item: tuple[_Prepared, LintedTbs]) -> tuple[_Prepared, LintedTbs, bytes]:
+            # The HSM thread signs and nothing else: checking the signature and assembling
+            # the certificate happen here, so the next C_Sign starts at once.
             prepared, linted = item
-            return prepared, sign_tbs(linted, self._key(prepared.ca))
+            return prepared, linted, hsm_signature(linted, self._key(prepared.ca))
 
         # A stream: a population of millions is never held in memory.
-        results = pipelined(self._prefetching(iter(requests), holders), prepare, sign)
+        signed = pipelined(self._prefetching(iter(requests), holders), prepare, sign)
+        results = ((prepared, release(linted, self._key(prepared.ca), signature))
+                   for prepared, linted, signature in signed)
         batch: list[tuple[_Prepared, bytes]] = []
         for item in results:
             batch.append(item)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,7 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
 from pki import der
 from pki.ca.hsm import HsmEcKey, HsmRsaKey
@@ -68,6 +69,7 @@ class LintedTbs:
 
     tbs: bytes
     algorithm: bytes     # signatureAlgorithm DER (the same value sits inside the TBS)
+    digest: bytes        # SHA-256 of ``tbs``: the HSM thread only signs
     what: str
 
 
@@ -84,8 +86,9 @@ def linted_tbs(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKe
     if findings:
         raise LintFailed(what, findings)
     algorithm = SHA256_RSA_ALG if isinstance(issuer_key, HsmRsaKey) else SHA256_ECDSA_ALG
-    linted = LintedTbs(trial.tbs_certificate_bytes, algorithm, what)
-    if assemble(linted, trial.signature) != der_bytes:     # the layout sign_tbs will produce
+    tbs = trial.tbs_certificate_bytes
+    linted = LintedTbs(tbs, algorithm, hashlib.sha256(tbs).digest(), what)
+    if assemble(linted, trial.signature) != der_bytes:     # the layout release() produces
         raise PkiError(f"{what}: unexpected certificate layout from the builder")
     return linted
 
@@ -95,20 +98,33 @@ def assemble(linted: LintedTbs, signature: bytes) -> bytes:
     return der.sequence(linted.tbs, linted.algorithm, der.bit_string(signature))
 
 
-def sign_tbs(linted: LintedTbs, issuer_key: HsmRsaKey | HsmEcKey) -> bytes:
-    """The certificate DER: the linted TBS signed in the HSM, the signature checked first."""
+_PREHASHED = utils.Prehashed(hashes.SHA256())
+
+
+def hsm_signature(linted: LintedTbs, issuer_key: HsmRsaKey | HsmEcKey) -> bytes:
+    """The HSM's signature over the linted TBS (all the HSM thread does per certificate)."""
+    if isinstance(issuer_key, HsmRsaKey):
+        return issuer_key.sign(linted.digest, padding.PKCS1v15(), _PREHASHED)
+    return issuer_key.sign(linted.digest, ec.ECDSA(_PREHASHED))
+
+
+def release(linted: LintedTbs, issuer_key: HsmRsaKey | HsmEcKey, signature: bytes) -> bytes:
+    """The certificate DER, once ``signature`` verifies over the linted TBS with the CA's key."""
     try:
         if isinstance(issuer_key, HsmRsaKey):
-            signature = issuer_key.sign(linted.tbs, padding.PKCS1v15(), hashes.SHA256())
             issuer_key.public_key().verify(signature, linted.tbs, padding.PKCS1v15(),
                                            hashes.SHA256())
         else:
-            signature = issuer_key.sign(linted.tbs, ec.ECDSA(hashes.SHA256()))
             issuer_key.public_key().verify(signature, linted.tbs, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise HsmError(f"{linted.what}: the HSM returned a signature that does not verify "
                        f"with key {issuer_key.label!r}; nothing was issued") from None
     return assemble(linted, signature)
+
+
+def sign_tbs(linted: LintedTbs, issuer_key: HsmRsaKey | HsmEcKey) -> bytes:
+    """The certificate DER: the linted TBS signed in the HSM, the signature checked first."""
+    return release(linted, issuer_key, hsm_signature(linted, issuer_key))
 
 
 def lint_then_sign(builder: x509.CertificateBuilder, issuer_key: HsmRsaKey | HsmEcKey,
