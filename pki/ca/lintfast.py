@@ -29,6 +29,8 @@ from pkilint.pkix import extension
 from pkilint.pkix.certificate import certificate_extension
 from pyasn1_alt_modules import rfc5280
 
+from pki import der
+
 # --- validator dispatch -------------------------------------------------------------------
 # pkilint's ValidatorContainer asks every validator ``match(node)`` at every node of the
 # document (~6,000 calls per certificate, about a third of the lint time). Most of what a match
@@ -154,40 +156,6 @@ class DecodeMemo:
 
 
 # --- certificates decoded by part ----------------------------------------------------------
-def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of element) of the DER element at ``pos``; strict DER."""
-    if pos + 2 > end:
-        raise ValueError("truncated")
-    tag, first = data[pos], data[pos + 1]
-    if tag & 0x1F == 0x1F:
-        raise ValueError("high tag number")
-    if first < 0x80:
-        length, head = first, 2
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 3 or pos + 2 + n > end:
-            raise ValueError("length form")
-        length = int.from_bytes(data[pos + 2:pos + 2 + n], "big")
-        if length < 0x80 or length >> (8 * (n - 1)) == 0:
-            raise ValueError("non-minimal length")
-        head = 2 + n
-    stop = pos + head + length
-    if stop > end:
-        raise ValueError("overrun")
-    return tag, pos + head, stop
-
-
-def _elements(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    """(tag, element start, element end) of the elements filling data[start:end]."""
-    out = []
-    pos = start
-    while pos < end:
-        tag, _, stop = _tlv(data, pos, end)
-        out.append((tag, pos, stop))
-        pos = stop
-    return out
-
-
 _TBS = rfc5280.TBSCertificate.componentType
 # (DER tag, position in TBSCertificate, optional, remembered)
 _TBS_LAYOUT = (
@@ -213,20 +181,19 @@ class _NotSplittable(Exception):
 
 def _decode_by_part(data: bytes, memo: DecodeMemo) -> Any:
     """A v3 certificate assembled from its separately decoded parts (same value as whole)."""
-    tag, start, end = _tlv(data, 0, len(data))
+    tag, start, end = der.read_tlv(data, 0, len(data))
     if tag != 0x30 or end != len(data):
         raise _NotSplittable
-    top = _elements(data, start, end)
-    if [t for t, _, _ in top] != [0x30, 0x30, 0x03]:
+    top = der.children(data, start, end)
+    if [t for t, _, _, _ in top] != [0x30, 0x30, 0x03]:
         raise _NotSplittable
-    (_, tbs_at, tbs_end), (_, alg_at, alg_end), (_, sig_at, sig_end) = top
-    _, tbs_start, _ = _tlv(data, tbs_at, tbs_end)
-    parts = _elements(data, tbs_start, tbs_end)
+    (_, _, tbs_start, tbs_end), (_, alg_at, _, alg_end), (_, sig_at, _, sig_end) = top
+    parts = der.children(data, tbs_start, tbs_end)
     tbs = rfc5280.TBSCertificate()
     i = 0
     for want, position, optional, remembered in _TBS_LAYOUT:
         if i < len(parts) and parts[i][0] == want:
-            _, at, stop = parts[i]
+            _, at, _, stop = parts[i]
             chunk, spec = data[at:stop], _TBS_SPECS[position]
             value = memo.decode(chunk, spec) if remembered else memo.decode_uncached(chunk, spec)
             tbs.setComponentByPosition(position, value)
@@ -237,16 +204,15 @@ def _decode_by_part(data: bytes, memo: DecodeMemo) -> Any:
         raise _NotSplittable
     if i != len(parts) - 1 or parts[i][0] != 0xA3:
         raise _NotSplittable                       # v3 with its extensions, nothing after
-    _, ext_at, ext_end = parts[i]
-    _, seq_at, seq_end = _tlv(data, ext_at, ext_end)
-    tag, items_start, items_end = _tlv(data, seq_at, seq_end)
+    _, _, seq_at, seq_end = parts[i]
+    tag, items_start, items_end = der.read_tlv(data, seq_at, seq_end)
     if tag != 0x30 or items_end != seq_end:
         raise _NotSplittable
-    items = _elements(data, items_start, items_end)
-    if not items or any(t != 0x30 for t, _, _ in items):
+    items = der.children(data, items_start, items_end)
+    if not items or any(t != 0x30 for t, _, _, _ in items):
         raise _NotSplittable
     extensions = _TBS_SPECS[9].clone()
-    for n, (_, at, stop) in enumerate(items):
+    for n, (_, at, _, stop) in enumerate(items):
         extensions.setComponentByPosition(n, memo.decode(data[at:stop], _EXTENSION_SPEC))
     tbs.setComponentByPosition(9, extensions)
     cert = rfc5280.Certificate()
