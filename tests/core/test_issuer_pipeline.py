@@ -15,21 +15,30 @@ from pki.ca.lint import lint_certificate
 from pki.errors import LintFailed
 
 
-def _cert(clean: bool) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _builder(key: ec.EllipticCurvePrivateKey, clean: bool) -> x509.CertificateBuilder:
+    """A self-issued CA certificate: lint-clean, or without any extension (findings)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pipeline test")])
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30)))
-    if clean:
-        builder = (builder
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
-                                                False, False), critical=True)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                                  critical=False))
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    if not clean:
+        return builder
+    public = key.public_key()
+    return (builder
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                         False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            # pkilint cannot tell a throw-away-signed certificate is self-signed: it wants AKI
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public),
+                           critical=False))
+
+
+def _cert(clean: bool) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _builder(key, clean).sign(key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.DER)
 
 
 @pytest.fixture(scope="module")
@@ -81,27 +90,12 @@ class _SoftEcKey:
         return self._claimed.public_key()
 
 
-def _ca_builder(key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sign tbs test")])
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
-                                         False, False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
-                           critical=False))
-
-
 def test_the_bytes_signed_are_the_bytes_linted() -> None:
     from pki.ca.issuer import linted_tbs, sign_tbs
 
     key = ec.generate_private_key(ec.SECP256R1())
     soft = _SoftEcKey(key, key)
-    linted = linted_tbs(_ca_builder(key), soft, "test CA")  # type: ignore[arg-type]
+    linted = linted_tbs(_builder(key, True), soft, "test CA")  # type: ignore[arg-type]
     cert = x509.load_der_x509_certificate(sign_tbs(linted, soft))  # type: ignore[arg-type]
     assert cert.tbs_certificate_bytes == linted.tbs
     cert.verify_directly_issued_by(cert)
@@ -114,7 +108,7 @@ def test_a_signature_that_does_not_verify_issues_nothing() -> None:
 
     key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     faulty = _SoftEcKey(other, key)      # an HSM answering with the wrong key's signature
-    linted = linted_tbs(_ca_builder(key), faulty, "test CA")  # type: ignore[arg-type]
+    linted = linted_tbs(_builder(key, True), faulty, "test CA")  # type: ignore[arg-type]
     with pytest.raises(HsmError, match="does not verify"):
         sign_tbs(linted, faulty)  # type: ignore[arg-type]
 
@@ -123,11 +117,7 @@ def test_a_lint_finding_stops_before_the_hsm() -> None:
     from pki.ca.issuer import linted_tbs
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no extensions")])
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30)))
+    builder = _builder(key, False)
     signs: list[bytes] = []
 
     class Counting(_SoftEcKey):
