@@ -7,12 +7,10 @@ certificates issued by the home's Authority (the pcscd tests use the software ca
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import json
 import socket
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,6 +37,7 @@ from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.service import OcspService
 from pki.store.models import Professional, Structure
 from pki.store.patient_models import ProfessionalActivity
+from tests.servers import Running, run_server
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -47,44 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class Running:
-    loop: asyncio.AbstractEventLoop
-    stop: asyncio.Event
-    thread: threading.Thread
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=10)
-
-
-def run_server(server: HttpServer, port: int) -> Running:
-    started = threading.Event()
-    box: dict[str, Any] = {}
-
-    def main() -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        stop = asyncio.Event()
-
-        async def go() -> None:
-            listener = await server.start("127.0.0.1", port)
-            box.update(loop=loop, stop=stop)
-            started.set()
-            await stop.wait()
-            server.close()
-            listener.close()
-            await listener.wait_closed()
-
-        loop.run_until_complete(go())
-        loop.close()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    return Running(box["loop"], box["stop"], thread)
 
 
 @dataclass

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,47 +19,7 @@ from pki.http.server import HttpServer
 from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.service import OcspService
 from pki.store.models import Professional
-
-
-@dataclass
-class Running:
-    server: HttpServer
-    loop: asyncio.AbstractEventLoop
-    port: int
-    stop: asyncio.Event
-    thread: threading.Thread
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=10)
-
-
-def run_server(server: HttpServer) -> Running:
-    """Start ``server`` on 127.0.0.1 (free port) in a thread with its own event loop."""
-    started = threading.Event()
-    box: dict[str, object] = {}
-
-    def main() -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        stop = asyncio.Event()
-
-        async def go() -> None:
-            listener = await server.start("127.0.0.1", 0)
-            box.update(loop=loop, stop=stop, port=server.server_port)
-            started.set()
-            await stop.wait()
-            server.close()
-            listener.close()
-            await listener.wait_closed()
-
-        loop.run_until_complete(go())
-        loop.close()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    return Running(server, box["loop"], int(box["port"]), box["stop"], thread)  # type: ignore[arg-type]
+from tests.servers import Running, run_server
 
 
 @dataclass
