@@ -7,6 +7,7 @@ row; PostgreSQL drivers still give datetimes, which ``der`` formats.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from sqlalchemy.orm import Session
 from pki.crl.builder import Row
 from pki.store.models import Certificate, CertificateAuthority, Crl, StatusEvent
 
-STREAM_BATCH = 5_000
+STREAM_BATCH = 1_000       # rows per fetch: bounded Python memory whatever the list size
+SCAN_CACHE_KIB = -256      # SQLite page cache during the scan (negative: KiB)
 LISTED = ("revoked", "hold")
 CHANGE_EVENTS = ("revoke", "hold", "release")
 
@@ -84,13 +86,22 @@ def revoked_batches(session: Session, ca_id: int, *, sharded: bool
     sql = (f"SELECT serial, COALESCE(revoked_at, status_changed_at, created_at), reason, "  # noqa: S608
            f"invalidity_date, status{', shard' if sharded else ''} FROM certificate "
            f"WHERE ca_id = {mark} AND status IN ({mark}, {mark})")
-    cursor = (dbapi.cursor(name="crl_revoked") if conn.dialect.name == "postgresql"
-              else dbapi.cursor())
+    sqlite = conn.dialect.name == "sqlite"
+    cursor = dbapi.cursor() if sqlite else dbapi.cursor(name="crl_revoked")
+    saved_cache = None
     try:
+        if sqlite:
+            # A one-pass scan gains nothing from SQLite's page cache; a small one keeps the
+            # publication's memory close to the CRL's own size. Restored afterwards.
+            saved_cache = cursor.execute("PRAGMA cache_size").fetchone()[0]
+            cursor.execute(f"PRAGMA cache_size = {SCAN_CACHE_KIB}")
         cursor.execute(sql, (ca_id, *LISTED))
         while batch := cursor.fetchmany(STREAM_BATCH):
             yield _split(batch, sharded)
     finally:
+        if saved_cache is not None:
+            with contextlib.suppress(Exception):   # a broken connection: nothing to restore
+                cursor.execute(f"PRAGMA cache_size = {int(saved_cache)}")
         cursor.close()
 
 

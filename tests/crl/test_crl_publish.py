@@ -377,3 +377,20 @@ def test_big_crl_is_stored_byte_for_byte(env: CrlEnv) -> None:
                                                  Crl.ca_id == env.auth.ca(env.personnes).id)
                            ).scalar_one()
     assert stored == full.der and len(x509.load_der_x509_crl(stored)) == 30_000
+
+
+def test_full_publication_scan_leaves_sqlite_cache_size_as_it_was(env: CrlEnv) -> None:
+    from sqlalchemy import text
+
+    from pki.crl import source
+
+    certs = env.issue(3)
+    lifecycle.revoke(env.auth, certs[0].serial, "keyCompromise")
+    ca_id = env.auth.ca(env.personnes).id
+    with env.auth.store.session() as s:
+        if s.connection().dialect.name != "sqlite":
+            pytest.skip("SQLite only")
+        s.execute(text("PRAGMA cache_size = -3000"))
+        batches = list(source.revoked_batches(s, ca_id, sharded=False))
+        assert sum(len(rows) for b in batches for rows in b.values()) == 1
+        assert s.execute(text("PRAGMA cache_size")).scalar_one() == -3000
