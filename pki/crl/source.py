@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,8 @@ def revoked_batches(session: Session, ca_id: int, *, sharded: bool
            f"invalidity_date, status{', shard' if sharded else ''} FROM certificate "
            f"WHERE ca_id = {mark} AND status IN ({mark}, {mark})")
     sqlite = conn.dialect.name == "sqlite"
-    cursor = dbapi.cursor() if sqlite else dbapi.cursor(name="crl_revoked")
+    cursor = (dbapi.cursor(name="crl_revoked") if conn.dialect.name == "postgresql"
+              else dbapi.cursor())
     saved_cache = None
     try:
         if sqlite:
@@ -100,7 +102,7 @@ def revoked_batches(session: Session, ca_id: int, *, sharded: bool
             yield _split(batch, sharded)
     finally:
         if saved_cache is not None:
-            with contextlib.suppress(Exception):   # a broken connection: nothing to restore
+            with contextlib.suppress(sqlite3.Error):   # a broken connection: nothing to restore
                 cursor.execute(f"PRAGMA cache_size = {int(saved_cache)}")
         cursor.close()
 
