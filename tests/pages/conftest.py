@@ -147,7 +147,8 @@ def browserless(env: Env) -> Browserless:  # noqa: F811
 # --- Chromium -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright (dev extra) drives the browser test")
     if not CHROMIUM.exists() and shutil.which("chromium") is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
     with sync_api.sync_playwright() as pw:

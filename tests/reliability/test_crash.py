@@ -88,7 +88,8 @@ def test_kill9_everywhere(backend_url: str | None, cli_home: Callable[..., Path]
                           tmp_path: Path) -> None:
     backend = "sqlite" if backend_url is None else "postgresql"
     if backend_url is not None:
-        pytest.importorskip("psycopg")
+        pytest.importorskip("psycopg",
+                            reason="psycopg (dev extra) is needed for the PostgreSQL variant")
     random = rng()
     port = free_port()
     home = cli_home(backend_url, base_url=f"http://127.0.0.1:{port}")
