@@ -2,7 +2,7 @@
 
 For each CA key type (default: rsa4096, the product default, then rsa2048) in a fresh home:
 
-  (a) raw      — the issuing CA key signs a 32-byte SHA-256 digest in a loop through pki.ca.hsm
+  (a) raw      — the issuing CA key signs a 32-byte SHA-256 digest in a loop through pki.hsm
                  (one process, one session): the ceiling the HSM sets;
   (b) e2e      — `cps-admin bench-populate` (one process): directory lookup, profile build,
                  pkilint of a throw-away signature, HSM signature, storage with audit; goal ≥ 80%
@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
 from pki.ca.authority import Authority
 from pki.ca.hierarchy import init_home
-from pki.ca.hsm import HsmRsaKey
 from pki.ca.lint import lint_certificate
+from pki.hsm import HsmRsaKey
 
 DEFAULT_COUNTS = {"rsa4096": 800, "rsa2048": 1200, "p256": 1200}
 DIGEST = bytes(range(32))

@@ -54,7 +54,7 @@ def serve_child(home: str, port: int, key_type: str) -> None:
     import asyncio
 
     from pki.ca.authority import Authority
-    from pki.ca.hsm import KeyType
+    from pki.hsm import KeyType
     from pki.http.server import HttpServer, run
     from pki.ocsp.endpoint import OcspEndpoint
     from pki.ocsp.service import OcspService
@@ -118,7 +118,7 @@ def openssl_responder(auth: object, tmp: Path, key_type: str) -> tuple[Path, Pat
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     from pki.ca import responder
-    from pki.ca.signer import throwaway_key
+    from pki.signer import throwaway_key
     ca = next(c for c in auth.issuing_cas() if c.role == "PERSONNES")  # type: ignore[attr-defined]
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
         rsa.generate_private_key(65537, 2048) if key_type == "rsa2048"

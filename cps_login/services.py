@@ -29,9 +29,9 @@ from cps_login.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from cps_login.revocation import Fetcher, RevocationChecker
 from cps_login.tokens import TokenIssuer, TokenValidator
 from pki.ca.authority import Authority
-from pki.ca.hsm import KeyType
 from pki.ca.token_key import token_key
 from pki.clock import SYSTEM_CLOCK, Clock
+from pki.keytypes import KeyType
 from pki.store.db import Store
 
 

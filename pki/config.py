@@ -45,11 +45,21 @@ def find_softhsm_module() -> str:
 @dataclass(frozen=True)
 class HsmConfig:
     module: str
+    # The issuing CAs' token (their keys and the OCSP responder keys): officer commands and the
+    # signer role open it with ``user_pin_file``.
     token_label: str = "CPS-CA"  # noqa: S105 - a label, not a secret
     # Relative to the home; None when the module is not SoftHSM (a real HSM).
     softhsm_conf: str | None = "softhsm2.conf"
-    user_pin_file: str = "secrets/hsm-user.pin"
-    so_pin_file: str = "secrets/hsm-so.pin"
+    user_pin_file: str = "secrets/ca.pin"
+    so_pin_file: str = "secrets/ca-so.pin"
+    # The roots' token: opened only by `cps-admin init` and the `cps-admin root` ceremonies.
+    root_token_label: str = "CPS-ROOT"  # noqa: S105 - a label, not a secret
+    root_pin_file: str = "secrets/root.pin"
+    root_so_pin_file: str = "secrets/root-so.pin"
+    # The login broker's token (its access-token signing key): the broker role only.
+    broker_token_label: str = "CPS-BROKER"  # noqa: S105 - a label, not a secret
+    broker_pin_file: str = "secrets/broker.pin"
+    broker_so_pin_file: str = "secrets/broker-so.pin"
 
 
 @dataclass(frozen=True)

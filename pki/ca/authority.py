@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 
 from pki import audit, ids, urls
 from pki.ca import profiles
-from pki.ca.hsm import Hsm, HsmEcKey, HsmRsaKey
 from pki.ca.issuer import LintedTbs, hsm_signature, linted_tbs, pipelined, release
-from pki.ca.signer import TbsSigner
 from pki.clock import SYSTEM_CLOCK, Clock, utc_seconds
 from pki.config import Config, default_home
 from pki.errors import BadCsr, InvalidInput, NotFound, PkiError
+from pki.hsm import Hsm, HsmEcKey, HsmRsaKey
+from pki.signer import TbsSigner
 from pki.store.db import Store
 from pki.store.models import Certificate, CertificateAuthority, Professional, Structure
 

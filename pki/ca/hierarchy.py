@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 
 from pki import audit, urls
 from pki.ca import profiles, softhsm
-from pki.ca.hsm import Hsm, KeyType
 from pki.ca.issuer import lint_then_sign
 from pki.clock import SYSTEM_CLOCK, Clock, utc_seconds
 from pki.config import (
@@ -29,6 +28,7 @@ from pki.config import (
     write_private,
 )
 from pki.errors import HomeExists, InvalidInput
+from pki.hsm import Hsm, KeyType
 from pki.store.db import Store
 from pki.store.models import CertificateAuthority
 

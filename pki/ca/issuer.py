@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
 from pki import der
-from pki.ca.hsm import HsmEcKey, HsmRsaKey
 from pki.ca.lint import lint_certificate
-from pki.ca.signer import SHA256_ECDSA_ALG, SHA256_RSA_ALG, throwaway_key
 from pki.errors import HsmError, LintFailed, PkiError
+from pki.hsm import HsmEcKey, HsmRsaKey
+from pki.signer import SHA256_ECDSA_ALG, SHA256_RSA_ALG, throwaway_key
 
 # While a batch is signed, the GIL changes hands every 0.2 ms instead of CPython's 5 ms: the HSM
 # thread needs it back each time C_Sign returns, and with the default slice it would wait up to

@@ -20,13 +20,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
 from pki import audit
-from pki.ca.hsm import Hsm, KeyType
 from pki.ca.lint import lint_certificate
-from pki.ca.signer import TbsSigner, throwaway_key
 from pki.clock import Clock, utc_seconds
 from pki.config import Config
 from pki.errors import PkiError
+from pki.hsm import Hsm, KeyType
 from pki.ocsp import der
+from pki.signer import TbsSigner, throwaway_key
 from pki.store.db import Store
 from pki.store.models import Certificate
 

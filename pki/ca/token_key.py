@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.ca.authority import Authority
-from pki.ca.hsm import HsmEcKey, HsmRsaKey, KeyType
-from pki.ca.signer import TbsSigner
 from pki.errors import HsmError
+from pki.hsm import HsmEcKey, HsmRsaKey, KeyType
+from pki.signer import TbsSigner
 
 DEFAULT_LABEL = "token:broker"
 

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 
 from pki import audit as audit_log
 from pki.ca.hierarchy import RANGES, init_home
-from pki.ca.hsm import KeyType
 from pki.cards.errors import CardError
 from pki.cli import bench as bench_cli
 from pki.cli import card as card_cli
@@ -37,6 +36,7 @@ from pki.cli.context import (
 from pki.config import default_home
 from pki.crl.cli import crl
 from pki.errors import NotFound, PkiError
+from pki.keytypes import KeyType
 from pki.store.models import AuditRecord
 
 

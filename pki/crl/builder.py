@@ -39,7 +39,7 @@ REMOVE_FROM_CRL = der.REASON_CODES["removeFromCRL"]
 
 
 class Signer(Protocol):
-    """What the builder needs from pki.ca.signer.TbsSigner (the consumer declares it)."""
+    """What the builder needs from pki.signer.TbsSigner (the consumer declares it)."""
 
     @property
     def algorithm_identifier(self) -> bytes: ...

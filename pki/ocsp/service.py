@@ -26,8 +26,8 @@ from sqlalchemy import select
 
 from pki import audit
 from pki.ca import responder as responders
-from pki.ca.hsm import KeyType
 from pki.ca.responder import AuthorityLike
+from pki.keytypes import KeyType
 from pki.ocsp import records as rec
 from pki.ocsp import response as resp
 from pki.ocsp.redis_tier import RedisTier

@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from pkcs11 import Attribute, ObjectClass
 
 from pki.ca.authority import Authority
-from pki.ca.hsm import Hsm, HsmEcKey, HsmRsaKey, KeyType
-from pki.ca.signer import TbsSigner
 from pki.config import Config
 from pki.errors import HsmError, HsmKeyNotFound, HsmPinIncorrect
+from pki.hsm import Hsm, HsmEcKey, HsmRsaKey, KeyType
+from pki.signer import TbsSigner
 
 
 def _open(home: Path) -> Hsm:

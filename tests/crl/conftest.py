@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.ca.authority import Authority, IssuedCertificate, IssueRequest
-from pki.ca.signer import SHA256_ECDSA_ALG, SHA256_RSA_ALG, throwaway_signature
 from pki.clock import FixedClock
 from pki.crl.publisher import PublishedCrl
+from pki.signer import SHA256_ECDSA_ALG, SHA256_RSA_ALG, throwaway_signature
 
 # Whole seconds, like everything X.509 carries; a fixed instant keeps runs reproducible.
 START = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,29 +32,7 @@ from pkcs11.util.rsa import encode_rsa_public_key
 
 from pki import pkcs11lib
 from pki.errors import HsmError, HsmKeyNotFound, HsmPinIncorrect
-
-
-class KeyType(StrEnum):
-    RSA2048 = "rsa2048"
-    RSA4096 = "rsa4096"
-    P256 = "p256"
-
-    @property
-    def is_rsa(self) -> bool:
-        return self in (KeyType.RSA2048, KeyType.RSA4096)
-
-    @property
-    def rsa_bits(self) -> int:
-        return {KeyType.RSA2048: 2048, KeyType.RSA4096: 4096}[self]
-
-    @classmethod
-    def parse(cls, value: str) -> KeyType:
-        try:
-            return cls(value.lower())
-        except ValueError:
-            raise ValueError(f"unknown key type {value!r}; expected one of "
-                             f"{', '.join(k.value for k in cls)}") from None
-
+from pki.keytypes import KeyType as KeyType
 
 # DER DigestInfo prefixes (RFC 8017 §9.2 note 1): the host hashes, the token pads and signs.
 _DIGEST_INFO_PREFIX = {

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from pki.ca.hsm import HsmEcKey, HsmRsaKey
+from pki.hsm import HsmEcKey, HsmRsaKey
 
 # AlgorithmIdentifier DER: sha256WithRSAEncryption (NULL parameters, RFC 4055) and
 # ecdsa-with-SHA256 (parameters absent, RFC 5758).
