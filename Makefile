@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SYSTEM_PACKAGES := softhsm2 opensc pcscd libpcsclite-dev vsmartcard-vpcd pcsc-tools gcc swig \
-                   make openssl apache2-utils pkg-config chromium chromium-driver
+                   make openssl apache2-utils pkg-config chromium chromium-driver \
+                   haproxy wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test check lint typecheck bench system-deps venv clean reliability fuzz
