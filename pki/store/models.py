@@ -187,3 +187,41 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class OcspRecord(Base):
+    """A pre-signed OCSP record (pki.ocsp.records: header + signature), written by the signer
+    role, read by the status replicas. One row per certificate and responder certificate: a
+    renewal writes the new responder's set beside the old one, which keeps serving until the
+    ``ocsp_responder`` row switches (the signer then deletes the old set).
+
+    ``seq`` grows with every write (the signer is the only writer and commits in ``seq`` order),
+    so a replica catches up with ``seq > last_seen``."""
+
+    __tablename__ = "ocsp_record"
+    # SQLite: clustered by the primary key, so a CA's set is one range scan and the key is
+    # stored once (2M rows).
+    __table_args__ = (Index("ix_ocsp_record_seq", "seq"), {"sqlite_with_rowid": False})
+
+    ca_id: Mapped[int] = mapped_column(ForeignKey("ca.id"), primary_key=True)
+    responder_serial: Mapped[str] = mapped_column(String(42), primary_key=True)
+    serial: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)  # INTEGER content
+    record: Mapped[bytes] = mapped_column(LargeBinary)
+    seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class OcspResponder(Base):
+    """The responder certificate a CA's served records are signed with (one row per issuing CA).
+
+    Written by the signer once the responder's whole record set is in ``ocsp_record`` (not when
+    the certificate is issued: that is a ``certificate`` row of profile ``ocsp`` long before the
+    set is complete), so a replica switching to it finds every record signed."""
+
+    __tablename__ = "ocsp_responder"
+
+    ca_id: Mapped[int] = mapped_column(ForeignKey("ca.id"), primary_key=True)
+    responder_serial: Mapped[str] = mapped_column(String(42))
+    der: Mapped[bytes] = mapped_column(LargeBinary)            # the responder certificate
+    algorithm: Mapped[bytes] = mapped_column(LargeBinary)      # signatureAlgorithm DER
+    not_after: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    seq: Mapped[int] = mapped_column(BigInteger)               # ocsp_record seq at the switch
