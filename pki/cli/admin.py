@@ -7,24 +7,19 @@ with ``main.add_command(...)`` (``serve``, ``card``, ``crl``).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 from cryptography.hazmat.primitives import serialization
 
 from pki import audit as audit_log
-from pki.ca.hierarchy import RANGES, init_home
 from pki.cards.errors import CardError
-from pki.cli import bench as bench_cli
-from pki.cli import card as card_cli
-from pki.cli import certs as certs_cli
-from pki.cli import directory as directory_cli
-from pki.cli import serve as serve_cli
 from pki.cli.context import (
     AdminContext,
     emit_json,
@@ -73,6 +68,28 @@ class AdminGroup(click.Group):
             sys.exit(code)
         return rv
 
+    # Subcommands whose modules are imported only when named (module, attribute; None: the
+    # module's ``register(main)`` adds it): `serve --role status` must reach its runner without
+    # importing the CA and, with it, the PKCS#11 module (docs/roles.md).
+    lazy: ClassVar[dict[str, tuple[str, str | None]]] = {
+        "serve": ("pki.cli.serve", "serve"), "card": ("pki.cli.card", "card"),
+        "pro": ("pki.cli.directory", None), "structure": ("pki.cli.directory", None),
+        "cert": ("pki.cli.certs", None), "bench-populate": ("pki.cli.bench", None),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module_name, attribute = self.lazy[cmd_name]
+            module = importlib.import_module(module_name)
+            if attribute is None:
+                module.register(self)
+            else:
+                self.add_command(getattr(module, attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
 
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {one_line(message)}", err=True)
@@ -96,6 +113,8 @@ def main(ctx: click.Context, home: Path | None, db_url: str | None, json_output:
 # --- init -------------------------------------------------------------------------------
 
 def _ranges(values: tuple[str, ...]) -> tuple[str, ...]:
+    from pki.ca.hierarchy import RANGES
+
     out: list[str] = []
     for value in values:
         out += [r.strip().upper() for r in value.split(",") if r.strip()]
@@ -119,6 +138,8 @@ def _ranges(values: tuple[str, ...]) -> tuple[str, ...]:
 def init(obj: AdminContext, ranges: tuple[str, ...], key_type: str, base_url: str,
          crl_shards: int) -> None:
     """Create the home: HSM token, CA hierarchy, store, configuration."""
+    from pki.ca.hierarchy import init_home
+
     config = init_home(obj.home, ranges=_ranges(ranges), key_type=key_type, db_url=obj.db_url,
                        base_url=base_url, crl_shards=crl_shards)
     click.echo(f"initialised {obj.home} ({', '.join(config.ranges)}, {config.key_type}, "
@@ -226,9 +247,7 @@ def audit_list(obj: AdminContext, limit: int, action: str | None) -> None:
         emit_table(rows, ["seq", "at", "actor", "action", "target"])
 
 
-directory_cli.register(main)
-certs_cli.register(main)
-bench_cli.register(main)
 main.add_command(crl)
-main.add_command(serve_cli.serve)
-main.add_command(card_cli.card)
+
+if __name__ == "__main__":   # `python -m pki.cli.admin` (the supervisor starts its roles so)
+    main()

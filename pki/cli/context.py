@@ -11,13 +11,15 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.ca.authority import Authority
 from pki.config import Config
 from pki.store.db import Store
+
+if TYPE_CHECKING:   # imported when first used: `serve --role status` never loads the CA
+    from pki.ca.authority import Authority
 
 
 @dataclass
@@ -34,6 +36,8 @@ class AdminContext:
     def authority(self) -> Authority:
         """The home's Authority, opened lazily (the HSM session only when a key is needed)."""
         if self._authority is None:
+            from pki.ca.authority import Authority
+
             self._authority = Authority.open(self.home, self.db_url)
         return self._authority
 
