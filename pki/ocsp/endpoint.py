@@ -2,7 +2,8 @@
 headers, a small response cache keyed by the exact request, Prometheus metrics.
 
 Runs on the server's event loop: answers from memory synchronously; a request that needs a live
-signature returns a coroutine that signs in a worker thread (bounded: beyond
+signature returns a coroutine that signs in a worker thread (the signer role signs; a status
+replica forwards the request to the signer there) (bounded: beyond
 ``MAX_PENDING_LIVE`` queued signatures the answer is tryLater, so a flood of nonces or random
 serials cannot queue unbounded HSM work).
 """
@@ -24,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 from pki.http import Request, Response
 from pki.http.server import Prebuilt, encode_fields
 from pki.ocsp import response as resp
-from pki.ocsp.service import MAX_PENDING_LIVE, Answer, LiveJob, OcspService
+from pki.ocsp.lookup import MAX_PENDING_LIVE, Answer, LiveJob, RecordIndex
 
 CONTENT_TYPE = "application/ocsp-response"
 REQUEST_TYPE = "application/ocsp-request"
@@ -55,7 +56,7 @@ class _Entry:
 class OcspEndpoint:
     """The ``/ocsp`` handler for pki.http.server (may return a coroutine: see module doc)."""
 
-    def __init__(self, service: OcspService, *, path: str = "/ocsp",
+    def __init__(self, service: RecordIndex, *, path: str = "/ocsp",
                  executor: ThreadPoolExecutor | None = None,
                  cache_bytes: int = CACHE_BYTES) -> None:
         self.service = service

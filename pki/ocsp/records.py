@@ -9,12 +9,13 @@ from those fields (see pki/ocsp/README.md for the memory figures).
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography import x509
 
-from pki.ca.responder import Responder
 from pki.ocsp import response as resp
 
 HEADER = struct.Struct(">IIIBBI")   # produced_at, this_update, next_update, status, reason, rev_at
@@ -41,14 +42,27 @@ def same_status(record: bytes, status: int, reason: int, revoked_at: int) -> boo
     return status_of(record) == (status, reason, revoked_at)
 
 
+class TbsSigning(Protocol):
+    """The responder key (signer role only): signs a ResponseData."""
+
+    def sign(self, tbs: bytes) -> bytes: ...
+
+
 @dataclass
 class CaState:
-    """One issuing CA as the responder sees it: identifiers, responder, records."""
+    """One issuing CA as the responder sees it: identifiers, responder, records.
+
+    Needs only the responder certificate and its signature algorithm to assemble responses;
+    ``signer`` (the responder key in the HSM) is there in the signer role only, so the status
+    role builds the same state without any PKCS#11 code."""
 
     ca_id: int
     slug: str
     issuer: x509.Certificate
-    responder: Responder
+    responder_der: bytes
+    algorithm: bytes                  # signatureAlgorithm DER of the responder's signatures
+    responder_not_after: dt.datetime
+    signer: TbsSigning | None = None
     records: dict[bytes, bytes] = field(default_factory=dict)   # serial content -> record
     name_hashes: dict[str, bytes] = field(default_factory=dict)
     key_hashes: dict[str, bytes] = field(default_factory=dict)
@@ -58,14 +72,10 @@ class CaState:
             name_hash, key_hash = resp.issuer_hashes(self.issuer, hash_name)
             self.name_hashes[hash_name] = name_hash
             self.key_hashes[hash_name] = key_hash
-        self.set_responder(self.responder)
-
-    def set_responder(self, responder: Responder) -> None:
-        self.responder = responder
-        self.responder_id = resp.responder_id_by_key(responder.signer.certificate)
-        self.certs = resp.certs_field(responder.der)
-        self.algorithm = responder.signer.algorithm_identifier
-        self.responder_serial = f"{responder.signer.certificate.serial_number:X}"
+        certificate = x509.load_der_x509_certificate(self.responder_der)
+        self.responder_id = resp.responder_id_by_key(certificate)
+        self.certs = resp.certs_field(self.responder_der)
+        self.responder_serial = f"{certificate.serial_number:X}"
 
     def cert_id(self, hash_name: str, serial: bytes) -> bytes:
         return resp.cert_id(hash_name, self.name_hashes[hash_name], self.key_hashes[hash_name],
@@ -85,10 +95,14 @@ class CaState:
         return resp.successful(self.tbs(serial, record), self.algorithm,
                                record[HEADER_SIZE:], self.certs)
 
+    def sign_tbs(self, tbs: bytes) -> bytes:
+        if self.signer is None:
+            raise RuntimeError(f"no responder key for {self.slug} in this process")
+        return self.signer.sign(tbs)
+
     def sign(self, serial: bytes, header: bytes) -> bytes:
         """Sign a header-only record in the HSM; returns the complete record."""
-        signature = self.responder.signer.sign(self.tbs(serial, header))
-        return header[:HEADER_SIZE] + signature
+        return header[:HEADER_SIZE] + self.sign_tbs(self.tbs(serial, header))
 
 
 def serial_content(serial_hex: str) -> bytes:

@@ -1,13 +1,16 @@
-"""The OCSP responder's state: pre-signed records per issuing CA, kept fresh in the background.
+"""The signing side of the OCSP responder (signer role): pre-signed records per issuing CA,
+kept fresh in the background, written to the store (``ocsp_record``) and Redis for the status
+replicas.
 
-Hot path (``lookup``): parse (a fast path for one SHA-1 CertID without extensions), find the CA
-by issuerKeyHash, find the record by serial, re-assemble the response. No database, no HSM.
-Everything that needs a signature now (nonce, SHA-256 CertIDs, several certificates, unknown
-serials, a record not signed yet) becomes a ``LiveJob`` that the HTTP layer runs in a thread.
+Hot path (``lookup``, pki.ocsp.lookup): no database, no HSM. Everything that needs a signature
+now (nonce, SHA-256 CertIDs, several certificates, unknown serials, a record not signed yet)
+becomes a ``LiveJob`` that ``sign_live`` signs in a worker thread.
 
 Background thread: initial load and pre-sign, a watcher polling ``status_event`` (and new
 ``certificate`` rows) every ``poll_interval`` seconds, refresh of records nearing nextUpdate,
-responder certificate renewal (signs a whole new set with the new key, then swaps).
+responder certificate renewal (signs a whole new set with the new key, then swaps). Every signed
+record is also upserted into ``ocsp_record`` in the batch's transaction (with its audit record),
+and ``ocsp_responder`` names the responder whose set is complete.
 """
 
 from __future__ import annotations
@@ -16,30 +19,30 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from cryptography import x509
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from pki import audit
 from pki.ca import responder as responders
-from pki.ca.responder import AuthorityLike
+from pki.ca.responder import AuthorityLike, Responder
 from pki.keytypes import KeyType
 from pki.ocsp import records as rec
+from pki.ocsp import recordstore
 from pki.ocsp import response as resp
+from pki.ocsp.lookup import MAX_PENDING_LIVE, UNKNOWN_CACHE, Answer, LiveJob, RecordIndex
 from pki.ocsp.redis_tier import RedisTier
-from pki.ocsp.request import MalformedRequest, OcspRequest, fast_single_sha1, parse_request
 from pki.store.models import Certificate, StatusEvent
+
+__all__ = ["MAX_PENDING_LIVE", "UNKNOWN_CACHE", "Answer", "LiveJob", "OcspService"]
 
 log = logging.getLogger(__name__)
 
-BATCH = 2000                   # records signed per audit record
+BATCH = 2000                   # records signed per audit record (and per store transaction)
 GAP_TTL = 10.0                 # seconds an id gap in status_event is watched for a late commit
-MAX_PENDING_LIVE = 64          # live signatures queued before answering tryLater
-UNKNOWN_CACHE = 20_000
 
 
 class IssuingCa(Protocol):
@@ -55,20 +58,6 @@ class OcspAuthority(AuthorityLike, Protocol):
     def issuing_cas(self) -> list[Any]: ...
 
 
-@dataclass(frozen=True)
-class Answer:
-    body: bytes
-    kind: str                  # good | revoked | unknown | malformed | unauthorized | ...
-    this_update: int = 0
-    next_update: int = 0
-
-
-@dataclass(frozen=True)
-class LiveJob:
-    state: rec.CaState
-    request: OcspRequest
-
-
 def _status_fields(row: Any) -> tuple[int, int, int]:
     status = row.status
     if status == "active":
@@ -81,38 +70,37 @@ def _status_fields(row: Any) -> tuple[int, int, int]:
         revoked_at
 
 
-class OcspService:
+def ca_state(ca: IssuingCa, responder: Responder) -> rec.CaState:
+    return rec.CaState(ca.id, ca.slug, ca.certificate, responder.der,
+                       responder.signer.algorithm_identifier, responder.not_after,
+                       responder.signer)
+
+
+class OcspService(RecordIndex):
     """Pre-signed OCSP answers for every certificate of every issuing CA of an Authority."""
 
     def __init__(self, auth: OcspAuthority, *, redis_url: str | None = None,
                  redis_prefix: str = "cps:", poll_interval: float = 0.2,
                  maintenance_interval: float = 30.0,
                  responder_key_type: KeyType | None = None) -> None:
+        super().__init__(auth.clock)
         self.auth = auth
-        self.clock = auth.clock
         self.config = auth.config.ocsp
         self.poll_interval = poll_interval
         self.responder_key_type = responder_key_type
         self.maintenance_interval = maintenance_interval
         url = redis_url if redis_url is not None else self.config.redis_url
         self.redis = RedisTier(url, redis_prefix) if url else None
-        self.states: dict[int, rec.CaState] = {}
-        self._by_key: dict[str, dict[bytes, rec.CaState]] = {"sha1": {}, "sha256": {}}
-        self._unknown: OrderedDict[tuple[int, bytes], bytes] = OrderedDict()
-        self._lock = threading.RLock()          # writers only; the hot path reads without it
+        self.writer = recordstore.RecordWriter(auth.store)
+        self._responders: dict[int, Responder] = {}
+        self._redis_down = False
         self._stop = threading.Event()
-        self.ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._high_water = 0
         self._gaps: dict[int, float] = {}
         self._done: set[int] = set()
         self._max_cert_id = 0
         self._rebuilding: dict[int, set[str]] = {}
-        self.generation = 0                     # bumped on every status change (HTTP caches)
-        self.signed_total = 0
-        self.live_pending = 0
-        self.error: BaseException | None = None
-        self._oldest: int | None = None
 
     # --- life cycle ------------------------------------------------------------------
     def start(self, *, wait: bool = False, timeout: float | None = None) -> None:
@@ -136,17 +124,17 @@ class OcspService:
             ).scalar_one_or_none() or 0
         for ca in self.auth.issuing_cas():
             responder = responders.ensure(self.auth, ca, key_type=self.responder_key_type)
-            state = rec.CaState(ca.id, ca.slug, ca.certificate, responder)
+            state = ca_state(ca, responder)
             self._fill(state, "initial")
-            self._register(state)
+            self._activate(state, responder)
         self.ready.set()
 
-    def _register(self, state: rec.CaState) -> None:
-        with self._lock:
-            self.states[state.ca_id] = state
-            for hash_name, key_hash in state.key_hashes.items():
-                self._by_key[hash_name][key_hash] = state
-            self.generation += 1
+    def _activate(self, state: rec.CaState, responder: Responder) -> None:
+        """Serve ``state`` here, and tell the status replicas its set is complete."""
+        self._register(state)
+        self._responders[state.ca_id] = responder
+        self.writer.set_responder(state.ca_id, state.responder_serial, state.responder_der,
+                                  state.algorithm, state.responder_not_after)
 
     def _run(self) -> None:
         try:
@@ -166,60 +154,7 @@ class OcspService:
             except Exception:
                 log.exception("OCSP background cycle failed; retrying")
 
-    # --- the hot path ----------------------------------------------------------------
-    def now(self) -> int:
-        return int(self.clock.now().timestamp())
-
-    def lookup(self, der: bytes) -> Answer | LiveJob:
-        fast = fast_single_sha1(der)
-        if fast is not None:
-            name_hash, key_hash, serial = fast
-            state = self._by_key["sha1"].get(key_hash)
-            if state is None or state.name_hashes["sha1"] != name_hash:
-                return Answer(resp.UNAUTHORIZED, "unauthorized")
-            record = state.records.get(serial)
-            if record is not None and len(record) > rec.HEADER_SIZE:
-                _, this_update, next_update, status, _, _ = rec.unpack(record)
-                if next_update > self.now():
-                    kind = "good" if status == resp.CertStatus.GOOD else "revoked"
-                    return Answer(state.assemble(serial, record), kind, this_update, next_update)
-            elif record is None:
-                cached = self._unknown.get((state.ca_id, serial))
-                if cached is not None:
-                    return Answer(cached, "unknown", 0, 0)
-            return LiveJob(state, OcspRequest((_sha1_id(state, serial),), None))
-        try:
-            request = parse_request(der)
-        except MalformedRequest:
-            return Answer(resp.MALFORMED, "malformed")
-        state = None
-        for cid in request.cert_ids:
-            found = self._by_key[cid.hash_name].get(cid.issuer_key_hash)
-            if found is None or found.name_hashes[cid.hash_name] != cid.issuer_name_hash \
-                    or (state is not None and found is not state):
-                # One delegated responder per CA: a request spanning CAs cannot be signed once.
-                return Answer(resp.UNAUTHORIZED, "unauthorized")
-            state = found
-        assert state is not None
-        return LiveJob(state, request)
-
-    def presigned_status(self, name_hash: bytes, key_hash: bytes, serial: bytes
-                         ) -> tuple[int, int, int, int, int] | None:
-        """Read-only, for a relying party in this process: ``(status, reason, revoked_at,
-        this_update, next_update)`` of the pre-signed record that ``lookup`` would answer for
-        this SHA-1 CertID (``serial`` = INTEGER content octets), or None when ``lookup`` would
-        not answer it from memory (unknown CA or serial, not signed yet, past nextUpdate)."""
-        state = self._by_key["sha1"].get(key_hash)
-        if state is None or state.name_hashes["sha1"] != name_hash:
-            return None
-        record = state.records.get(serial)
-        if record is None or len(record) <= rec.HEADER_SIZE:
-            return None
-        _, this_update, next_update, status, reason, revoked_at = rec.unpack(record)
-        if next_update <= self.now():
-            return None
-        return status, reason, revoked_at, this_update, next_update
-
+    # --- live signatures ----------------------------------------------------------------
     def sign_live(self, job: LiveJob) -> Answer:
         """Answer a request that needs a signature now (runs in a worker thread)."""
         state, request = job.state, job.request
@@ -249,19 +184,19 @@ class OcspService:
             header = rec.pack(now, now, next_update, status, reason, revoked_at)
             with self._lock:
                 signed = state.sign(cid.serial, header)
-                if rec.same_status(state.records.get(cid.serial, b""), status, reason,
-                                   revoked_at):
+                kept = rec.same_status(state.records.get(cid.serial, b""), status, reason,
+                                       revoked_at)
+                if kept:
                     state.records[cid.serial] = signed
                     self.signed_total += 1
+            if kept and self.states.get(state.ca_id) is state:
+                self._persist(state, {cid.serial: signed})
             return Answer(state.assemble(cid.serial, signed), kinds[0], now, next_update)
         tbs = resp.response_data(state.responder_id, now, singles, request.nonce)
-        body = resp.successful(tbs, state.algorithm, state.responder.signer.sign(tbs), state.certs)
+        body = resp.successful(tbs, state.algorithm, state.sign_tbs(tbs), state.certs)
         kind = kinds[0] if len(kinds) == 1 else "multi"
         if single_sha1 and request.nonce is None:
-            with self._lock:
-                self._unknown[(state.ca_id, cid.serial)] = body
-                while len(self._unknown) > UNKNOWN_CACHE:
-                    self._unknown.popitem(last=False)
+            self.remember_unknown(state.ca_id, cid.serial, body)
         return Answer(body, kind, now, next_update)
 
     # --- status changes ----------------------------------------------------------------
@@ -332,9 +267,8 @@ class OcspService:
         for ca_id, items in by_ca.items():
             state = self.states[ca_id]
             count += self._sign_items(state, state.records, items, why)
+            self.forget_unknown(ca_id, [serial for serial, *_ in items])
             with self._lock:
-                for serial, *_ in items:
-                    self._unknown.pop((ca_id, serial), None)
                 self.generation += 1
         return count
 
@@ -357,9 +291,14 @@ class OcspService:
             last = rows[-1].id
 
     def _fill(self, state: rec.CaState, why: str) -> None:
-        """Load every certificate of the CA and sign what Redis does not already hold."""
+        """Load every certificate of the CA and sign what the store (or Redis) does not already
+        hold signed by this responder, fresh and with the current status."""
         target = state.records
-        shared = self.redis.load(state.slug, state.responder_serial) if self.redis else {}
+        shared = recordstore.load(self.auth.store, state.ca_id, state.responder_serial)
+        from_redis = not shared and self.redis is not None
+        if self.redis is not None and not shared:
+            shared = self.redis.load(state.slug, state.responder_serial)
+        copy: dict[bytes, bytes] = {}          # reused from Redis, missing from the store
         fresh_after = self.now() + self.config.refresh_before_hours * 3600
         items: list[tuple[bytes, int, int, int]] = []
         # Streamed in batches so that the transient list never holds the whole population.
@@ -371,12 +310,19 @@ class OcspService:
             if found is not None and rec.same_status(found, status, reason, revoked_at) \
                     and rec.unpack(found)[2] > fresh_after:
                 target[serial] = found
+                if from_redis:
+                    copy[serial] = found
+                    if len(copy) >= BATCH:
+                        self.writer.write(state.ca_id, state.responder_serial, copy)
+                        copy = {}
                 continue
             items.append((serial, status, reason, revoked_at))
             if len(items) >= BATCH:
                 self._sign_items(state, target, items, why)
                 items = []
         self._sign_items(state, target, items, why)
+        if copy:
+            self.writer.write(state.ca_id, state.responder_serial, copy)
 
     def _sign_items(self, state: rec.CaState, target: dict[bytes, bytes],
                     items: list[tuple[bytes, int, int, int]], why: str) -> int:
@@ -393,18 +339,35 @@ class OcspService:
                 self.signed_total += len(signed)
                 if self._oldest is None:
                     self._oldest = now
-            if self.redis is not None:
-                self.redis.store(state.slug, state.responder_serial, signed,
-                                 state.responder.not_after)
-            with self.auth.store.session() as session:
-                audit.append(session, "ocsp.presign", state.slug,
-                             {"count": len(signed), "why": why,
-                              "responder_serial": state.responder_serial,
-                              "this_update": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
-                              "next_update": dt.datetime.fromtimestamp(
-                                  next_update, dt.UTC).isoformat()},
-                             clock=self.clock)
+            details = {"count": len(signed), "why": why,
+                       "responder_serial": state.responder_serial,
+                       "this_update": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
+                       "next_update": dt.datetime.fromtimestamp(next_update, dt.UTC).isoformat()}
+
+            def audit_batch(session: Session, details: dict[str, Any] = details) -> None:
+                audit.append(session, "ocsp.presign", state.slug, details, clock=self.clock)
+
+            self._persist(state, signed, audit_batch)
         return len(items)
+
+    def _persist(self, state: rec.CaState, signed: Mapping[bytes, bytes],
+                 also: Any = None) -> None:
+        """The store (the source of truth: one transaction with the batch's audit record), then
+        Redis, best effort: Redis down delays no status change."""
+        self.writer.write(state.ca_id, state.responder_serial, signed, also)
+        if self.redis is None:
+            return
+        try:
+            self.redis.store(state.slug, state.responder_serial, signed,
+                             state.responder_not_after)
+        except Exception as exc:   # redis.RedisError, OSError: logged once per outage
+            if not self._redis_down:
+                log.warning("Redis unavailable, records go to the store only: %s", exc)
+            self._redis_down = True
+        else:
+            if self._redis_down:
+                log.warning("Redis reachable again")
+            self._redis_down = False
 
     def maintain(self) -> None:
         """Renew responders nearing expiry; re-sign records nearing nextUpdate."""
@@ -413,7 +376,7 @@ class OcspService:
             state = self.states.get(ca.id)
             if state is None:
                 continue
-            if responders.needs_renewal(self.auth, state.responder):
+            if responders.needs_renewal(self.auth, self._responders.get(ca.id)):
                 self._renew(ca, state)
                 continue
             due = self.now() + self.config.refresh_before_hours * 3600
@@ -431,25 +394,12 @@ class OcspService:
 
     def _renew(self, ca: Any, old: rec.CaState) -> None:
         responder = responders.issue(self.auth, ca, key_type=self.responder_key_type)
-        new = rec.CaState(ca.id, ca.slug, ca.certificate, responder)
+        new = ca_state(ca, responder)
         self._rebuilding[ca.id] = set()
         try:
             self._fill(new, "renewal")
-            self._register(new)
+            self._activate(new, responder)
         finally:
             changed = self._rebuilding.pop(ca.id, set())
         if changed:
             self.on_status_change(changed)
-
-    # --- observability -------------------------------------------------------------------
-    def presigned_count(self) -> int:
-        return sum(len(s.records) for s in self.states.values())
-
-    def oldest_this_update(self) -> int | None:
-        """thisUpdate of the oldest pre-signed record (as of the last maintenance scan)."""
-        return self._oldest
-
-
-def _sha1_id(state: rec.CaState, serial: bytes) -> Any:
-    from pki.ocsp.request import CertId
-    return CertId("sha1", state.name_hashes["sha1"], state.key_hashes["sha1"], serial)
