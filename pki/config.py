@@ -2,11 +2,13 @@
 
 Layout::
 
-    HOME/config.json          settings (the *configurable* values of SPEC.md)
-    HOME/secrets/*.pin        HSM PINs, mode 0600, never on a command line
+    HOME/                     mode 0700
+    HOME/config.json          settings (the *configurable* values of SPEC.md), 0600
+    HOME/secrets/*.pin        one PIN file per token (root, ca, broker), 0600 in a 0700
+                              directory, never on a command line
     HOME/softhsm2.conf        SoftHSM configuration (when the module is SoftHSM)
     HOME/tokens/              SoftHSM token directory
-    HOME/cps.db               SQLite store (default; --db selects PostgreSQL)
+    HOME/cps.db               SQLite store, 0600 (default; --db selects PostgreSQL)
     HOME/ca/*.pem             CA certificates (public)
 """
 
@@ -61,6 +63,12 @@ class HsmConfig:
     broker_pin_file: str = "secrets/broker.pin"
     broker_so_pin_file: str = "secrets/broker-so.pin"
 
+    def tokens(self) -> tuple[tuple[str, str, str], ...]:
+        """``(label, user PIN file, SO PIN file)`` of each token a home holds (root, CA, broker)."""
+        return ((self.root_token_label, self.root_pin_file, self.root_so_pin_file),
+                (self.token_label, self.user_pin_file, self.so_pin_file),
+                (self.broker_token_label, self.broker_pin_file, self.broker_so_pin_file))
+
 
 @dataclass(frozen=True)
 class OrgNames:
@@ -78,6 +86,8 @@ class CrlConfig:
     delta_validity_hours: int = 24
     delta_after_change_seconds: int = 5  # serve publishes a delta this soon after a change
     shards: int = 1
+    # A root's CRL (the ARL) is signed only in a ceremony (`cps-admin root crl`), so it lives long.
+    root_validity_days: int = 365
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,7 @@ class Config:
 
     def save(self) -> None:
         write_private(self.home / CONFIG_NAME, json.dumps(self.to_json(), indent=2) + "\n",
-                      mode=0o644)
+                      mode=0o600)
 
     @classmethod
     def load(cls, home: Path) -> Config:

@@ -48,6 +48,17 @@ _P256_PARAMS = encode_named_curve_parameters("1.2.840.10045.3.1.7")
 # is per application), so a later open with another PIN must be checked against the first one.
 _LOGGED_IN: dict[tuple[str, str], bytes] = {}
 
+# Labels of the tokens this process holds an open session on (label -> open Hsm count), so that
+# a public role can refuse to start in a process that could reach a CA key (docs/roles.md).
+_OPEN_TOKENS: dict[str, int] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_tokens() -> list[str]:
+    """Labels of the tokens on which this process has an open ``Hsm`` session."""
+    with _OPEN_LOCK:
+        return sorted(label for label, count in _OPEN_TOKENS.items() if count > 0)
+
 
 def _load_lib(module: str, softhsm_conf: Path | None) -> Any:
     if softhsm_conf is not None:
@@ -130,18 +141,23 @@ class Hsm:
                                f"{type(exc).__name__}") from None
         self._lock = threading.Lock()
         self._closed = False
+        with _OPEN_LOCK:
+            _OPEN_TOKENS[token_label] = _OPEN_TOKENS.get(token_label, 0) + 1
         self._keys: dict[str, HsmRsaKey | HsmEcKey] = {}
         self.sign_count = 0
 
     # --- key management ----------------------------------------------------------------
     def generate_key(self, label: str, key_type: KeyType) -> HsmRsaKey | HsmEcKey:
-        """Generate a key pair inside the token: private half sensitive and non-extractable."""
+        """Generate a key pair inside the token: private half sensitive, non-extractable and
+        sign-only: CKA_DECRYPT, CKA_UNWRAP and CKA_DERIVE false, so whoever holds the session
+        can make the token do nothing with a CA or responder key but sign."""
         if self._find_private(label) is not None:
             raise HsmError(f"HSM already holds a key labelled {label!r}")
         key_id = hashlib.sha256(label.encode()).digest()[:16]
         private_template = {
             Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.ID: key_id,
+            Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.DECRYPT: False,
+            Attribute.UNWRAP: False, Attribute.DERIVE: False, Attribute.ID: key_id,
             Attribute.LABEL: label,
         }
         public_template = {Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ID: key_id,
@@ -220,8 +236,14 @@ class Hsm:
                 raise HsmError(f"HSM {what} failed: {type(exc).__name__}") from None
 
     def close(self) -> None:
-        with self._lock, suppress(pkcs11.PKCS11Error):
-            self._session.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with _OPEN_LOCK:
+                _OPEN_TOKENS[self.token_label] -= 1
+            with suppress(pkcs11.PKCS11Error):
+                self._session.close()
 
 
 def _no_export(*_: Any) -> NoReturn:

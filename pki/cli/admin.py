@@ -75,6 +75,7 @@ class AdminGroup(click.Group):
         "serve": ("pki.cli.serve", "serve"), "card": ("pki.cli.card", "card"),
         "pro": ("pki.cli.directory", None), "structure": ("pki.cli.directory", None),
         "cert": ("pki.cli.certs", None), "bench-populate": ("pki.cli.bench", None),
+        "broker": ("pki.cli.broker", "broker"), "root": ("pki.cli.root", "root"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -137,7 +138,7 @@ def _ranges(values: tuple[str, ...]) -> tuple[str, ...]:
 @pass_admin
 def init(obj: AdminContext, ranges: tuple[str, ...], key_type: str, base_url: str,
          crl_shards: int) -> None:
-    """Create the home: HSM token, CA hierarchy, store, configuration."""
+    """Create the home: HSM tokens (root, CA, broker), CA hierarchy, store, configuration."""
     from pki.ca.hierarchy import init_home
 
     config = init_home(obj.home, ranges=_ranges(ranges), key_type=key_type, db_url=obj.db_url,

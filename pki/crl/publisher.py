@@ -237,13 +237,13 @@ def _store(session: Session, row: Crl, der: bytes) -> None:
 
 
 def publish(auth: AuthorityView, *, delta: bool = False) -> list[PublishedCrl]:
-    """What ``cps-admin crl publish [--delta]`` does: every CA's full CRLs, or every issuing CA's
-    deltas."""
+    """What ``cps-admin crl publish [--delta]`` does: every issuing CA's full CRLs, or deltas.
+
+    Roots are left out: their keys are in the offline root token, and their CRLs are signed only
+    in a ceremony (``pki.ca.root.publish_root_crls``, ``cps-admin root crl``)."""
     out: list[PublishedCrl] = []
     for ca in auth.cas():
-        if delta:
-            if ca.role != ROOT_ROLE:
-                out += publish_delta(auth, ca.slug)
-        else:
-            out += publish_full(auth, ca.slug)
+        if ca.role == ROOT_ROLE:
+            continue
+        out += publish_delta(auth, ca.slug) if delta else publish_full(auth, ca.slug)
     return out

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources
 from typing import Any
 
@@ -100,10 +101,27 @@ class Store:
         cfg.set_main_option("script_location",
                             str(resources.files("pki.store").joinpath("migrations")))
         cfg.attributes["engine"] = self.engine
+        self._private_sqlite_file()
         try:
             command.upgrade(cfg, "head")
         except OperationalError as exc:
             raise StoreUnavailable(f"database unavailable: {_short(exc)}") from None
+        self._private_sqlite_file()
+
+    def _private_sqlite_file(self) -> None:
+        """Keep a SQLite store (and its WAL and shared-memory files) 0600.
+
+        SQLite creates the file with the umask (0644 usually); created empty here first, at
+        0600, it is never readable by others, and SQLite gives its -wal/-shm files the
+        database file's mode."""
+        path = self.engine.url.database
+        if self.dialect != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            with suppress(FileNotFoundError):
+                os.chmod(name, 0o600)
 
     def ping(self) -> None:
         try:

@@ -262,11 +262,14 @@ def test_issued_serial_matches_store_and_openssl(issued: Issued) -> None:
 
 
 def test_ca_private_keys_sensitive_non_extractable_and_not_on_disk(issued: Issued) -> None:
+    from pki.ca.root import RootCeremony
     auth = issued.auth
-    session = auth.hsm._session   # the Authority's own logged-in session
-    labels = {ca.key_label for ca in auth.cas()}
-    assert len(labels) == 3
-    for label in labels:
+    root_hsm = RootCeremony(auth).root_hsm      # the roots' keys are in the ceremonies' token
+    assert len({ca.key_label for ca in auth.cas()}) == 3
+    for ca in auth.cas():
+        label = ca.key_label
+        # The Authority's own logged-in session for the issuing CAs.
+        session = (root_hsm if ca.role == "ROOT" else auth.hsm)._session
         keys = list(session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY,
                                          pkcs11.Attribute.LABEL: label}))
         assert len(keys) == 1, label

@@ -169,7 +169,7 @@ def test_missing_home(tmp_path: Path) -> None:
 
 
 def test_wrong_hsm_pin_in_a_real_process(env: Env) -> None:
-    pin_file = env.home / "secrets" / "hsm-user.pin"
+    pin_file = env.home / "secrets" / "ca.pin"
     pin = pin_file.read_text()
     csr = _csr_file(env, "pin.csr", make_csr(rsa.generate_private_key(65537, 2048)))
     before = snapshot(env.home)

@@ -52,17 +52,32 @@ def test_keys_sign_and_verify(home: Path, key_type: KeyType) -> None:
         hsm.generate_key(f"test:{key_type.value}", key_type)
 
 
-def test_ca_keys_are_sensitive_and_never_extractable(home: Path) -> None:
-    hsm = _open(home)
+def _open_root(home: Path) -> Hsm:
+    c = Config.load(home)
+    return Hsm(c.hsm.module, c.hsm.root_token_label, c.read_secret(c.hsm.root_pin_file),
+               c.softhsm_conf_path())
+
+
+def test_ca_keys_are_sensitive_sign_only_and_never_extractable(home: Path) -> None:
+    hsm, root_hsm = _open(home), _open_root(home)
     auth = Authority.open(home)
-    labels = {ca.key_label for ca in auth.cas()}
-    assert labels <= set(hsm.labels())
-    session = hsm._session
-    for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
-        assert obj[Attribute.SENSITIVE] is True
-        assert obj[Attribute.EXTRACTABLE] is False
-        assert obj[Attribute.NEVER_EXTRACTABLE] is True
-        assert obj[Attribute.TOKEN] is True
+    roots = {ca.key_label for ca in auth.cas() if ca.role == "ROOT"}
+    issuing = {ca.key_label for ca in auth.cas() if ca.role != "ROOT"}
+    # Each key in its own token: the roots in CPS-ROOT, the issuing CAs in CPS-CA.
+    assert set(root_hsm.labels()) == roots
+    assert issuing <= set(hsm.labels()) and not roots & set(hsm.labels())
+    hsm.generate_key("test:responder", KeyType.P256)     # as pki.ca.responder makes them
+    for token in (hsm, root_hsm):
+        for obj in token._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+            assert obj[Attribute.SENSITIVE] is True
+            assert obj[Attribute.EXTRACTABLE] is False
+            assert obj[Attribute.NEVER_EXTRACTABLE] is True
+            assert obj[Attribute.TOKEN] is True
+            assert obj[Attribute.SIGN] is True
+            # Sign only: the token refuses to decrypt, unwrap or derive with a CA key.
+            assert obj[Attribute.DECRYPT] is False
+            assert obj[Attribute.UNWRAP] is False
+            assert obj[Attribute.DERIVE] is False
     # And no private key material anywhere in the home's plain files.
     for path in home.rglob("*"):
         if path.is_file() and "tokens" not in path.parts:
