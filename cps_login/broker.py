@@ -177,8 +177,6 @@ class LoginService:
         facts["national_id"] = holder.national_id
         status = self._revocation.status(leaf, path.issuer)
         facts["revocation_source"] = status.source
-        if status.via:
-            facts["revocation_via"] = status.via
         if status.ocsp_problem:
             facts["ocsp_problem"] = status.ocsp_problem[:200]
         if status.status != "good":

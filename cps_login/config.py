@@ -1,12 +1,14 @@
 """Settings of the broker and the patient API (HOME/login.json, all keys optional).
 
 Secrets are never in this file: the patient-session key lives in ``secrets/login-session.key``
-(created 0600 on first start), the HSM PIN is the home's.
+(created 0600 on first start, once for all replicas of the home), the broker token's PIN in
+``secrets/broker.pin``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -31,6 +33,8 @@ class LoginConfig:
     token_ttl_seconds: int = 120
     challenge_ttl_seconds: int = 60
     redis_url: str | None = None
+    # Prefix of every Redis key of the broker and patient roles (challenges, rate limits).
+    redis_prefix: str = "cps:login:"
     # Revocation: OCSP at the AIA URL unless overridden, CRL distribution point as fallback.
     ocsp_url: str | None = None
     revocation_timeout_seconds: float = 2.0
@@ -78,9 +82,26 @@ class LoginConfig:
     def session_key(self) -> bytes:
         """The HMAC key of patient sessions; generated (0600) the first time."""
         path = self.home / self.session_key_file
-        if not path.exists():
-            write_private(path, secrets.token_hex(32) + "\n")
-        key = bytes.fromhex(path.read_text("utf-8").strip())
+        key = bytes.fromhex(secret_once(path).strip())
         if len(key) < 32:
             raise ConfigError(f"{path}: session key shorter than 32 bytes")
         return key
+
+
+def secret_once(path: Path) -> str:
+    """The text of the 0600 secret file ``path``, generated (32 random bytes, hex) if absent.
+
+    Race-free between replicas starting together: the new file is linked into place, which
+    fails when another process got there first — then its key is the one read, so every
+    replica signs with the same key."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.new")
+        write_private(tmp, secrets.token_hex(32) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text("utf-8")

@@ -9,13 +9,12 @@ certificate's distribution point is tried (signature by the issuer, nextUpdate n
 the delta CRL when the certificate names one). When both fail, ``RevocationUnavailable`` is
 raised and the caller refuses: fail closed.
 
-In process (``OcspServiceFetcher``, when the broker runs beside this home's own
-``pki.ocsp.service.OcspService``), a request for the home's OCSP URL is answered from the
-responder's pre-signed state directly: the status, thisUpdate and nextUpdate of the very record
-that the responder would sign into its answer, with the same freshness checks — no DER built,
-parsed nor signature verified, because the producer is this trusted process, and no cache: every
-login reads the current record, so a revoke or hold refuses the very next login exactly as the
-answer bytes would. Anything fetched (HTTP, other URLs) is verified in full, every time.
+The broker asks the status tier over HTTP only (it holds no responder and no CA): a status
+tier that is down, slow or stale makes OCSP unusable, and the CRL is fetched from the same tier.
+A fetched CRL is reused for ``crl_refresh`` (60 s) and never past that: a failed refetch makes
+it unusable rather than answering from a days-old list, so an outage of the status tier refuses
+logins (503 ``revocation_unavailable``) within that delay, and the first login after the tier
+returns succeeds again (no state to reset).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import threading
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -105,85 +104,16 @@ class HttpFetcher:
 
 
 @dataclass(frozen=True)
-class LocalOcspStatus:
-    """A pre-signed record's fields as the in-process responder holds them (RFC 6960 codes)."""
-
-    status: int                 # 0 good, 1 revoked, 2 unknown (CertStatus CHOICE tags)
-    reason: int                 # CRLReason code; 0 or 255: none given
-    revoked_at: int             # seconds since the epoch
-    this_update: int
-    next_update: int
-
-
-class OcspServiceFetcher:
-    """Answers POSTs to this home's own OCSP URL from the in-process responder
-    (``pki.ocsp.service.OcspService``): the same DER the HTTP endpoint would send, checked the
-    same way, without a socket. Everything else goes to ``fallback``.
-
-    ``local_status`` is the shortcut ``RevocationChecker`` takes first for the home's own URL:
-    the status of the record the responder would answer from, read from its memory."""
-
-    def __init__(self, service: Any, ocsp_url: str, fallback: Fetcher) -> None:
-        self._service = service
-        self._url = ocsp_url.rstrip("/")
-        self._fallback = fallback
-
-    def post(self, url: str, body: bytes, content_type: str, timeout: float) -> bytes:
-        if url.rstrip("/") != self._url:
-            return self._fallback.post(url, body, content_type, timeout)
-        try:
-            answer = self._service.lookup(body)
-            if not hasattr(answer, "body"):
-                answer = self._service.sign_live(answer)   # not pre-signed yet: sign now
-            return bytes(answer.body)
-        except Exception as exc:   # the responder's trouble is "OCSP unavailable" here
-            raise FetchError(f"in-process OCSP: {type(exc).__name__}: {exc}") from None
-
-    def get(self, url: str, timeout: float) -> bytes:
-        return self._fallback.get(url, timeout)
-
-    def local_status(self, url: str, name_hash: bytes, key_hash: bytes,
-                     serial: bytes) -> LocalOcspStatus | None:
-        """The in-process responder's current record for this SHA-1 CertID, or None (another
-        URL, a responder without that method, nothing pre-signed: take the DER path)."""
-        if url.rstrip("/") != self._url:
-            return None
-        probe = getattr(self._service, "presigned_status", None)
-        if probe is None:
-            return None
-        try:
-            found = probe(name_hash, key_hash, serial)
-        except Exception:   # the responder's trouble: let the DER path say what it is
-            return None
-        return None if found is None else LocalOcspStatus(*found)
-
-
-@dataclass(frozen=True)
 class RevocationStatus:
     status: str                 # good | revoked | hold | status_unknown
     source: str                 # ocsp | crl
     reason: str | None = None
     revoked_at: dt.datetime | None = None
     ocsp_problem: str | None = None   # why OCSP was not used, when the CRL answered
-    via: str | None = None      # "in-process" when read from this process's own responder
 
 
 class _Unusable(Exception):
     """This source gave no usable answer (unreachable, unsigned, stale, ...)."""
-
-
-# RFC 5280 CRLReason codes (0, unspecified, is left out of answers like an absent reason).
-_REASONS: dict[int, x509.ReasonFlags] = {
-    1: x509.ReasonFlags.key_compromise, 2: x509.ReasonFlags.ca_compromise,
-    3: x509.ReasonFlags.affiliation_changed, 4: x509.ReasonFlags.superseded,
-    5: x509.ReasonFlags.cessation_of_operation, 6: x509.ReasonFlags.certificate_hold,
-    8: x509.ReasonFlags.remove_from_crl, 9: x509.ReasonFlags.privilege_withdrawn,
-    10: x509.ReasonFlags.aa_compromise,
-}
-
-
-def _epoch(seconds: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 def _issuer_key_bits(issuer: x509.Certificate) -> bytes:
@@ -324,12 +254,6 @@ class RevocationChecker:
             raise _Unusable("certificate names no OCSP responder")
         facts = self._facts(issuer)
         serial = cert.serial_number
-        local_status = getattr(self._fetcher, "local_status", None)
-        if local_status is not None:
-            local = local_status(urls[0], facts.name_hash["sha1"], facts.key_hash["sha1"],
-                                 _serial_content(serial))
-            if local is not None:
-                return self._local(local)
         request = ocsp_request_der(facts, serial)
         try:
             data = self._fetcher.post(urls[0], request, "application/ocsp-request",
@@ -363,20 +287,6 @@ class RevocationChecker:
             raise _Unusable("OCSP answer older than the maximum age")
         if next_update is not None and next_update < now - self._skew:
             raise _Unusable("OCSP answer past its nextUpdate")
-
-    def _local(self, local: LocalOcspStatus) -> RevocationStatus:
-        """The in-process responder's record, judged like a verified answer carrying it."""
-        self._fresh(_epoch(local.this_update), _epoch(local.next_update))
-        if local.status == 0:
-            return RevocationStatus("good", "ocsp", via="in-process")
-        if local.status == 2:
-            return RevocationStatus("status_unknown", "ocsp", via="in-process")
-        if local.status != 1:
-            raise _Unusable(f"in-process OCSP: status {local.status}")
-        reason = _REASONS.get(local.reason)
-        return RevocationStatus("hold" if reason == x509.ReasonFlags.certificate_hold
-                                else "revoked", "ocsp", reason.value if reason else None,
-                                _epoch(local.revoked_at), via="in-process")
 
     def _ocsp_urls(self, cert: x509.Certificate) -> list[str]:
         """The leaf's AIA OCSP URLs, memoised per certificate object (the broker reuses the
@@ -475,8 +385,6 @@ class RevocationChecker:
             data = self._fetcher.get(url, self._timeout)
             crl = x509.load_der_x509_crl(data)
         except (FetchError, ValueError) as exc:
-            if cached is not None:
-                return self._still_valid(cached.crl, url, now)
             raise _Unusable(f"{url}: {exc}") from None
         issuer_key = issuer.public_key()
         if not isinstance(issuer_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) \

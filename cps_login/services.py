@@ -1,8 +1,12 @@
-"""Wiring: build the broker's services from a LoginConfig (no Flask here).
+"""Wiring of the broker role: its services built from a LoginConfig (no Flask here).
 
-Trust anchors are the home's root CAs; the issuing CAs are candidate intermediates. Everything
-that keeps state lives in the ``Services`` object that ``create_app`` receives: nothing at
-module level, so two apps (two homes) can run in one process.
+The broker holds no ``Authority`` and can reach no CA key: trust anchors and intermediates are
+read from the store's ``ca`` table, revocation is asked of the status tier over HTTP OCSP (CRL
+as fallback, from the same tier), and access tokens are signed with ``token:broker`` in the
+broker's own token ``CPS-BROKER``. Everything that keeps state lives in the returned
+``BrokerServices``: nothing at module level, so two apps can run in one process. With
+``redis_url`` set, challenges (and the patient rate limits, see ``patient_services``) live in
+Redis, so any replica accepts a challenge another one issued, once.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import datetime as dt
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -23,16 +27,17 @@ from cps_login.challenges import ChallengeStore, MemoryChallengeStore, RedisChal
 from cps_login.config import LoginConfig
 from cps_login.errors import CredentialRefused
 from cps_login.pathcheck import PathValidator, check_usage
-from cps_login.patient_auth import PatientAuth
 from cps_login.patients import PatientService
-from cps_login.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from cps_login.revocation import Fetcher, RevocationChecker
+from cps_login.token_key import open_broker_token, token_key
 from cps_login.tokens import TokenIssuer, TokenValidator
-from pki.ca.authority import Authority
-from pki.ca.token_key import token_key
+from cps_login.trust import Trust, load_trust
 from pki.clock import SYSTEM_CLOCK, Clock
 from pki.keytypes import KeyType
 from pki.store.db import Store
+
+if TYPE_CHECKING:
+    from pki.hsm import Hsm
 
 
 class OrgClientChecker:
@@ -73,18 +78,18 @@ class OrgClientChecker:
 
 
 @dataclass
-class Services:
+class BrokerServices:
     config: LoginConfig
     clock: Clock
     store: Store
-    authority: Authority
+    trust: Trust
     login: LoginService
     tokens: TokenIssuer
     validator: TokenValidator
+    revocation: RevocationChecker
     audit: AuditSink
     org_clients: OrgClientChecker
-    patients: PatientService
-    patient_auth: PatientAuth
+    patients: PatientService          # the professionals' record API (/api/...)
     extras: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -93,59 +98,65 @@ class Services:
             close()
 
 
-def build_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
-                   authority: Authority | None = None, fetcher: Fetcher | None = None,
-                   challenges: ChallengeStore | None = None) -> Services:
-    owns_authority = authority is None
-    if authority is None:
-        authority = Authority.open(config.home, config.db_url, clock=clock)
-    pki_config = authority.config
-    cas = authority.cas()
-    anchors = [c.certificate for c in cas if c.role == "ROOT"]
-    intermediates = [c.certificate for c in cas if c.role != "ROOT"]
-    paths = PathValidator(anchors, intermediates)
+def redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+
+def open_store(config: LoginConfig) -> Store:
+    return Store(config.pki.effective_db_url(config.db_url))
+
+
+def build_broker_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
+                          fetcher: Fetcher | None = None,
+                          challenges: ChallengeStore | None = None,
+                          token_hsm: Hsm | None = None) -> BrokerServices:
+    """The broker's services. ``token_hsm``: an open session on the broker token to share
+    (tests); by default the broker token is opened here and closed with the services."""
+    pki_config = config.pki
+    store = open_store(config)
+    closers: list[Callable[[], None]] = [store.dispose]
+    try:
+        trust = load_trust(store)
+        hsm = token_hsm
+        if hsm is None:
+            hsm = open_broker_token(pki_config)
+            closers.append(hsm.close)
+        key = token_key(hsm, clock, config.token_key_label,
+                        KeyType.parse(config.token_key_type), lock_dir=config.home)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    paths = PathValidator(trust.anchors, trust.intermediates)
     revocation = RevocationChecker(
         clock, fetcher=fetcher, ocsp_url=config.ocsp_url,
         timeout=config.revocation_timeout_seconds,
         max_age=dt.timedelta(seconds=config.ocsp_max_age_seconds),
         skew=dt.timedelta(seconds=config.clock_skew_seconds))
     if challenges is None:
-        challenges = (RedisChallengeStore.from_url(config.redis_url, clock,
-                                                   config.challenge_ttl_seconds)
+        challenges = (RedisChallengeStore(redis_client(config.redis_url), clock,
+                                          config.challenge_ttl_seconds,
+                                          prefix=config.redis_prefix + "challenge:")
                       if config.redis_url else
                       MemoryChallengeStore(clock, config.challenge_ttl_seconds))
-    key = token_key(authority, config.token_key_label, KeyType.parse(config.token_key_type))
     tokens = TokenIssuer(key, issuer=config.issuer, clock=clock,
                          ttl_seconds=config.token_ttl_seconds, client_id=config.client_id,
                          scope=config.scope)
     validator = TokenValidator(tokens.jwks(), issuer=config.issuer, audience=config.audience,
                                clock=clock)
-    audit = GroupCommitAuditSink(authority.store, clock)
-    login = LoginService(store=authority.store, clock=clock, challenges=challenges, paths=paths,
+    audit = GroupCommitAuditSink(store, clock)
+    closers.append(audit.close)      # closed first: its connection, then the store
+    login = LoginService(store=store, clock=clock, challenges=challenges, paths=paths,
                          revocation=revocation, tokens=tokens, audit=audit,
                          issuer=config.issuer, audience=config.audience,
                          auth_policy_oid=pki_config.profiles.auth_policy_oid)
-    org_cas = [c.certificate for c in cas if c.role == "ORGANISATIONS"]
-    org_clients = OrgClientChecker(paths, revocation, org_cas,
+    org_clients = OrgClientChecker(paths, revocation, trust.organisation_cas,
                                    pki_config.profiles.org_policy_oid, clock)
-    patients = PatientService(authority.store, clock, matrix=load_matrix(config.matrix_file),
+    patients = PatientService(store, clock, matrix=load_matrix(config.matrix_file),
                               emergency_centres=config.emergency_centres)
-    limiter: RateLimiter
-    if config.redis_url:
-        import redis
-
-        limiter = RedisRateLimiter(redis.Redis.from_url(config.redis_url), clock,
-                                   config.signin_max_attempts, config.signin_window_seconds)
-    else:
-        limiter = MemoryRateLimiter(clock, config.signin_max_attempts,
-                                    config.signin_window_seconds)
-    patient_auth = PatientAuth(authority.store, patients, limiter, config.session_key(),
-                               config.patient_session_ttl_seconds)
-    services = Services(config=config, clock=clock, store=authority.store, authority=authority,
-                        login=login, tokens=tokens, validator=validator, audit=audit,
-                        org_clients=org_clients, patients=patients,
-                        patient_auth=patient_auth)
-    if owns_authority:
-        services.closers.append(authority.close)
-    services.closers.append(audit.close)      # closed first: its connection, then the store
-    return services
+    return BrokerServices(config=config, clock=clock, store=store, trust=trust, login=login,
+                          tokens=tokens, validator=validator, revocation=revocation,
+                          audit=audit, org_clients=org_clients, patients=patients,
+                          closers=closers)

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from cps_login.errors import TokenInvalid
-from pki.ca.token_key import TokenKey, b64url
+from cps_login.token_key import TokenKey, b64url
 from pki.clock import Clock
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type

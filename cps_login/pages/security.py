@@ -20,7 +20,7 @@ from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from pki.config import write_private
+from cps_login.config import secret_once
 from pki.errors import ConfigError
 
 SECRET_FILE = "secrets/pages-session.key"  # noqa: S105 - a path
@@ -35,12 +35,11 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';
 def load_secret(home: Path) -> bytes:
     """The pages' signing secret; generated (0600) the first time."""
     path = home / SECRET_FILE
-    if not path.exists():
-        write_private(path, secrets.token_hex(32) + "\n")
+    text = secret_once(path)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(f"{path}: readable by others (mode {mode:o}); chmod 600")
-    key = bytes.fromhex(path.read_text("utf-8").strip())
+    key = bytes.fromhex(text.strip())
     if len(key) < 32:
         raise ConfigError(f"{path}: secret shorter than 32 bytes")
     return key

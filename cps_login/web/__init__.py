@@ -1,73 +1,87 @@
-"""The broker's WSGI app: ``create_app(config)`` with one blueprint per concern.
+"""The WSGI apps of the two public login roles, one blueprint per concern.
+
+``create_broker_app(config)`` — the broker role:
 
 * ``broker``  — /login/challenge, /login, /.well-known/jwks.json, /introspect, /openapi.json
 * ``records`` — /api/...: the patient-record API for professionals (Bearer access token)
-* ``portal``  — /patient/...: patients (password + TOTP) see their history, set their controls
 
-Errors are mapped to JSON in one place (``errors``): ``{"error": <code>}`` plus, for a refused
-card login, ``"reason"`` only when the reason is safe to tell (see README).
+``create_patient_app(config)`` — the patient role (no token, no PKCS#11 module loaded):
+
+* ``portal``  — /patient/...: patients (password + TOTP) see their history, set their controls
+* ``pages``   — /espace/...: the same as server-rendered pages
+
+Both answer ``GET /health``. Neither is given an ``Authority``: the broker signs with its own
+token and asks the status tier for revocation; see ``cps_login.services``. Errors are mapped to
+JSON in one place (``errors``): ``{"error": <code>}`` plus, for a refused card login,
+``"reason"`` only when the reason is safe to tell (see README).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+from flask import Flask, Response, jsonify
 
 from cps_login.config import LoginConfig
-from cps_login.services import Services, build_services
-from pki.ca.authority import Authority
 from pki.clock import SYSTEM_CLOCK, Clock
+
+if TYPE_CHECKING:
+    from cps_login.patient_services import PatientServices
+    from cps_login.services import BrokerServices
 
 EXTENSION = "cps_login"
 
 
-def create_app(config: LoginConfig | None = None, *, auth: Authority | None = None,
-               ocsp: Any = None, services: Services | None = None,
-               clock: Clock | None = None, **service_options: Any) -> Flask:
-    """The WSGI app of the login broker and the patient API.
+def _flask(name: str) -> Flask:
+    from cps_login.web import errors
 
-    ``config``: the broker settings (``LoginConfig.from_home(home)``); derived from ``auth``'s
-    home when omitted. ``auth``: an open Authority to share (its HSM session signs the tokens).
-    ``ocsp``: a running ``pki.ocsp.service.OcspService`` of the same process — revocation
-    requests for this home's OCSP URL are then answered in process (same DER, same checks, no
-    socket); other URLs still go over HTTP. ``services`` may be given whole (tests).
-    ``service_options`` go to ``build_services`` (``fetcher=``, ``challenges=``).
-    """
-    from cps_login import pages
-    from cps_login.web import broker, errors, portal, records
-
-    if config is None:
-        if auth is None:
-            raise ValueError("create_app needs a LoginConfig or an Authority")
-        config = LoginConfig.from_home(auth.config.home, db_url=auth.store.url)
-    if clock is None:
-        clock = auth.clock if auth is not None else SYSTEM_CLOCK
-    if ocsp is not None and "fetcher" not in service_options:
-        from cps_login.revocation import HttpFetcher, OcspServiceFetcher
-
-        base = (auth.config.base_url if auth is not None else config.pki.base_url)
-        service_options["fetcher"] = OcspServiceFetcher(ocsp, base.rstrip("/") + "/ocsp",
-                                                        HttpFetcher())
-    if auth is not None:
-        service_options.setdefault("authority", auth)
-
-    app = Flask("cps_login")
+    app = Flask(name)
     app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=256 * 1024,
                       PROPAGATE_EXCEPTIONS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    if services is None:
-        services = build_services(config, clock=clock, **service_options)
-    app.extensions[EXTENSION] = services
     errors.register(app)
+
+    @app.get("/health")
+    def health() -> Response:
+        # The app exists only once its services are built (store read, token key open).
+        return jsonify({"status": "ok"})
+
+    return app
+
+
+def create_broker_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
+                      services: BrokerServices | None = None,
+                      **service_options: Any) -> Flask:
+    """The login broker and the professionals' API. ``service_options`` go to
+    ``build_broker_services`` (``fetcher=``, ``challenges=``, ``token_hsm=``)."""
+    from cps_login.services import build_broker_services
+    from cps_login.web import broker, records
+
+    if services is None:
+        services = build_broker_services(config, clock=clock, **service_options)
+    app = _flask("cps_login.broker")
+    app.extensions[EXTENSION] = services
     app.register_blueprint(broker.bp)
     app.register_blueprint(records.bp)
+    return app
+
+
+def create_patient_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
+                       services: PatientServices | None = None, **service_options: Any) -> Flask:
+    """The patient space: JSON under /patient, pages under /espace."""
+    from cps_login import pages
+    from cps_login.patient_services import build_patient_services
+    from cps_login.web import portal
+
+    if services is None:
+        services = build_patient_services(config, clock=clock, **service_options)
+    app = _flask("cps_login.patient")
+    app.extensions[EXTENSION] = services
     app.register_blueprint(portal.bp)
     app.register_blueprint(pages.bp)   # /espace: the patient space as web pages
     return app
 
 
-def services_of(app: Flask) -> Services:
-    services = app.extensions[EXTENSION]
-    assert isinstance(services, Services)
-    return services
+def services_of(app: Flask) -> Any:
+    """The app's services: ``BrokerServices`` or ``PatientServices``."""
+    return app.extensions[EXTENSION]

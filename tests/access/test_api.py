@@ -63,7 +63,7 @@ class Api:
              ) -> tuple[int, dict[str, Any]]:
         from tests.login.conftest import http_call
 
-        return http_call(self.env.base + path, method, json.dumps(body).encode(),
+        return http_call(self.env.url(path), method, json.dumps(body).encode(),
                          {**headers, "Content-Type": "application/json"})
 
 

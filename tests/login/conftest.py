@@ -1,8 +1,15 @@
-"""A real home (SoftHSM, SQLite) served by the real server: OCSP responder, CRLs, and the broker.
+"""A real home (SoftHSM, SQLite) and the roles as separate servers: status, broker, patient.
 
-The home's base URL points at the port the server listens on, so the AIA OCSP URL and the CRL
-distribution points in every certificate are live. "Cards" here are software keys with
-certificates issued by the home's Authority (the pcscd tests use the software card instead).
+* status: OCSP responder + CRLs (``pki.ocsp`` + ``pki.crl`` on the project's server), on the
+  home's base URL, so the AIA OCSP URL and the CRL distribution points of every certificate are
+  live. It runs from the officer's Authority in this process, standing in for the status role.
+* broker: ``create_broker_app(config)`` — no Authority: its own token ``CPS-BROKER``, the CAs
+  from the store, revocation over HTTP OCSP from the status server.
+* patient: ``create_patient_app(config)`` — no token at all.
+
+``Env.post``/``Env.get`` route by path like the front of ``cps-admin serve``. The Authority
+here is the officer: it issues the "cards" (software keys with real certificates; the pcscd
+tests use the software card instead), revokes, publishes; no app under test receives it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from flask import Flask
 
 from cps_login.config import LoginConfig
 from cps_login.proof import login_message
-from cps_login.web import create_app
+from cps_login.web import create_broker_app, create_patient_app, services_of
 from pki import ids
 from pki.ca import lifecycle
 from pki.ca.authority import Authority, IssueRequest
@@ -79,16 +86,22 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+PATIENT_PREFIXES = ("/patient", "/espace")
+
+
 @dataclass
 class Env:
     home: Path
-    auth: Authority
-    base: str
+    auth: Authority             # the officer: issues, revokes, publishes (never in an app)
+    base: str                   # the status server = the home's base URL and token issuer
     config: LoginConfig
-    app: Flask
+    broker_app: Flask
+    patient_app: Flask
     ocsp: OcspService
     crl: CrlService
-    running: Running
+    running: Running            # status
+    broker: Running
+    patient: Running
     cards: dict[str, SoftCard] = field(default_factory=dict)
     extra_certs: list[x509.Certificate] = field(default_factory=list)
     structure_id: str = ""
@@ -146,9 +159,23 @@ class Env:
         for ca in self.auth.issuing_cas():
             self.crl.publish_full(ca)
 
+    def url(self, path: str) -> str:
+        """The server that answers ``path``: patient paths to the patient app, the rest to the
+        broker (the status server's own paths are fetched by the broker, not by tests)."""
+        role = self.patient if path.startswith(PATIENT_PREFIXES) else self.broker
+        return f"http://127.0.0.1:{role.port}{path}"
+
+    def stop_status(self) -> None:
+        self.running.close()
+
+    def start_status(self) -> None:
+        port = int(self.base.rsplit(":", 1)[1])
+        front = one_address(self.broker_app, self.patient_app)
+        self.running = run_server(status_server(self.ocsp, self.crl, front), port)
+
     def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None,
              form: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        """Through the real HTTP server (asyncio front, Flask in its thread pool)."""
+        """Through the real HTTP server of the role (asyncio front, Flask in its pool)."""
         data = None
         hdrs = dict(headers or {})
         if form is not None:
@@ -159,11 +186,11 @@ class Env:
         elif body is not None:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
-        return http_call(self.base + path, "POST", data, hdrs)
+        return http_call(self.url(path), "POST", data, hdrs)
 
     def get(self, path: str, headers: dict[str, str] | None = None
             ) -> tuple[int, dict[str, Any]]:
-        return http_call(self.base + path, "GET", None, headers or {})
+        return http_call(self.url(path), "GET", None, headers or {})
 
 
 def http_call(url: str, method: str, data: bytes | None,
@@ -235,12 +262,45 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> Foreign:
                    x509.load_der_x509_certificate((out / "ca.der").read_bytes()))
 
 
+def status_server(ocsp: OcspService, crl: CrlService, front: Any = None) -> HttpServer:
+    return HttpServer([OcspEndpoint(ocsp), crl.handler], front)
+
+
+def one_address(broker_app: Flask, patient_app: Flask) -> Any:
+    """Both apps behind the status server's address, routed by path like the front of
+    ``cps-admin serve``: for clients given one URL (``cps-login --broker``, the browser)."""
+    def front(environ: dict[str, Any], start_response: Any) -> Any:
+        app = patient_app if environ.get("PATH_INFO", "").startswith(PATIENT_PREFIXES) \
+            else broker_app
+        return app(environ, start_response)
+
+    return front
+
+
+def ensure_broker_token(home: Path) -> None:
+    """The empty broker token, for a home made by an ``init`` that does not create it yet."""
+    from pki.ca import softhsm
+    from pki.config import Config, new_pin, write_private
+
+    config = Config.load(home)
+    h = config.hsm
+    if config.path(h.broker_pin_file).exists():
+        return
+    conf = config.softhsm_conf_path()
+    assert conf is not None
+    write_private(config.path(h.broker_pin_file), new_pin() + "\n")
+    write_private(config.path(h.broker_so_pin_file), new_pin() + "\n")
+    softhsm.init_token(h.module, conf, h.broker_token_label, config.path(h.broker_so_pin_file),
+                       config.path(h.broker_pin_file))
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     home = tmp_path_factory.mktemp("login") / "home"
     init_home(home, key_type="rsa2048", base_url=base)
+    ensure_broker_token(home)
     auth = Authority.open(home)
     structure_id = ids.validate_structure("FINESS", ids.luhn_complete("75000001"))
     with auth.store.session() as session:
@@ -251,9 +311,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ocsp = OcspService(auth, poll_interval=0.1)
     lifecycle.add_listener(auth, ocsp.on_status_change)
     config = LoginConfig.from_home(home)
-    app = create_app(config, auth=auth)
-    running = run_server(HttpServer([OcspEndpoint(ocsp), crl.handler], app), port)
-    e = Env(home, auth, base, config, app, ocsp, crl, running, structure_id=structure_id)
+    broker_app = create_broker_app(config)
+    patient_app = create_patient_app(config)
+    running = run_server(status_server(ocsp, crl, one_address(broker_app, patient_app)), port)
+    broker = run_server(HttpServer([], broker_app))
+    patient = run_server(HttpServer([], patient_app))
+    e = Env(home, auth, base, config, broker_app, patient_app, ocsp, crl, running, broker,
+            patient, structure_id=structure_id)
     for name in ("alice", "revoked", "held", "crl-good", "crl-revoked", "ecdsa"):
         e.new_card(name, key_type="ec" if name == "ecdsa" else "rsa")
     ocsp.start(wait=True, timeout=120)
@@ -261,9 +325,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     try:
         yield e
     finally:
-        running.close()
+        for server in (e.patient, e.broker, e.running):
+            server.close()
         ocsp.stop()
-        from cps_login.web import services_of
-
-        services_of(app).close()
+        services_of(patient_app).close()
+        services_of(broker_app).close()
         auth.close()

@@ -19,9 +19,9 @@ from sqlalchemy import select
 
 from cps_login.config import LoginConfig
 from cps_login.revocation import FetchError
-from cps_login.services import build_services
+from cps_login.services import build_broker_services
 from cps_login.tokens import TokenValidator
-from cps_login.web import create_app
+from cps_login.web import create_broker_app, services_of
 from pki import audit
 from pki.ca import lifecycle
 from pki.clock import FixedClock
@@ -80,14 +80,22 @@ def test_good_login_issues_rfc9068_token(env: Env, name: str) -> None:
     assert rec["revocation_source"] == "ocsp" and rec["jti"] == claims["jti"]
 
 
-def test_token_key_lives_in_the_hsm_and_kid_is_its_thumbprint(env: Env) -> None:
-    from pki.ca.token_key import jwk_thumbprint, token_key
+def test_token_key_lives_in_the_broker_token_and_kid_is_its_thumbprint(env: Env) -> None:
+    from cps_login.token_key import jwk_thumbprint, open_broker_token, token_key
+    from pki.clock import SYSTEM_CLOCK
 
-    assert env.auth.hsm.has_key("token:broker")
-    key = token_key(env.auth)
+    hsm = open_broker_token(env.auth.config)
+    try:
+        assert hsm.token_label == "CPS-BROKER" and hsm.labels() == ["token:broker"]
+        key = token_key(hsm, SYSTEM_CLOCK)
+    finally:
+        hsm.close()
+    assert not env.auth.hsm.has_key("token:broker")     # never in the CA token
     _, jwks = env.get("/.well-known/jwks.json")
     assert [k["kid"] for k in jwks["keys"]] == [jwk_thumbprint(key.signer.public_key)]
     assert "d" not in jwks["keys"][0]
+    signer = services_of(env.broker_app).tokens.key.signer
+    assert signer.public_key.public_numbers() == key.signer.public_key.public_numbers()
 
 
 def test_organisation_claim_when_the_professional_practises_there(env: Env) -> None:
@@ -126,9 +134,9 @@ def test_card_on_hold_refused_then_released(env: Env) -> None:
 
 def _broker(env: Env, clock: Any = None, fetcher: Any = None, **overrides: Any) -> Any:
     config = LoginConfig.from_home(env.home, **overrides)
-    services = build_services(config, clock=clock or FixedClock(dt.datetime.now(dt.UTC)),
-                              authority=env.auth, fetcher=fetcher)
-    return create_app(config, services=services).test_client(), services
+    services = build_broker_services(config, clock=clock or FixedClock(dt.datetime.now(dt.UTC)),
+                                     fetcher=fetcher)
+    return create_broker_app(config, services=services).test_client(), services
 
 
 def _login_via(client: Any, card: Any, broker: str, **extra: Any) -> Any:

@@ -1,7 +1,7 @@
 """Fixtures of the patient-space page tests: the login tests' live home (SoftHSM, SQLite, the
-real HTTP server with OCSP and the broker), professionals with broker tokens, enrolled and
-activated patients, a Flask test client per client address, and headless Chromium through
-Playwright (Debian's /usr/bin/chromium; no ``playwright install``)."""
+status server, the broker and patient apps built without an Authority), professionals with
+broker tokens, enrolled and activated patients, a Flask test client per client address, and
+headless Chromium through Playwright (Debian's /usr/bin/chromium; no ``playwright install``)."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ class Browserless:
     """The Flask test client as one browser at one client address (own rate-limit key)."""
 
     def __init__(self, env: Env) -> None:  # noqa: F811
-        self.client: FlaskClient = env.app.test_client()
+        self.client: FlaskClient = env.patient_app.test_client()
         self.addr = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
 
     def get(self, path: str, **kw: Any) -> Any:

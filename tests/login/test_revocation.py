@@ -1,10 +1,9 @@
-"""The broker's fast paths keep the security properties of the slow ones.
+"""Revocation as the broker role sees it: only over HTTP, from the status tier, verified.
 
-* In process (``OcspServiceFetcher``), the status comes from the responder's pre-signed state:
-  it must equal what the signed answer over HTTP says, a revoke or hold must refuse the very
-  next login (no waiting, no cache), and its freshness is judged like an answer's.
-* Over HTTP (or any URL other than the home's own), answers are verified in full every time:
-  forged, foreign or replayed answers are still refused.
+* The status tier down, hanging or stale: the login is refused with exactly
+  ``503 {"error": "revocation_unavailable"}``, and the same broker logs in again as soon as the
+  tier answers (nothing to reset).
+* Every fetched answer is verified in full: forged or replayed answers are refused.
 * The group-commit audit sink (Core, kept connection) writes a valid chain under concurrency,
   and still before anyone is answered.
 """
@@ -13,10 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import threading
+import time
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import ocsp
@@ -24,14 +24,9 @@ from sqlalchemy import select
 
 from cps_login.auditsink import GroupCommitAuditSink
 from cps_login.config import LoginConfig
-from cps_login.revocation import (
-    FetchError,
-    HttpFetcher,
-    OcspServiceFetcher,
-    RevocationChecker,
-)
-from cps_login.services import build_services
-from cps_login.web import create_app
+from cps_login.revocation import FetchError, HttpFetcher
+from cps_login.services import build_broker_services
+from cps_login.web import create_broker_app
 from pki import audit
 from pki.ca import lifecycle
 from pki.clock import SYSTEM_CLOCK, FixedClock
@@ -48,15 +43,10 @@ def last_login_audit(env: Env) -> dict[str, Any]:
         return {"action": rec.action, "target": rec.target, **json.loads(rec.details)}
 
 
-def in_process(env: Env, fallback: Any = None) -> OcspServiceFetcher:
-    return OcspServiceFetcher(env.ocsp, env.base + "/ocsp", fallback or HttpFetcher())
-
-
 def broker(env: Env, fetcher: Any, clock: Any = None, **overrides: Any) -> Any:
     config = LoginConfig.from_home(env.home, **overrides)
-    services = build_services(config, clock=clock or SYSTEM_CLOCK, authority=env.auth,
-                              fetcher=fetcher)
-    return create_app(config, services=services).test_client()
+    services = build_broker_services(config, clock=clock or SYSTEM_CLOCK, fetcher=fetcher)
+    return create_broker_app(config, services=services).test_client()
 
 
 def login_via(client: Any, card: SoftCard, broker_url: str) -> tuple[int, dict[str, Any]]:
@@ -70,84 +60,64 @@ def issuer_of(env: Env, card: SoftCard) -> Any:
                 if c.certificate.subject == card.auth.issuer)
 
 
-# --- in process ------------------------------------------------------------------------------
+# --- the status tier down, hanging or stale: 503, then back alone -----------------------------
 
-def test_in_process_login_is_marked_and_the_http_one_is_not(env: Env) -> None:
-    status, body = login_via(broker(env, in_process(env)), env.cards["alice"], env.base)
+UNAVAILABLE = (503, {"error": "revocation_unavailable"})
+
+
+def test_status_tier_down_refuses_with_503_then_recovers_alone(env: Env) -> None:
+    client = broker(env, HttpFetcher())
+    card = env.cards["alice"]
+    assert login_via(client, card, env.base)[0] == 200     # a kept-alive connection exists
+    env.stop_status()
+    try:
+        assert login_via(client, card, env.base) == UNAVAILABLE
+        rec = last_login_audit(env)
+        assert rec["action"] == "login.refused" and rec["reason"] == "revocation_unavailable"
+    finally:
+        env.start_status()
+    status, body = login_via(client, card, env.base)       # same broker, nothing reset
     assert status == 200, body
-    rec = last_login_audit(env)
-    assert rec["revocation_source"] == "ocsp" and rec["revocation_via"] == "in-process"
-    status, body = login_via(broker(env, HttpFetcher()), env.cards["alice"], env.base)
-    assert status == 200, body
-    rec = last_login_audit(env)
-    assert rec["revocation_source"] == "ocsp" and "revocation_via" not in rec
+    assert last_login_audit(env)["revocation_source"] == "ocsp"
 
 
-def test_revoke_refuses_the_very_next_in_process_login(env: Env) -> None:
-    card = env.new_card("next-revoked")
-    client = broker(env, in_process(env))
-    env.ocsp.on_status_change([card.serial])   # what the watcher would do for a new card
-    assert login_via(client, card, env.base)[0] == 200
-    lifecycle.revoke(env.auth, card.serial, "keyCompromise")   # no wait_ocsp: the next login
-    assert login_via(client, card, env.base) == (401, {**GENERIC, "reason": "revoked"})
-    rec = last_login_audit(env)
-    assert rec["reason"] == "revoked" and rec["revocation_via"] == "in-process"
+def test_status_tier_hanging_times_out_with_503(env: Env) -> None:
+    """A status tier that accepts connections and never answers: the timeout, then 503."""
+    client = broker(env, HttpFetcher(), revocation_timeout_seconds=0.5)
+    port = int(env.base.rsplit(":", 1)[1])
+    env.stop_status()
+    hole = socket.socket()
+    try:
+        hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        hole.bind(("127.0.0.1", port))
+        hole.listen(64)                        # the kernel accepts; nobody ever answers
+        started = time.monotonic()
+        assert login_via(client, env.cards["alice"], env.base) == UNAVAILABLE
+        assert time.monotonic() - started < 5
+        assert "Timeout" in last_login_audit(env)["detail"]
+    finally:
+        hole.close()
+        env.start_status()
+    assert login_via(client, env.cards["alice"], env.base)[0] == 200
 
 
-def test_hold_and_release_take_effect_on_the_next_in_process_login(env: Env) -> None:
-    card = env.new_card("next-held")
-    client = broker(env, in_process(env))
-    env.ocsp.on_status_change([card.serial])
-    assert login_via(client, card, env.base)[0] == 200
-    lifecycle.hold(env.auth, card.serial)
-    assert login_via(client, card, env.base) == (401, {**GENERIC, "reason": "hold"})
-    lifecycle.release(env.auth, card.serial)
-    assert login_via(client, card, env.base)[0] == 200
-
-
-@pytest.mark.parametrize("change", ["good", "unspecified", "keyCompromise", "superseded", "hold"])
-def test_in_process_status_equals_the_verified_answer(env: Env, change: str) -> None:
-    card = env.new_card(f"same-{change}")
-    env.ocsp.on_status_change([card.serial])
-    if change == "hold":
-        lifecycle.hold(env.auth, card.serial)
-    elif change != "good":
-        lifecycle.revoke(env.auth, card.serial, change)
-    issuer = issuer_of(env, card)
-    local = RevocationChecker(SYSTEM_CLOCK, fetcher=in_process(env)).status(card.auth, issuer)
-    env.wait_ocsp(card.serial, "hold" if change == "hold" else
-                  "good" if change == "good" else "revoked")
-    fetched = RevocationChecker(SYSTEM_CLOCK, fetcher=HttpFetcher()).status(card.auth, issuer)
-    assert local.via == "in-process" and fetched.via is None
-    assert (local.status, local.source, local.reason, local.revoked_at) == \
-        (fetched.status, fetched.source, fetched.reason, fetched.revoked_at)
-
-
-def test_stale_in_process_record_is_not_used(env: Env) -> None:
-    """Freshness applies to the in-process record as to an answer: with the broker's clock far
-    past thisUpdate + ocsp_max_age, OCSP is unusable; the CRL is stale too: fail closed."""
+def test_stale_answer_fails_closed(env: Env) -> None:
+    """With the broker's clock 20 days on, nothing the status tier holds is current (the
+    responder certificate has expired, the CRL is past its nextUpdate): refused, 503."""
     later = FixedClock(dt.datetime.now(dt.UTC) + dt.timedelta(days=20))
-    client = broker(env, in_process(env), clock=later)
-    assert login_via(client, env.cards["alice"], env.base) == \
-        (503, {"error": "revocation_unavailable"})
-    assert "older than the maximum age" in last_login_audit(env)["detail"]
+    client = broker(env, HttpFetcher(), clock=later)
+    assert login_via(client, env.cards["alice"], env.base) == UNAVAILABLE
+    assert "CRL past its nextUpdate" in last_login_audit(env)["detail"]
 
 
-def test_broken_in_process_responder_takes_the_verified_path(env: Env) -> None:
-    class Broken:
-        def presigned_status(self, *_: Any) -> Any:
-            raise RuntimeError("state torn")
-
-        def lookup(self, body: bytes) -> Any:
-            return env.ocsp.lookup(body)
-
-        def sign_live(self, job: Any) -> Any:
-            return env.ocsp.sign_live(job)
-
-    fetcher = OcspServiceFetcher(Broken(), env.base + "/ocsp", HttpFetcher())
-    status, _ = login_via(broker(env, fetcher), env.cards["alice"], env.base)
-    assert status == 200
-    assert "revocation_via" not in last_login_audit(env)   # the DER answer, verified
+def test_revoke_refuses_the_next_login_once_the_status_tier_says_so(env: Env) -> None:
+    card = env.new_card("next-revoked")
+    client = broker(env, HttpFetcher())
+    env.wait_ocsp(card.serial, "good")
+    assert login_via(client, card, env.base)[0] == 200
+    lifecycle.revoke(env.auth, card.serial, "keyCompromise")
+    env.wait_ocsp(card.serial, "revoked")
+    assert login_via(client, card, env.base) == (401, {**GENERIC, "reason": "revoked"})
 
 
 # --- fetched answers stay fully verified --------------------------------------------------------
@@ -183,12 +153,11 @@ def _forged_good(env: Env, card: SoftCard) -> bytes:
     return resp.public_bytes(serialization.Encoding.DER)
 
 
-def test_forged_answer_for_another_url_is_verified_not_trusted(env: Env) -> None:
-    """The in-process shortcut is for the home's own URL only: a broker configured with
-    another OCSP URL gets the (forged) fetched answer, which fails verification."""
+def test_forged_answer_is_verified_not_trusted(env: Env) -> None:
+    """Whatever answers at the OCSP URL is verified: a forged "good" fails verification."""
     card = env.cards["alice"]
-    fetcher = in_process(env, fallback=Replayer(_forged_good(env, card)))
-    client = broker(env, fetcher, ocsp_url="http://ocsp.elsewhere.invalid/ocsp")
+    client = broker(env, Replayer(_forged_good(env, card)),
+                    ocsp_url="http://ocsp.elsewhere.invalid/ocsp")
     assert login_via(client, card, env.base) == (503, {"error": "revocation_unavailable"})
     assert "not signed by the issuer" in last_login_audit(env)["detail"]
 
