@@ -113,10 +113,14 @@ class RootCeremony:
                                  c.read_secret(c.hsm.root_pin_file), c.softhsm_conf_path())
         return self._root_hsm
 
-    def close(self) -> None:
+    def close_root(self) -> None:
+        """Close the root token session this ceremony opened (not one it was given)."""
         if self._own_root_hsm and self._root_hsm is not None:
             self._root_hsm.close()
             self._root_hsm = None
+
+    def close(self) -> None:
+        self.close_root()
         self.authority.close()
 
     def issuing_ca(self, name: str) -> CaInfo:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.ca.authority import Authority, IssuedCertificate, IssueRequest
+from pki.ca.root import RootCeremony, publish_root_crls
 from pki.clock import FixedClock
 from pki.crl.publisher import PublishedCrl
 from pki.signer import SHA256_ECDSA_ALG, SHA256_RSA_ALG, throwaway_signature
@@ -90,6 +91,18 @@ class CrlEnv:
     tmp: Path
     key: ec.EllipticCurvePrivateKey = field(
         default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    ceremony: RootCeremony | None = field(default=None, repr=False)
+
+    def publish_roots(self) -> list[PublishedCrl]:
+        """The roots' CRLs, signed as `cps-admin root crl` does (root token, not the Authority)."""
+        if self.ceremony is None:
+            self.ceremony = RootCeremony(self.auth)
+        return publish_root_crls(self.ceremony)
+
+    def close(self) -> None:
+        if self.ceremony is not None:
+            self.ceremony.close_root()
+        self.auth.close()
 
     def issue(self, n: int = 1, profile: str = "auth") -> list[IssuedCertificate]:
         return [self.auth.issue(IssueRequest(profile=profile, public_key=self.key.public_key(),
@@ -143,7 +156,7 @@ class CrlEnv:
 
 @pytest.fixture
 def make_env(make_home: Callable[..., Path], tmp_path: Path) -> Iterator[Callable[..., CrlEnv]]:
-    opened: list[Authority] = []
+    opened: list[CrlEnv] = []
 
     def _make(**init_kwargs: object) -> CrlEnv:
         from conftest import add_professional  # tests/conftest.py helpers
@@ -151,11 +164,12 @@ def make_env(make_home: Callable[..., Path], tmp_path: Path) -> Iterator[Callabl
         clock = FixedClock(START)
         home = make_home(clock=clock, **init_kwargs)
         auth = Authority.open(home, clock=clock)
-        opened.append(auth)
-        work = tmp_path / f"env{len(opened)}"
+        work = tmp_path / f"env{len(opened) + 1}"
         work.mkdir()
-        return CrlEnv(home, auth, clock, add_professional(auth), work)
+        env = CrlEnv(home, auth, clock, add_professional(auth), work)
+        opened.append(env)
+        return env
 
     yield _make
-    for auth in opened:
-        auth.close()
+    for env in opened:
+        env.close()

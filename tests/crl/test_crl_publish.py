@@ -76,8 +76,11 @@ def test_full_crls_signed_in_hsm_verify_and_lint_clean(env: CrlEnv) -> None:
     lifecycle.hold(env.auth, held.serial)
     signs = env.auth.hsm.sign_count
     published = publisher.publish(env.auth)
-    assert {p.ca_slug for p in published} == {c.slug for c in env.auth.cas()}
+    # The officer's publication leaves the roots to the ceremony (their keys are offline).
+    assert {p.ca_slug for p in published} == {c.slug for c in env.auth.issuing_cas()}
     assert env.auth.hsm.sign_count == signs + len(published)       # one HSM signature each
+    published += env.publish_roots()
+    assert env.auth.hsm.sign_count == signs + len(published) - 1   # not in the CA token
     cfg = env.auth.config.crl
     for crl in published:
         parsed = x509.load_der_x509_crl(crl.der)
@@ -85,7 +88,8 @@ def test_full_crls_signed_in_hsm_verify_and_lint_clean(env: CrlEnv) -> None:
         assert parsed.is_signature_valid(ca.certificate.public_key())  # type: ignore[arg-type]
         assert lint_crl(crl.der) == []
         assert parsed.last_update_utc == env.clock.now()
-        assert parsed.next_update_utc == env.clock.now() + cfg.validity_hours * HOUR
+        hours = cfg.root_validity_days * 24 if ca.role == "ROOT" else cfg.validity_hours
+        assert parsed.next_update_utc == env.clock.now() + hours * HOUR
         aki = parsed.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
         ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         assert aki.key_identifier == ski.value.digest
@@ -107,15 +111,16 @@ def test_full_crls_signed_in_hsm_verify_and_lint_clean(env: CrlEnv) -> None:
     root_crl = crl_of(published, env.root_slug)
     assert not any(isinstance(e.value, x509.FreshestCRL)
                    for e in x509.load_der_x509_crl(root_crl.der).extensions)
-    with env.auth.store.read() as s:
-        assert s.execute(select(func.count()).select_from(Crl)).scalar_one() == len(published)
+    with env.auth.store.read() as s:   # and the root's first CRL, signed at init
+        assert s.execute(select(func.count()).select_from(Crl)).scalar_one() == \
+            len(published) + 1
 
 
 def test_relying_parties_see_revoked_and_good(env: CrlEnv) -> None:
     good, revoked, held = env.issue(3)
     lifecycle.revoke(env.auth, revoked.serial, "keyCompromise")
     lifecycle.hold(env.auth, held.serial)
-    published = publisher.publish(env.auth)
+    published = publisher.publish(env.auth) + env.publish_roots()
     env.clock.advance(dt.timedelta(minutes=1))
     published += publisher.publish(env.auth, delta=True)
     full = [crl_of(published, env.personnes), crl_of(published, env.root_slug)]
@@ -169,7 +174,7 @@ def test_delta_lists_changes_since_base_including_remove_from_crl(env: CrlEnv) -
     lifecycle.revoke(env.auth, old.serial, "superseded")
     lifecycle.hold(env.auth, held_before.serial)
     env.clock.advance(HOUR)
-    base = publisher.publish(env.auth)
+    base = publisher.publish(env.auth) + env.publish_roots()
     base_full = crl_of(base, env.personnes)
     assert set(entries(base_full)) == {old.serial, held_before.serial}
     # Past the safety margin: changes from now on are the delta's business.
@@ -264,7 +269,7 @@ def test_partitioned_crls_match_certificate_distribution_points(
     for c in revoked:
         lifecycle.revoke(env.auth, c.serial, "keyCompromise")
     env.clock.advance(HOUR)
-    published = publisher.publish(env.auth)
+    published = publisher.publish(env.auth) + env.publish_roots()
     first_deltas = publisher.publish(env.auth, delta=True)
     shards = [p for p in published if p.ca_slug == env.personnes]
     assert sorted(p.shard for p in shards) == [0, 1, 2]
@@ -324,8 +329,9 @@ def test_lint_failure_signs_nothing_stores_nothing(env: CrlEnv) -> None:
     with pytest.raises(LintFailed, match="invalid_uri_syntax"):
         publisher.publish_full(env.auth, env.personnes)
     assert env.auth.hsm.sign_count == signs
-    with env.auth.store.read() as s:
-        assert s.execute(select(func.count()).select_from(Crl)).scalar_one() == 0
+    with env.auth.store.read() as s:   # (the root's first CRL was signed at init)
+        assert s.execute(select(func.count()).select_from(Crl).where(
+            Crl.ca_id == env.auth.ca(env.personnes).id)).scalar_one() == 0
         assert s.execute(select(CertificateAuthority.crl_number).where(
             CertificateAuthority.slug == env.personnes)).scalar_one() == 0
 
@@ -338,7 +344,7 @@ def test_publish_audits_each_crl(env: CrlEnv) -> None:
     with env.auth.store.read() as s:
         records = s.execute(select(AuditRecord.target, AuditRecord.details)
                             .where(AuditRecord.action == "crl.publish")).all()
-    assert len(records) == len(published)
+    assert len(records) == len(published) + 1      # and the root's, signed at init
     for p in published:
         assert any(target == p.ca_slug and f'"number":{p.number},' in details
                    and hashlib.sha256(p.der).hexdigest() in details
@@ -353,7 +359,7 @@ def test_postgresql_store(make_env: Callable[..., CrlEnv], pg_url: str) -> None:
     lifecycle.revoke(env.auth, bad.serial, "keyCompromise",
                      invalidity_date=env.clock.now() - HOUR)
     lifecycle.hold(env.auth, held.serial)
-    published = publisher.publish(env.auth)
+    published = publisher.publish(env.auth) + env.publish_roots()
     full = crl_of(published, env.personnes)
     got = entries(full)
     assert set(got) == {bad.serial, held.serial}

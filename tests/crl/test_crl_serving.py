@@ -96,7 +96,8 @@ def test_service_tick_schedule_and_cache(make_env: Callable[..., CrlEnv]) -> Non
 
     first = service.tick()
     kinds = sorted((p.ca_slug, p.kind) for p in first)
-    assert kinds == sorted([(c.slug, "full") for c in env.auth.cas()]
+    # (The root's CRL was signed at init, in the root token: not due.)
+    assert kinds == sorted([(c.slug, "full") for c in env.auth.issuing_cas()]
                            + [(c.slug, "delta") for c in env.auth.issuing_cas()])
     assert service.tick() == []                                    # nothing due
     served = handler(get(full_path))
@@ -141,8 +142,9 @@ def test_service_reports_errors_and_carries_on(make_env: Callable[..., CrlEnv]) 
     env.auth.config = dataclasses.replace(env.auth.config,
         base_url="http://x", crl=dataclasses.replace(env.auth.config.crl, shards=2))
     published = service.tick()
-    # Root CRLs (no IDP) still publish; the partitioned issuing CAs fail lint and say so.
-    assert {p.ca_slug for p in published} == {env.root_slug}
+    # The root's CRL (signed at init, in the root token) is not due; the partitioned issuing
+    # CAs fail lint and say so.
+    assert published == []
     assert sorted(e.ca_slug for e in service.last_errors) == sorted(
         c.slug for c in env.auth.issuing_cas())
     assert all(e.error.code == "lint_failed" for e in service.last_errors)
@@ -161,7 +163,7 @@ def test_cli_publish(make_env: Callable[..., CrlEnv]) -> None:
     runner = CliRunner()
     res = runner.invoke(crl_group, ["publish"], obj=_Obj(env))
     assert res.exit_code == 0, res.output
-    assert len(res.output.splitlines()) == len(env.auth.cas())
+    assert len(res.output.splitlines()) == len(env.auth.issuing_cas())   # roots: ceremony
     assert "full CRL #1" in res.output and env.personnes in res.output
     env.clock.advance(HOUR)
     res = runner.invoke(crl_group, ["publish", "--delta", "--json"], obj=_Obj(env))
