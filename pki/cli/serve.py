@@ -1,93 +1,119 @@
-"""`cps-admin serve`: one HTTP server for OCSP, CRLs, CA certificates and the web apps.
+"""`cps-admin serve`: every role behind one address, or one role (docs/roles.md).
 
-The OCSP, CRL and CA-certificate handlers answer on the asyncio event loop from memory
-(pre-signed bytes); the login broker and patient API (a Flask app) run in the server's thread
-pool. Background work — OCSP pre-signing and refresh, CRL republication and deltas — runs in
-threads of this process, all signing through the Authority's one HSM session.
+Without ``--role`` the supervisor (``pki.roles.supervisor``) starts signer, status, broker and
+patient each as its own child process and routes one address to them by path. With ``--role X``
+this process runs role X alone — what the supervisor's children and a real deployment (one
+systemd unit per role and replica) run.
+
+This module imports no role and nothing of the CA at load time: ``--role status`` must reach
+its runner without the PKCS#11 module ever entering the process. The CLI itself opens no
+Authority and reads no PIN; a role opens only its own token.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
-import threading
-from collections.abc import Callable
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 
-from pki.ca import lifecycle
-from pki.ca.authority import Authority
-from pki.cli.context import AdminContext, pass_admin
-from pki.crl.service import CrlService
-from pki.http.server import serve as run_server
-from pki.ocsp.endpoint import OcspEndpoint
-from pki.ocsp.service import OcspService
+from pki.config import Config
+from pki.roles import guard
 
-log = logging.getLogger("cps.serve")
+ROLES = ("signer", "status", "broker", "patient")
+DEFAULT_WORKERS = 2
+# Set by the supervisor in its children's environment: the child dies with its supervisor.
+SUPERVISOR_ENV = "CPS_SUPERVISOR_PID"
 
 
-def crl_loop(crl: CrlService, stop: threading.Event, interval: float) -> Callable[[], None]:
-    """Republish before nextUpdate, and a delta soon after each status change."""
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                for published in crl.tick():
-                    log.info("published %s CRL %s #%d", published.kind, published.path,
-                             published.number)
-            except Exception:  # keep serving: the next tick retries, the error is logged
-                log.exception("CRL tick failed")
-            stop.wait(interval)
-
-    return loop
+@dataclass(frozen=True)
+class RoleOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    signer_socket: Path | None = None
+    workers: int = DEFAULT_WORKERS
+    mtls_port: int | None = None
 
 
-def build_wsgi_app(auth: Authority, ocsp: OcspService) -> Any:
-    """The broker + patient API, when the login package is installed."""
-    from cps_login.web import create_app
+def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) -> None:
+    """Run ``role`` in this process until SIGTERM/SIGINT; public roles are guarded first."""
+    if role not in ROLES:
+        raise click.BadParameter(f"unknown role {role!r}; expected one of {', '.join(ROLES)}",
+                                 param_hint="--role")
+    config = Config.load(home)
+    if role in guard.PUBLIC_ROLES:
+        own = (config.hsm.broker_token_label,) if role == "broker" else ()
+        guard.refuse_key_holders(role, allowed_tokens=own)
+    redis_url = options.redis_url or config.ocsp.redis_url
+    if role == "signer":
+        from pki.roles.signer import run_signer
 
-    return create_app(auth=auth, ocsp=ocsp)
+        run_signer(home, db_url, redis_url=redis_url, socket_path=options.signer_socket)
+    elif role == "status":
+        from pki.roles.status import run_status
+
+        run_status(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
+                   signer_socket=options.signer_socket)
+    elif role == "broker":
+        from cps_login.roles import run_broker
+
+        run_broker(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
+                   workers=options.workers, mtls_port=options.mtls_port)
+    else:
+        from cps_login.roles import run_patient
+
+        run_patient(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
+                    workers=options.workers)
+
+
+def die_with_supervisor() -> None:
+    """In a supervised child: ask Linux for SIGTERM when the supervisor dies (no orphans)."""
+    expected = os.environ.get(SUPERVISOR_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if str(os.getppid()) != expected:      # it died before the request took effect
+        sys.exit(1)
 
 
 @click.command("serve")
+@click.option("--role", type=click.Choice(ROLES), default=None,
+              help="Run this one role in this process (default: every role, each its own "
+                   "process, behind one address).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--redis", "redis_url", metavar="URL", default=None,
+              help="Redis for shared state and pre-signed OCSP (default: the home's config).")
+@click.option("--signer-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The signer's unix socket (default: HOME/run/signer.sock).")
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS,
+              show_default=True, help="Worker processes of the broker and patient roles.")
 @click.option("--mtls-port", type=click.IntRange(0, 65535), default=None,
-              help="Also serve token introspection over mutual TLS on this port.")
-@click.option("--no-web", is_flag=True, help="Serve only OCSP, CRLs and CA certificates.")
-@pass_admin
-def serve(admin: AdminContext, host: str, port: int, mtls_port: int | None,
+              help="Also serve token introspection over mutual TLS on this port (broker).")
+@click.option("--no-web", is_flag=True,
+              help="Without --role: only signer and status (OCSP, CRLs, CA certificates).")
+@click.pass_obj
+def serve(admin: Any, role: str | None, host: str, port: int, redis_url: str | None,
+          signer_socket: Path | None, workers: int, mtls_port: int | None,
           no_web: bool) -> None:
-    """Serve OCSP, CRLs, CA certificates, the login broker and the patient API."""
+    """Serve OCSP, CRLs, CA certificates, the login broker and the patient space."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    auth = admin.authority()
-    crl = CrlService(auth)
-    crl.load()
-    ocsp = OcspService(auth)
-    endpoint = OcspEndpoint(ocsp)
-    lifecycle.add_listener(auth, ocsp.on_status_change)
-    ocsp.start()
-    stop = threading.Event()
-    interval = max(1.0, float(auth.config.crl.delta_after_change_seconds))
-    wsgi = None if no_web else build_wsgi_app(auth, ocsp)
-    mtls_stop: Callable[[], None] | None = None
-    if mtls_port is not None:
-        from cps_login.mtls import start_mtls
+    options = RoleOptions(host=host, port=port, redis_url=redis_url,
+                          signer_socket=signer_socket, workers=workers, mtls_port=mtls_port)
+    home, db_url = Path(admin.home), admin.db_url
+    if role is not None:
+        die_with_supervisor()
+        run_role(role, home, db_url, options)
+        return
+    from pki.roles.supervisor import run_supervisor
 
-        mtls_stop = start_mtls(auth, host, mtls_port, wsgi)
-    click.echo(f"serving on http://{host}:{port} (OCSP, CRL, CA certificates"
-               f"{'' if no_web else ', login broker, patient API'})", err=True)
-    # Its own thread, not a server background task: asyncio.run() waits for executor threads
-    # at shutdown, and this loop only ends once ``stop`` is set after the server returns.
-    publisher = threading.Thread(target=crl_loop(crl, stop, interval), name="crl-publisher",
-                                 daemon=True)
-    publisher.start()
-    try:
-        run_server(host, port, [endpoint, crl.handler], wsgi,
-                   readiness=[ocsp.ready.is_set, crl.ready], metrics=[endpoint.metrics_text])
-    finally:
-        stop.set()
-        publisher.join(timeout=30)
-        ocsp.stop()
-        if mtls_stop is not None:
-            mtls_stop()
+    Config.load(home)      # a missing home is one error line, before any child starts
+    run_supervisor(home, db_url, options, web=not no_web)
