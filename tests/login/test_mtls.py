@@ -1,10 +1,20 @@
-"""Introspection over mutual TLS with an organisation certificate of the home's ORGANISATIONS CA."""
+"""The broker role as a process (gunicorn) with introspection over mutual TLS.
+
+The officer issues the TLS server certificate (``cps-admin broker tls-cert``); the broker
+process (``python -m cps_login.roles broker``) serves the login on its plain port and
+``/introspect`` on its mutual-TLS port (gunicorn over TLS, client certificate required,
+ORGANISATIONS CA chain), asking the test's status server for revocation.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
+import signal
+import socket
 import ssl
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,19 +23,38 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cps_login.mtls import LOOPBACK_NAME, MtlsServer, serve_mtls
 from pki.ca import lifecycle
 from pki.ca.authority import IssueRequest
-from tests.login.conftest import Env, free_port, login_body
+from pki.cli.broker import LOOPBACK_NAME
+from tests.login.conftest import Env, free_port, http_call, login_body
+from tests.login.roleproc import ROOT, RoleProcess, start_role
+
+
+def admin(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pki.cli.admin", "--home", str(env.home),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 @pytest.fixture(scope="module")
-def mtls(env: Env) -> Iterator[MtlsServer]:
-    server = serve_mtls(env.auth, "127.0.0.1", free_port(), app=env.app)
+def broker(env: Env) -> Iterator[tuple[RoleProcess, int]]:
+    mtls_port = free_port()
+    # Without the officer's TLS certificate the broker refuses to start, in one line.
+    refused = subprocess.run([sys.executable, "-m", "cps_login.roles", "broker", "--home",
+                              str(env.home), "--port", str(free_port()), "--mtls-port",
+                              str(mtls_port)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "broker tls-cert" in refused.stderr
+    done = admin(env, "broker", "tls-cert", "--host", "127.0.0.1")
+    assert done.returncode == 0, done.stderr
+    key = env.home / "secrets" / "broker-tls.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    process = start_role("broker", env.home, free_port(), "--mtls-port", str(mtls_port))
     try:
-        yield server
+        yield process, mtls_port
     finally:
-        server.stop()
+        process.stop()
 
 
 def _pem(cert: object) -> bytes:
@@ -38,36 +67,27 @@ def org_client(env: Env, tmp: Path, name: str, profile: str = "org") -> tuple[Pa
         issued = env.auth.issue(IssueRequest(profile="org", public_key=key.public_key(),
                                              structure_id=env.structure_id,
                                              dns_names=(f"{name}.example",)))
+        cert, ca, serial = issued.certificate, env.auth.ca(issued.ca_slug).certificate, \
+            issued.serial
+        env.extra_certs.append(cert)
     else:
         card = env.new_card(name, key_type="ec")
         key = card.key  # type: ignore[assignment]
-        issued_cert = card.auth
-        ca = env.auth.issuing_ca("PERSONNES").certificate
-        cert_path = tmp / f"{name}.pem"
-        cert_path.write_bytes(_pem(issued_cert) + _pem(ca))
-        key_path = tmp / f"{name}.key"
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return cert_path, key_path, f"{issued_cert.serial_number:X}"
-    ca = env.auth.ca(issued.ca_slug).certificate
+        cert, ca, serial = card.auth, env.auth.issuing_ca("PERSONNES").certificate, card.serial
     cert_path = tmp / f"{name}.pem"
-    cert_path.write_bytes(issued.pem + _pem(ca))
+    cert_path.write_bytes(_pem(cert) + _pem(ca))
     key_path = tmp / f"{name}.key"
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    env.extra_certs.append(issued.certificate)
-    env.wait_ocsp(issued.serial, "good")   # the responder has picked the new certificate up
-    return cert_path, key_path, issued.serial
+    env.wait_ocsp(serial, "good")   # the responder has picked the new certificate up
+    return cert_path, key_path, serial
 
 
 class Conn(http.client.HTTPSConnection):
     """To 127.0.0.1, checking the server certificate against its name ``mtls.localhost``."""
 
     def connect(self) -> None:
-        import socket
-
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
         self.sock = self._ctx.wrap_socket(sock, server_hostname=LOOPBACK_NAME)
 
@@ -76,13 +96,17 @@ class Conn(http.client.HTTPSConnection):
         self._ctx = ctx
 
 
-def introspect(env: Env, server: MtlsServer, token: str,
-               client: tuple[Path, Path] | None) -> tuple[int, dict[str, object]]:
+def _context(env: Env, client: tuple[Path, Path] | None) -> ssl.SSLContext:
     root = env.auth.cas()[0].certificate
     ctx = ssl.create_default_context(cadata=_pem(root).decode())
     if client is not None:
         ctx.load_cert_chain(str(client[0]), str(client[1]))
-    conn = Conn(server.port, ctx)
+    return ctx
+
+
+def introspect(env: Env, port: int, token: str,
+               client: tuple[Path, Path] | None) -> tuple[int, dict[str, object]]:
+    conn = Conn(port, _context(env, client))
     try:
         conn.request("POST", "/introspect", body=urllib.parse.urlencode({"token": token}),
                      headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -92,59 +116,81 @@ def introspect(env: Env, server: MtlsServer, token: str,
         conn.close()
 
 
-def _token(env: Env) -> str:
+def _token(env: Env, process: RoleProcess) -> str:
+    """A login against the broker PROCESS (its own token, OCSP from the status server)."""
     card = env.cards["alice"]
-    _, ch = env.post("/login/challenge")
-    status, body = env.post("/login", login_body(card.key, card.auth, ch["challenge"], env.base))
-    assert status == 200
-    return str(body["access_token"])
+    _, ch = http_call(process.url + "/login/challenge", "POST", None, {})
+    body = json.dumps(login_body(card.key, card.auth, ch["challenge"], env.base)).encode()
+    status, answer = http_call(process.url + "/login", "POST", body,
+                               {"Content-Type": "application/json"})
+    assert status == 200, answer
+    return str(answer["access_token"])
 
 
-def test_introspection_with_an_organisation_certificate(env: Env, mtls: MtlsServer,
+def test_first_line_says_what_the_broker_holds(broker: tuple[RoleProcess, int]) -> None:
+    process, _ = broker
+    assert process.first_line == (f"broker pid {process.proc.pid}: holds broker token "
+                                  f"CPS-BROKER only (signs access tokens, no CA key)")
+
+
+def test_introspection_with_an_organisation_certificate(env: Env, broker: tuple[RoleProcess, int],
                                                         tmp_path: Path) -> None:
+    process, port = broker
     cert, key, _ = org_client(env, tmp_path, "relying")
-    token = _token(env)
-    status, body = introspect(env, mtls, token, (cert, key))
+    token = _token(env, process)
+    status, body = introspect(env, port, token, (cert, key))
     assert status == 200 and body["active"] is True
     assert body["sub"] == env.cards["alice"].national_id and body["token_type"] == "Bearer"
-    status, body = introspect(env, mtls, token[:-6] + "AAAAAA", (cert, key))
+    status, body = introspect(env, port, token[:-6] + "AAAAAA", (cert, key))
     assert (status, body) == (200, {"active": False})
 
 
-def test_no_client_certificate_no_handshake(env: Env, mtls: MtlsServer) -> None:
+def test_no_client_certificate_no_handshake(env: Env, broker: tuple[RoleProcess, int]) -> None:
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        introspect(env, mtls, "x", None)
+        introspect(env, broker[1], "x", None)
 
 
-def test_card_certificate_is_not_an_organisation(env: Env, mtls: MtlsServer,
+def test_card_certificate_is_not_an_organisation(env: Env, broker: tuple[RoleProcess, int],
                                                  tmp_path: Path) -> None:
-    cert, key, serial = org_client(env, tmp_path, "dora", profile="auth")
-    env.wait_ocsp(serial, "good")
-    status, body = introspect(env, mtls, _token(env), (cert, key))
+    cert, key, _ = org_client(env, tmp_path, "dora", profile="auth")
+    status, body = introspect(env, broker[1], _token(env, broker[0]), (cert, key))
     assert (status, body) == (401, {"error": "invalid_credentials"})
 
 
-def test_revoked_organisation_certificate_refused(env: Env, mtls: MtlsServer,
+def test_revoked_organisation_certificate_refused(env: Env, broker: tuple[RoleProcess, int],
                                                   tmp_path: Path) -> None:
     cert, key, serial = org_client(env, tmp_path, "gone")
     lifecycle.revoke(env.auth, serial, "cessationOfOperation")
     env.wait_ocsp(serial, "revoked")
-    status, body = introspect(env, mtls, _token(env), (cert, key))
+    status, body = introspect(env, broker[1], _token(env, broker[0]), (cert, key))
     assert (status, body) == (401, {"error": "invalid_credentials"})
 
 
-def test_only_introspection_on_the_mtls_port(env: Env, mtls: MtlsServer, tmp_path: Path) -> None:
+def test_only_introspection_on_the_mtls_port(env: Env, broker: tuple[RoleProcess, int],
+                                             tmp_path: Path) -> None:
     cert, key, _ = org_client(env, tmp_path, "nosy")
-    root = env.auth.cas()[0].certificate
-    ctx = ssl.create_default_context(cadata=_pem(root).decode())
-    ctx.load_cert_chain(str(cert), str(key))
-    conn = Conn(mtls.port, ctx)
-    conn.request("GET", "/api/whoami")
+    conn = Conn(broker[1], _context(env, (cert, key)))
+    conn.request("POST", "/login/challenge")
     assert conn.getresponse().status == 404
     conn.close()
 
 
-def test_introspection_refused_on_the_plain_port(env: Env) -> None:
-    status, body = env.post("/introspect", form={"token": "x"},
-                            headers={"SSL-Client-Cert": "forged"})
+def test_introspection_refused_on_the_plain_port(broker: tuple[RoleProcess, int]) -> None:
+    status, body = http_call(broker[0].url + "/introspect", "POST", b"token=x",
+                             {"Content-Type": "application/x-www-form-urlencoded",
+                              "SSL-Client-Cert": "forged"})
     assert (status, body) == (401, {"error": "invalid_credentials"})
+
+
+def test_sigterm_stops_the_broker_and_its_mtls_server(env: Env) -> None:
+    """Its own process (the module's broker keeps serving the tests above)."""
+    mtls_port = free_port()
+    process = start_role("broker", env.home, free_port(), "--mtls-port", str(mtls_port))
+    children = process.descendants()
+    assert len(children) >= 3          # a worker, the mTLS arbiter and its worker
+    assert process.stop(signal.SIGTERM) == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", mtls_port), timeout=2).close()

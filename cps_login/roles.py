@@ -1,0 +1,216 @@
+"""The broker and patient roles as production servers: Flask apps under gunicorn.
+
+``run_broker`` and ``run_patient`` block until SIGTERM/SIGINT (gunicorn's arbiter: graceful
+stop on SIGTERM, quick on SIGINT), with ``gthread`` workers. Each worker builds its app after
+the fork (no preload): the broker's PKCS#11 session is opened in the worker that uses it, never
+inherited across a fork. ``GET /health`` answers 200 once a worker has built its app.
+
+Neither role holds an ``Authority``. The broker opens only its own token (``CPS-BROKER``); the
+patient role loads no PKCS#11 module at all. Both refuse to start in a process that holds a CA
+or root token session (``pki.hsm.open_tokens``).
+
+With ``mtls_port`` the broker also serves introspection over mutual TLS — a second gunicorn
+arbiter in a child process, since gunicorn's TLS settings are per server, not per address —
+with the officer-issued certificate ``secrets/broker-tls.crt`` (see ``cps_login.mtls``).
+
+``python -m cps_login.roles broker|patient --home H --port P ...`` runs one role (used by tests
+and usable from a service manager); bad input ends with one ``error: ...`` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+
+from cps_login.config import LoginConfig
+from pki.errors import ConfigError, PkiError
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+THREADS_PER_WORKER = 8
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn, programmatically: our options, our app factory (called in each worker)."""
+
+    def __init__(self, factory: Callable[[], WsgiApp], options: dict[str, Any]) -> None:
+        self._factory = factory
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> WsgiApp:
+        return self._factory()
+
+
+def _options(name: str, host: str, port: int, workers: int) -> dict[str, Any]:
+    if workers < 1:
+        raise ConfigError("workers must be at least 1")
+    return {"bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+            "workers": workers, "worker_class": "gthread", "threads": THREADS_PER_WORKER,
+            "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "proc_name": name,
+            "accesslog": None, "errorlog": "-", "loglevel": "warning", "preload_app": False}
+
+
+def _serve(factory: Callable[[], WsgiApp], options: dict[str, Any]) -> None:
+    """Run gunicorn until it is told to stop; a clean stop returns, a failure raises."""
+    try:
+        _Gunicorn(factory, options).run()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise ConfigError(f"{options['proc_name']}: gunicorn stopped with status "
+                              f"{exc.code} (see the log above)") from None
+
+
+def _config(home: Path, db_url: str | None, redis_url: str | None) -> LoginConfig:
+    overrides: dict[str, Any] = {"redis_url": redis_url} if redis_url else {}
+    return LoginConfig.from_home(home, db_url=db_url, **overrides)
+
+
+def refuse_ca_tokens(config: LoginConfig, role: str) -> None:
+    """A public role never runs in a process that has a CA or root token open."""
+    if "pki.hsm" not in sys.modules:
+        return                          # no PKCS#11 seam loaded: nothing can be open
+    from pki.hsm import open_tokens
+
+    h = config.pki.hsm
+    held = sorted(set(open_tokens()) & {h.token_label, h.root_token_label})
+    if held:
+        raise ConfigError(f"refusing to run the {role} role in a process holding the CA "
+                          f"token(s) {', '.join(held)}")
+
+
+def _check_store(config: LoginConfig) -> Any:
+    """Fail before forking workers when the store or its CAs cannot be read."""
+    from cps_login.trust import load_trust
+    from pki.store.db import Store
+
+    store = Store(config.pki.effective_db_url(config.db_url))
+    try:
+        return load_trust(store)
+    finally:
+        store.dispose()
+
+
+# --- broker ---------------------------------------------------------------------------------
+def _broker_app(config: LoginConfig, mtls: bool = False) -> WsgiApp:
+    from cps_login.mtls import introspection_only
+    from cps_login.web import create_broker_app
+
+    app = create_broker_app(config)
+    return introspection_only(app.wsgi_app) if mtls else app.wsgi_app
+
+
+def _mtls_child(config: LoginConfig, options: dict[str, Any]) -> None:
+    _die_with_parent()
+    _serve(lambda: _broker_app(config, mtls=True), options)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the broker process that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+
+def _tls_context(conf: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = default_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def run_broker(home: Path, db_url: str | None, *, host: str, port: int, redis_url: str | None,
+               workers: int = 2, mtls_port: int | None = None) -> None:
+    """Serve the broker role (blocks): login, JWKS, /api, /openapi.json; introspection on
+    ``mtls_port`` over mutual TLS when given."""
+    from cps_login.mtls import client_cas_file, tls_files
+
+    config = _config(home, db_url, redis_url)
+    refuse_ca_tokens(config, "broker")
+    pki_config = config.pki
+    pki_config.read_secret(pki_config.hsm.broker_pin_file)     # missing PIN: one line, now
+    options = _options("cps-broker", host, port, workers)
+    mtls_options: dict[str, Any] | None = None
+    if mtls_port is not None:
+        cert, key = tls_files(home)
+        mtls_options = {**_options("cps-broker-mtls", host, mtls_port, workers),
+                        "certfile": str(cert), "keyfile": str(key),
+                        "ca_certs": str(client_cas_file(home, _check_store(config))),
+                        "cert_reqs": ssl.CERT_REQUIRED, "ssl_context": _tls_context}
+    else:
+        _check_store(config)
+    print(f"broker pid {os.getpid()}: holds broker token "
+          f"{pki_config.hsm.broker_token_label} only (signs access tokens, no CA key)",
+          flush=True)
+    child = None
+    if mtls_options is not None:
+        child = multiprocessing.get_context("fork").Process(
+            target=_mtls_child, args=(config, mtls_options), name="cps-broker-mtls")
+        child.start()
+    try:
+        _serve(lambda: _broker_app(config), options)
+    finally:
+        if child is not None:
+            child.terminate()
+            child.join(timeout=15)
+
+
+# --- patient --------------------------------------------------------------------------------
+def _patient_app(config: LoginConfig) -> WsgiApp:
+    from cps_login.web import create_patient_app
+
+    return create_patient_app(config).wsgi_app
+
+
+def run_patient(home: Path, db_url: str | None, *, host: str, port: int,
+                redis_url: str | None, workers: int = 2) -> None:
+    """Serve the patient role (blocks): /patient and /espace. Holds no key."""
+    config = _config(home, db_url, redis_url)
+    refuse_ca_tokens(config, "patient")
+    _check_store(config)
+    config.session_key()        # created once here, before the workers race for it
+    print(f"patient pid {os.getpid()}: no key", flush=True)
+    _serve(lambda: _patient_app(config), _options("cps-patient", host, port, workers))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cps_login.roles")
+    parser.add_argument("role", choices=("broker", "patient"))
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--db", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--redis", default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mtls-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        if args.role == "broker":
+            run_broker(args.home, args.db, host=args.host, port=args.port,
+                       redis_url=args.redis, workers=args.workers, mtls_port=args.mtls_port)
+        else:
+            if args.mtls_port is not None:
+                raise ConfigError("--mtls-port is for the broker role")
+            run_patient(args.home, args.db, host=args.host, port=args.port,
+                        redis_url=args.redis, workers=args.workers)
+    except (PkiError, OSError) as exc:
+        print(f"error: {' '.join(str(getattr(exc, 'message', exc)).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
