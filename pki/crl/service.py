@@ -1,8 +1,11 @@
-"""The CRL side of ``cps-admin serve``: keeps the cache current and republishes on schedule.
+"""The CRL side of the signer role: keeps the cache current and republishes on schedule.
 
 ``tick`` is meant to be called about once a second from a worker thread (it talks to the store
 and the HSM; never call it on the event loop). When nothing is due it costs a few indexed queries
 per CA. It publishes:
+
+Issuing CAs only: a root CA's CRL is signed in the offline ceremony (``cps-admin root crl``) and
+only served from the store here.
 
 * a full CRL when a partition has none, or its nextUpdate is within ``republish_before_hours``
   (then a fresh delta on top of it, so the freshestCRL URL always matches the newest base);
@@ -20,13 +23,11 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from pki import urls
 from pki.crl import publisher, source
 from pki.crl.cache import PublicationCache
-from pki.crl.http import crl_handler
 from pki.crl.publisher import ROOT_ROLE, AuthorityView, CaView, PublishedCrl
+from pki.crl.reader import CrlReader
 from pki.errors import PkiError
-from pki.http import Handler
 
 log = logging.getLogger(__name__)
 
@@ -37,48 +38,15 @@ class TickError:
     error: PkiError
 
 
-class CrlService:
+class CrlService(CrlReader):
+    """The signer role's CRL side: serves from the cache (CrlReader) and publishes what is due
+    for the issuing CAs."""
+
     def __init__(self, auth: AuthorityView, cache: PublicationCache | None = None) -> None:
+        super().__init__(auth, cache)
         self.auth = auth
-        self.cache = cache or PublicationCache()
-        self._known: dict[int, int] = {}          # CA id -> highest CRL number in the cache
         self._covered: dict[int, set[int]] = {}   # CA id -> status events in its newest delta
         self.last_errors: list[TickError] = []
-
-    @property
-    def handler(self) -> Handler:
-        return crl_handler(self.cache)
-
-    def ready(self) -> bool:
-        """True once every CA's full CRLs (each partition) can be served from the cache."""
-        served = self.cache.snapshot
-        return all(urls.crl_path(ca.slug, shard, delta=False) in served
-                   for ca in self.auth.cas()
-                   for shard in publisher.scopes(self.auth.config, ca))
-
-    # --- cache ------------------------------------------------------------------------------
-    def load(self) -> None:
-        """CA certificates and the newest stored CRL of every scope, into the cache."""
-        for ca in self.auth.cas():
-            self.cache.put_ca_certificate(ca.slug, ca.der)
-        self._refresh()
-
-    def _refresh(self) -> None:
-        with self.auth.store.read() as session:
-            numbers = source.latest_numbers(session)
-            for ca in self.auth.cas():
-                newest = numbers.get(ca.id)
-                if newest is None or self._known.get(ca.id, 0) >= newest:
-                    continue
-                for shard in publisher.scopes(self.auth.config, ca):
-                    for kind in ("full", "delta"):
-                        stored = source.latest(session, ca.id, kind, shard)
-                        if stored is not None:
-                            self.cache.put_crl(
-                                urls.crl_path(ca.slug, shard, delta=kind == "delta"),
-                                source.der_of(session, ca.id, stored.number),
-                                stored.this_update, stored.next_update, delta=kind == "delta")
-                self._known[ca.id] = newest
 
     def _remember(self, published: list[PublishedCrl], ca: CaView) -> None:
         for p in published:
@@ -107,10 +75,12 @@ class CrlService:
         self._refresh()
         out: list[PublishedCrl] = []
         for ca in self.auth.cas():
+            if ca.role == ROOT_ROLE:
+                continue        # the root key is offline: its CRL is a ceremony (root crl)
             try:
                 if self._full_due(ca, now):
                     out += self.publish_full(ca)
-                elif ca.role != ROOT_ROLE and self._delta_due(ca, now):
+                elif self._delta_due(ca, now):
                     out += self.publish_delta(ca)
             except PkiError as exc:
                 log.error("CRL publication for %s failed: %s", ca.slug, exc.message)
