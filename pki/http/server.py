@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import io
 import logging
+import os
 import re
 import signal
 import sys
@@ -189,6 +190,17 @@ class HttpServer:
                                           backlog=1024)
         sockname = server.sockets[0].getsockname()
         self.server_name, self.server_port = str(sockname[0]), int(sockname[1])
+        self.listening = True
+        self._sweeper = asyncio.ensure_future(self._sweep())
+        return server
+
+    async def start_unix(self, path: str) -> asyncio.Server:
+        """Listen on a unix socket (an internal interface: the signer role's), mode 0600; its
+        directory should be 0700 (the socket exists for a moment before the chmod)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: HttpProtocol(self), path, backlog=128)
+        os.chmod(path, 0o600)
+        self.server_name, self.server_port = "localhost", 0
         self.listening = True
         self._sweeper = asyncio.ensure_future(self._sweep())
         return server
