@@ -74,12 +74,16 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
 
 
 def die_with_supervisor() -> None:
-    """In a supervised child: ask Linux for SIGTERM when the supervisor dies (no orphans)."""
+    """In a supervised child: ask Linux to SIGKILL it when the supervisor dies (no orphans).
+
+    SIGKILL, not SIGTERM: a supervisor killed hard is restarted at once, and a signer still
+    finishing its work beside the next one's signer would make two writers of the OCSP records.
+    """
     expected = os.environ.get(SUPERVISOR_ENV)
     if not expected or not sys.platform.startswith("linux"):
         return
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if str(os.getppid()) != expected:      # it died before the request took effect
         sys.exit(1)
 

@@ -9,7 +9,7 @@ its process group after a timeout, so no child or grandchild (gunicorn workers) 
 
 The supervisor itself opens no token, reads no PIN and imports nothing of PKCS#11; children run
 in their own sessions (Ctrl-C reaches only the supervisor, which stops them in order) and ask
-the kernel for SIGTERM should the supervisor die (``pki.cli.serve.die_with_supervisor``).
+the kernel for SIGKILL should the supervisor die (``pki.cli.serve.die_with_supervisor``).
 """
 
 from __future__ import annotations
