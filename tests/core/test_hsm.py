@@ -78,6 +78,7 @@ def test_ca_keys_are_sensitive_sign_only_and_never_extractable(home: Path) -> No
             assert obj[Attribute.DECRYPT] is False
             assert obj[Attribute.UNWRAP] is False
             assert obj[Attribute.DERIVE] is False
+    root_hsm.close()
     # And no private key material anywhere in the home's plain files.
     for path in home.rglob("*"):
         if path.is_file() and "tokens" not in path.parts:
@@ -124,3 +125,16 @@ def test_pkcs11_exceptions_do_not_escape(home: Path) -> None:
     with pytest.raises(HsmError):
         hsm.labels()
     assert issubclass(HsmError, Exception) and not issubclass(HsmError, pkcs11.PKCS11Error)
+
+
+def test_open_tokens_lists_the_tokens_this_process_holds(home: Path) -> None:
+    from pki.hsm import open_tokens
+    assert "CPS-ROOT" not in open_tokens()      # (earlier tests may leave CPS-CA open)
+    hsm, root_hsm = _open(home), _open_root(home)
+    assert {"CPS-CA", "CPS-ROOT"} <= set(open_tokens())
+    root_hsm.close()
+    root_hsm.close()                # closing twice counts once
+    assert "CPS-ROOT" not in open_tokens() and "CPS-CA" in open_tokens()
+    with pytest.raises(HsmError, match="closed"):
+        root_hsm.labels()
+    hsm.close()

@@ -1,0 +1,68 @@
+"""File modes of a new home (docs/roles.md): home and secrets/ 0700; PINs, config.json and the
+SQLite store 0600; CA certificates stay public (0644) — whatever the umask, and also when `init`
+fills a folder that already existed."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pki.ca.hierarchy import init_home
+from pki.errors import HomeExists
+
+
+@pytest.fixture(autouse=True)
+def usual_umask() -> Iterator[None]:
+    old = os.umask(0o022)      # what most shells run with: files 0644, folders 0755
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _check(home: Path) -> None:
+    assert _mode(home) == 0o700
+    assert _mode(home / "secrets") == 0o700
+    pins = sorted(p.name for p in (home / "secrets").iterdir())
+    assert pins == ["broker-so.pin", "broker.pin", "ca-so.pin", "ca.pin", "root-so.pin",
+                    "root.pin"]
+    for path in (home / "secrets").iterdir():
+        assert _mode(path) == 0o600, path
+    assert _mode(home / "config.json") == 0o600
+    db_files = [p for p in home.iterdir() if p.name.startswith("cps.db")]
+    assert home / "cps.db" in db_files
+    for path in db_files:                       # with its -wal / -shm files, if any are left
+        assert _mode(path) == 0o600, path
+    pems = list((home / "ca").glob("*.pem"))
+    assert len(pems) == 3 and all(_mode(p) == 0o644 for p in pems)
+
+
+def test_modes_of_a_new_home(tmp_path: Path) -> None:
+    home = tmp_path / "new" / "cps"
+    init_home(home, key_type="p256")
+    _check(home)
+
+
+def test_modes_when_init_fills_an_existing_open_folder(tmp_path: Path) -> None:
+    home = tmp_path / "existing"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    init_home(home, key_type="p256")
+    _check(home)
+
+
+def test_a_non_empty_folder_is_refused_and_left_alone(tmp_path: Path) -> None:
+    home = tmp_path / "busy"
+    home.mkdir(mode=0o755)
+    (home / "notes.txt").write_text("mine")
+    with pytest.raises(HomeExists):
+        init_home(home, key_type="p256")
+    assert _mode(home) == 0o755 and [p.name for p in home.iterdir()] == ["notes.txt"]
