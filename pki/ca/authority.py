@@ -25,7 +25,7 @@ from pki.ca import profiles
 from pki.ca.issuer import LintedTbs, hsm_signature, linted_tbs, pipelined, release
 from pki.clock import SYSTEM_CLOCK, Clock, utc_seconds
 from pki.config import Config, default_home
-from pki.errors import BadCsr, InvalidInput, NotFound, PkiError
+from pki.errors import BadCsr, HsmKeyNotFound, InvalidInput, NotFound, PkiError
 from pki.hsm import Hsm, HsmEcKey, HsmRsaKey
 from pki.signer import TbsSigner
 from pki.store.db import Store
@@ -151,6 +151,7 @@ class Authority:
     # --- HSM ---------------------------------------------------------------------------
     @property
     def hsm(self) -> Hsm:
+        """The CA token (issuing CAs, OCSP responders): never the root token."""
         if self._hsm is None:
             c = self.config
             self._hsm = Hsm(c.hsm.module, c.hsm.token_label, c.read_secret(c.hsm.user_pin_file),
@@ -161,8 +162,13 @@ class Authority:
         return self.hsm.key(ca.key_label)
 
     def signer(self, slug: str) -> TbsSigner:
-        """Signs TBS structures (CRLs) with the CA's own key."""
+        """Signs TBS structures (CRLs) with the CA's own key (issuing CAs only: ``hsm`` is the
+        CA token, and a root's key lives in the offline root token, see pki.ca.root)."""
         ca = self.ca(slug)
+        if ca.role == "ROOT":
+            raise HsmKeyNotFound(f"{slug} is a root CA: its key is in the offline root token "
+                                 f"{self.config.hsm.root_token_label!r}, opened only by "
+                                 f"`cps-admin root` ceremonies")
         return TbsSigner(self._key(ca), ca.certificate)
 
     def key_signer(self, label: str, certificate: x509.Certificate) -> TbsSigner:

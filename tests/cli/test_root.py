@@ -125,8 +125,10 @@ def test_ca_token_holds_no_root_key(home: Path) -> None:
         hsm.close()
     auth = Authority.open(home)
     try:
-        with pytest.raises(HsmKeyNotFound, match="CPS-CA"):
+        with pytest.raises(HsmKeyNotFound, match="offline root token"):
             auth.signer(ROOT)
+        with pytest.raises(HsmKeyNotFound, match="CPS-CA"):
+            auth.key_signer(f"ca:{ROOT}", auth.ca(ROOT).certificate)
         auth.signer(PERSONNES)       # the issuing CAs still sign
     finally:
         auth.close()
