@@ -55,6 +55,7 @@ class Child:
     ready: bool = False
     started_at: float = 0.0
     failures: int = 0                # consecutive deaths since it was last ready
+    last_error: str = ""             # its latest ``error: ...`` line, for the final message
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -145,7 +146,7 @@ class Supervisor:
         where = f" — http://127.0.0.1:{child.port}" if child.port else ""
         say(f"{child.role:<7} pid {child.proc.pid}: {child.claim}{where}")
         assert child.proc.stdout is not None
-        child.tasks.append(asyncio.ensure_future(relay_output(child.role, child.proc.stdout)))
+        child.tasks.append(asyncio.ensure_future(relay_output(child, child.proc.stdout)))
 
     async def watch(self, child: Child) -> None:
         """Restart ``child`` whenever it dies, with a backoff; give up on a child that never
@@ -161,7 +162,8 @@ class Supervisor:
                 else child.failures + 1
             if child.failures >= MAX_START_FAILURES:
                 self.failed = (f"the {child.role} role exited {child.failures} times in a row "
-                               f"(last status {code}); see its log lines above")
+                               f"(last status {code}"
+                               f"{'; ' + child.last_error if child.last_error else ''})")
                 self.stop.set()
                 return
             delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** max(0, child.failures - 1))
@@ -224,9 +226,9 @@ async def probe(child: Child) -> bool:
         writer.close()
 
 
-async def relay_output(role: str, stream: asyncio.StreamReader) -> None:
+async def relay_output(child: Child, stream: asyncio.StreamReader) -> None:
     """A child's log lines on the supervisor's stderr, each prefixed with its role."""
-    prefix = f"[{role}] ".encode()
+    prefix = f"[{child.role}] ".encode()
     while True:
         try:
             line = await stream.readline()
@@ -234,6 +236,8 @@ async def relay_output(role: str, stream: asyncio.StreamReader) -> None:
             line = b"(an overlong log line was dropped)\n"
         if not line:
             return
+        if line.startswith(b"error: "):
+            child.last_error = line.decode("utf-8", "replace").strip()
         sys.stderr.buffer.write(prefix + line.rstrip(b"\n") + b"\n")
         sys.stderr.buffer.flush()
 

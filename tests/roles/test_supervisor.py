@@ -273,6 +273,7 @@ def test_a_role_that_never_starts_stops_the_server_with_one_error(start: Start) 
     assert run.proc.wait(timeout=30) == 1
     errors = [line for line in run.text().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "patient role exited 5 times" in errors[0], run.text()
+    assert errors[0].endswith("(last status 3)")
     assert [role for role, pid in run.pids().items() if _alive(pid)] == []
 
 
