@@ -140,7 +140,7 @@ class Front:
             answer = json.dumps({"error": "role_unavailable", "role": role,
                                  "detail": str(exc)}).encode()
             writer.write(_simple(exc.status, answer, keep, "application/json",
-                                 retry=exc.status == 503))
+                                 retry=exc.status == 503, head_only=head.method == "HEAD"))
             await writer.drain()
             return keep
 

@@ -351,6 +351,13 @@ def test_front_answers_503_at_once_for_a_dead_role_and_502_504_for_broken_ones()
         status, body, headers = _request(port, "GET", "/ocsp/x")
         assert status == 503 and json.loads(body)["role"] == "status"
         assert headers.get("Retry-After") == "1" and time.monotonic() - began < 1.5
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("HEAD", "/crl/x.crl")                  # no body: the connection stays
+        resp = conn.getresponse()
+        assert resp.status == 503 and resp.read() == b""
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        conn.close()
         assert _request(port, "GET", "/api/whoami")[0] == 502
         began = time.monotonic()
         assert _request(port, "GET", "/espace")[0] == 504
