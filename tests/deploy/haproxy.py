@@ -31,14 +31,18 @@ def _servers(name: str, addresses: Sequence[Address]) -> list[str]:
 
 
 def haproxy_config(bind: Address, status: Sequence[Address], broker: Sequence[Address],
-                   patient: Sequence[Address] = (), *, check_inter_ms: int = 200) -> str:
-    """The configuration text; ``patient`` may be empty (no patient backend)."""
+                   patient: Sequence[Address] = (), *, check_inter_ms: int = 200,
+                   log_stdout: bool = False) -> str:
+    """The configuration text; ``patient`` may be empty (no patient backend). ``log_stdout``
+    logs every request to standard output (HAProxy run in the foreground, as the test does)."""
     lines = [
         "global",
         "    maxconn 4096",
+        *(["    log stdout format raw local0"] if log_stdout else []),
         "",
         "defaults",
         "    mode http",
+        *(["    log global", "    option httplog"] if log_stdout else []),
         "    timeout connect 1s",
         "    timeout client 30s",
         "    timeout server 10s",
