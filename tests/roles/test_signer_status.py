@@ -220,3 +220,42 @@ def test_signer_gone_presigned_still_served_live_gets_try_later(split: Split) ->
     assert code == 200
     assert "signer" in split.status.log() and "unreachable" in split.status.log()
     assert split.status.stop() == 0
+
+
+def test_postgresql_signer_and_status(tmp_path: Path, pg_url: str) -> None:
+    """The same split on PostgreSQL: revoked within 1 s, nonce through the signer."""
+    from conftest import add_professional
+
+    home = tmp_path / "home"
+    init_home(home, key_type="p256", db_url=pg_url)
+    auth = Authority.open(home, pg_url)
+    roles = Roles(home, tmp_path, db_url=pg_url)
+    try:
+        rpps = add_professional(auth)
+        cert = _issue(auth, rpps)
+        issuer = auth.issuing_ca("PERSONNES").certificate
+        signer = roles.signer()
+        sock = signer_socket(home)
+        wait_for(lambda: sock.exists() and unix_get(sock, "/health") == 200, "signer healthy",
+                 role=signer)
+        port = free_port()
+        status = roles.status(port)
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200,
+                 "status healthy", role=status)
+        der = ocsp_request(cert, issuer)
+        assert ask(port, der).certificate_status == ocsp.OCSPCertStatus.GOOD
+        lifecycle.revoke(auth, _serial(cert), "superseded")
+        started = time.monotonic()
+        while ask(port, der).certificate_status != ocsp.OCSPCertStatus.REVOKED:
+            assert time.monotonic() - started < 5
+            time.sleep(0.02)
+        assert time.monotonic() - started < 1.0
+        nonce = os.urandom(8)
+        answer = ask(port, ocsp_request(cert, issuer, nonce=nonce))
+        _check_signed(answer, issuer)
+        assert answer.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+        assert status.stop() == 0 and signer.stop() == 0
+        assert not sock.exists()
+    finally:
+        roles.close()
+        auth.close()
