@@ -56,6 +56,7 @@ class Child:
     started_at: float = 0.0
     failures: int = 0                # consecutive deaths since it was last ready
     last_error: str = ""             # its latest ``error: ...`` line, for the final message
+    was_ready: bool = False          # became ready since it was last started
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -89,8 +90,7 @@ def plan(home: Path, db_url: str | None, options: RoleOptions, *, web: bool) -> 
         if role == "signer":
             child.socket_path = sock
         else:
-            child.port = free_port()
-            argv += ["--host", "127.0.0.1", "--port", str(child.port)]
+            child.port = free_port()        # --host/--port are added at each start
             if role in ("broker", "patient"):
                 argv += ["--workers", str(options.workers)]
             if role == "broker" and options.mtls_port is not None:
@@ -106,7 +106,11 @@ class Supervisor:
         self.stopping = False
         self.failed: str | None = None
         self.stop = asyncio.Event()
-        self.front = Front({c.role: c.port for c in children if c.port is not None},
+        self.backends: dict[str, int] = {}          # role -> loopback port, for the front
+        for child in children:
+            if child.port is not None:
+                self.backends[child.role] = child.port
+        self.front = Front(self.backends,
                            waiting=lambda: [c.role for c in self.children if not c.ready])
 
     async def run(self) -> None:
@@ -137,12 +141,13 @@ class Supervisor:
 
     async def spawn(self, child: Child) -> None:
         env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        address = ["--host", "127.0.0.1", "--port", str(child.port)] if child.port else []
         child.proc = await asyncio.create_subprocess_exec(
-            *child.argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+            *child.argv, *address, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True)
         child.started_at = time.monotonic()
-        child.ready = False
+        child.ready = child.was_ready = False
         where = f" — http://127.0.0.1:{child.port}" if child.port else ""
         say(f"{child.role:<7} pid {child.proc.pid}: {child.claim}{where}")
         assert child.proc.stdout is not None
@@ -166,6 +171,9 @@ class Supervisor:
                                f"{'; ' + child.last_error if child.last_error else ''})")
                 self.stop.set()
                 return
+            if child.port is not None and not child.was_ready:
+                # Maybe another program took its port before it could bind: a fresh one.
+                child.port = self.backends[child.role] = free_port()
             delay = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** max(0, child.failures - 1))
             say(f"{child.role} pid {child.proc.pid} exited with status {code}; restarting in "
                 f"{delay:.1f} s")
@@ -179,6 +187,7 @@ class Supervisor:
             ok = await probe(child)
             if ok and not child.ready:
                 child.failures = 0
+                child.was_ready = True
             child.ready = ok and child.proc is not None and child.proc.returncode is None
             await asyncio.sleep(HEALTH_INTERVAL)
 

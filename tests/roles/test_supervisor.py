@@ -28,11 +28,17 @@ from pki.roles.front import Front, FrontLimits, route
 
 STANDIN = r'''
 import http.server, os, signal, socketserver, sys, time
-role, where = sys.argv[1], sys.argv[2]
+role = sys.argv[1]
+where = sys.argv[sys.argv.index("--port") + 1] if "--port" in sys.argv else sys.argv[2]
 if os.environ.get("STANDIN_IGNORE_TERM") == role:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if os.environ.get("STANDIN_FAIL") == role:
     sys.exit(3)
+if os.environ.get("STANDIN_FAIL_ONCE") == role:
+    marker = os.environ["STANDIN_MARKER"]
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        sys.exit(4)
 from pki.cli.serve import die_with_supervisor
 die_with_supervisor()
 
@@ -88,13 +94,12 @@ standin, tmp, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 children = []
 for role in ("signer", "status", "broker", "patient"):
     child = sup.Child(role, [], f"stand-in {role}")
+    child.argv = [sys.executable, standin, role]
     if role == "signer":
         child.socket_path = tmp / "signer.sock"
-        where = str(child.socket_path)
+        child.argv.append(str(child.socket_path))
     else:
         child.port = sup.free_port()
-        where = str(child.port)
-    child.argv = [sys.executable, standin, role, where]
     children.append(child)
 try:
     import asyncio
@@ -275,6 +280,16 @@ def test_a_role_that_never_starts_stops_the_server_with_one_error(start: Start) 
     assert len(errors) == 1 and "patient role exited 5 times" in errors[0], run.text()
     assert errors[0].endswith("(last status 3)")
     assert [role for role, pid in run.pids().items() if _alive(pid)] == []
+
+
+def test_a_role_that_failed_to_start_gets_a_fresh_port(start: Start, tmp_path: Path) -> None:
+    run = start(STANDIN_FAIL_ONCE="patient", STANDIN_MARKER=str(tmp_path / "failed-once"))
+    _wait_ready(run)
+    ports = [line.rsplit(":", 1)[1] for line in run.text().splitlines()
+             if line.startswith("patient pid ") and "http://" in line]
+    assert len(ports) == 2 and ports[0] != ports[1], run.text()
+    status, body, _ = _request(run.port, "GET", "/espace")
+    assert status == 200 and body.startswith(b"patient ")
 
 
 # --- the front alone, against misbehaving backends -----------------------------------------
