@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import http.client
 import threading
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,71 +34,14 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from cps_login.errors import RevocationUnavailable
+from cps_login.httpfetch import FetchError, HttpFetcher
 from pki.clock import Clock
-
-
-class FetchError(Exception):
-    pass
 
 
 class Fetcher(Protocol):
     def post(self, url: str, body: bytes, content_type: str, timeout: float) -> bytes: ...
 
     def get(self, url: str, timeout: float) -> bytes: ...
-
-
-class HttpFetcher:
-    """http.client with one keep-alive connection per (thread, host): a login costs no TCP
-    handshake with the responder. Only http:// (OCSP and CRLs are signed objects)."""
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._local = threading.local()
-        self._max = max_bytes
-
-    def _conn(self, url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise FetchError(f"unsupported URL {url!r}")
-        conns: dict[tuple[str, int], http.client.HTTPConnection] = getattr(
-            self._local, "conns", None) or {}
-        self._local.conns = conns
-        key = (parts.hostname, parts.port or 80)
-        conn = conns.get(key)
-        if conn is None:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-            conns[key] = conn
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        path = parts.path or "/"
-        return conn, path + (f"?{parts.query}" if parts.query else "")
-
-    def _request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                 timeout: float) -> bytes:
-        for attempt in (1, 2):   # a kept-alive connection the server closed: retry once
-            conn, path = self._conn(url, timeout)
-            try:
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read(self._max + 1)
-                if resp.status != 200:
-                    raise FetchError(f"{url}: HTTP {resp.status}")
-                if len(data) > self._max:
-                    raise FetchError(f"{url}: answer larger than {self._max} bytes")
-                if resp.will_close:
-                    conn.close()
-                return data
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if attempt == 2 or isinstance(exc, TimeoutError):
-                    raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
-        raise AssertionError("unreachable")
-
-    def post(self, url: str, body: bytes, content_type: str, timeout: float) -> bytes:
-        return self._request("POST", url, body, {"Content-Type": content_type}, timeout)
-
-    def get(self, url: str, timeout: float) -> bytes:
-        return self._request("GET", url, None, {}, timeout)
 
 
 @dataclass(frozen=True)
@@ -229,6 +170,7 @@ class RevocationChecker:
         self._skew = skew
         self._crl_refresh = crl_refresh
         self._responders: dict[tuple[bytes, bytes, bytes], tuple[bool, object]] = {}
+        self._verified: dict[bytes, dt.datetime] = {}   # signed answer -> signer's notAfter
         self._issuers: dict[int, _IssuerFacts] = {}
         self._crls: dict[str, _CachedCrl] = {}
         self._urls: dict[int, tuple[x509.Certificate, list[str]]] = {}
@@ -325,17 +267,37 @@ class RevocationChecker:
         raise _Unusable("OCSP answer does not name the certificate")
 
     def _check_ocsp_signature(self, resp: ocsp.OCSPResponse, facts: _IssuerFacts) -> None:
+        """The answer is signed by the issuer or by a responder it delegated to.
+
+        A pre-signed answer comes back byte for byte until it is re-signed, so a signature
+        already verified over exactly these bytes is not verified again — until the signer's
+        certificate expires. Only the signature is remembered: status and freshness are read
+        from every answer, every time."""
         issuer = facts.certificate
         tbs, sig, alg = resp.tbs_response_bytes, resp.signature, resp.signature_hash_algorithm
+        signed = hashlib.sha256(tbs + sig).digest() + facts.fingerprint
+        now = self._clock.now()
+        with self._lock:
+            until = self._verified.get(signed)
+        if until is not None and now <= until:
+            return
         by_issuer = (resp.responder_name == issuer.subject if resp.responder_name is not None
                      else resp.responder_key_hash == facts.key_hash["sha1"])
         if by_issuer and _verify(facts.public_key, sig, tbs, alg):
+            self._remember(signed, issuer.not_valid_after_utc)
             return
         for responder in resp.certificates:
             key = self._delegated_key(responder, facts)
             if key is not None and _verify(key, sig, tbs, alg):
+                self._remember(signed, responder.not_valid_after_utc)
                 return
         raise _Unusable("OCSP answer not signed by the issuer or its delegated responder")
+
+    def _remember(self, signed: bytes, until: dt.datetime) -> None:
+        with self._lock:
+            if len(self._verified) >= 100_000:
+                self._verified.clear()
+            self._verified[signed] = until
 
     def _delegated_key(self, responder: x509.Certificate, facts: _IssuerFacts) -> object:
         """The public key of a responder certificate the issuer delegated OCSP signing to and

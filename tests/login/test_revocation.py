@@ -215,3 +215,23 @@ def test_group_commit_extra_callback_still_joins_the_transaction(env: Env) -> No
     sink.close()
     assert len(seen) == 1 and hasattr(seen[0], "execute")
     assert audit.verify(env.auth.store).ok
+
+
+def test_remembered_signature_covers_exactly_the_verified_bytes(env: Env) -> None:
+    """The broker skips re-verifying a signature only over bytes it verified before: the
+    same answer with one bit of its signature changed is refused."""
+    card = env.cards["alice"]
+    issuer = issuer_of(env, card)
+    request = (ocsp.OCSPRequestBuilder().add_certificate(card.auth, issuer, hashes.SHA1())
+               .build().public_bytes(serialization.Encoding.DER))
+    genuine = HttpFetcher().post(env.base + "/ocsp", request, "application/ocsp-request", 5)
+    signature = ocsp.load_der_ocsp_response(genuine).signature
+    assert genuine.count(signature) == 1
+    tampered = genuine.replace(signature, signature[:-1] + bytes([signature[-1] ^ 1]))
+    replay = Replayer(genuine)
+    client = broker(env, replay)
+    assert login_via(client, card, env.base)[0] == 200
+    assert login_via(client, card, env.base)[0] == 200        # remembered: same bytes
+    replay.answer = tampered
+    assert login_via(client, card, env.base) == UNAVAILABLE
+    assert "not signed by the issuer" in last_login_audit(env)["detail"]
