@@ -38,7 +38,7 @@ class RoleOptions:
     port: int = 8080
     redis_url: str | None = None
     signer_socket: Path | None = None
-    workers: int = DEFAULT_WORKERS
+    workers: int | None = None          # None: DEFAULT_WORKERS with Redis, else 1
     mtls_port: int | None = None
 
 
@@ -65,12 +65,29 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
         from cps_login.roles import run_broker
 
         run_broker(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
-                   workers=options.workers, mtls_port=options.mtls_port)
+                   workers=web_workers(home, db_url, redis_url, options.workers),
+                   mtls_port=options.mtls_port)
     else:
         from cps_login.roles import run_patient
 
         run_patient(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
-                    workers=options.workers)
+                    workers=web_workers(home, db_url, redis_url, options.workers))
+
+
+def web_workers(home: Path, db_url: str | None, redis_url: str | None,
+                requested: int | None) -> int:
+    """Worker processes of a web role. Login challenges and rate limits are shared between
+    processes only through Redis: without it, one worker (its threads serve concurrently)."""
+    from cps_login.config import LoginConfig
+
+    shared = bool(redis_url or LoginConfig.from_home(home, db_url).redis_url)
+    if requested is None:
+        return DEFAULT_WORKERS if shared else 1
+    if requested > 1 and not shared:
+        raise click.BadParameter(
+            f"{requested} workers need Redis (--redis URL): without it each worker keeps its "
+            "own login challenges and rate limits", param_hint="--workers")
+    return requested
 
 
 def die_with_supervisor() -> None:
@@ -98,15 +115,16 @@ def die_with_supervisor() -> None:
               help="Redis for shared state and pre-signed OCSP (default: the home's config).")
 @click.option("--signer-socket", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The signer's unix socket (default: HOME/run/signer.sock).")
-@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS,
-              show_default=True, help="Worker processes of the broker and patient roles.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help=f"Worker processes of the broker and patient roles (default: "
+                   f"{DEFAULT_WORKERS} with Redis, 1 without).")
 @click.option("--mtls-port", type=click.IntRange(0, 65535), default=None,
               help="Also serve token introspection over mutual TLS on this port (broker).")
 @click.option("--no-web", is_flag=True,
               help="Without --role: only signer and status (OCSP, CRLs, CA certificates).")
 @click.pass_obj
 def serve(admin: Any, role: str | None, host: str, port: int, redis_url: str | None,
-          signer_socket: Path | None, workers: int, mtls_port: int | None,
+          signer_socket: Path | None, workers: int | None, mtls_port: int | None,
           no_web: bool) -> None:
     """Serve OCSP, CRLs, CA certificates, the login broker and the patient space."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -119,5 +137,7 @@ def serve(admin: Any, role: str | None, host: str, port: int, redis_url: str | N
         return
     from pki.roles.supervisor import run_supervisor
 
-    Config.load(home)      # a missing home is one error line, before any child starts
+    config = Config.load(home)     # a missing home is one error line, before any child starts
+    if workers is not None and not no_web:      # likewise a worker count the roles refuse
+        web_workers(home, db_url, redis_url or config.ocsp.redis_url, workers)
     run_supervisor(home, db_url, options, web=not no_web)

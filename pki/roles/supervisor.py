@@ -91,7 +91,7 @@ def plan(home: Path, db_url: str | None, options: RoleOptions, *, web: bool) -> 
             child.socket_path = sock
         else:
             child.port = free_port()        # --host/--port are added at each start
-            if role in ("broker", "patient"):
+            if role in ("broker", "patient") and options.workers is not None:
                 argv += ["--workers", str(options.workers)]
             if role == "broker" and options.mtls_port is not None:
                 argv += ["--mtls-port", str(options.mtls_port)]

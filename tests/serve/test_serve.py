@@ -198,3 +198,18 @@ def test_serve_routes_every_url_restarts_a_killed_role_and_stops_on_sigterm(
         for pid in everything:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_several_web_workers_without_redis_are_refused_before_anything_starts(
+        tmp_path: Path) -> None:
+    """Without Redis each worker would keep its own login challenges: a challenge issued by
+    one worker and answered to the other would fail half the logins."""
+    home = tmp_path / "home"
+    init_home(home, key_type="p256")
+    for role in ([], ["--role", "broker"], ["--role", "patient"]):
+        done = subprocess.run([str(BIN / "cps-admin"), "--home", str(home), "serve", *role,
+                               "--workers", "2", "--port", str(_free_port())],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2, (role, done.stderr)
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+        assert "need Redis" in done.stderr and done.stdout == ""
