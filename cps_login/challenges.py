@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cps_login.errors import ChallengeRefused
+from cps_login.errors import ChallengeRefused, SharedStateUnavailable
 from pki.clock import Clock
 
 CHALLENGE_BYTES = 32
@@ -82,6 +84,18 @@ class MemoryChallengeStore:
         self._used = {v: e for v, e in self._used.items() if e > now - self._ttl}
 
 
+@contextmanager
+def redis_guard(what: str) -> Iterator[None]:
+    """Redis down or timing out is a 503 (``shared_state_unavailable``), not a 500."""
+    import redis.exceptions
+
+    try:
+        yield
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise SharedStateUnavailable(f"{what}: Redis unavailable "
+                                     f"({type(exc).__name__})") from None
+
+
 class RedisChallengeStore:
     """Several processes: one key per challenge, consumed atomically with SET XX GET."""
 
@@ -103,16 +117,18 @@ class RedisChallengeStore:
         expires = self._clock.now() + dt.timedelta(seconds=self._ttl)
         # The key outlives the TTL by one TTL so that a late use is reported as expired, and the
         # expiry that counts is the one stored (the injected clock), not Redis's.
-        self._redis.set(self._prefix + value.hex(), str(expires.timestamp()),
-                        ex=2 * self._ttl, nx=True)
+        with redis_guard("challenge"):
+            self._redis.set(self._prefix + value.hex(), str(expires.timestamp()),
+                            ex=2 * self._ttl, nx=True)
         return Challenge(value, expires)
 
     def consume(self, value: bytes) -> None:
         _check_value(value)
         # One atomic command marks the challenge used and returns what it held: of any number
         # of concurrent consumers exactly one sees the expiry, the others see "used".
-        stored = self._redis.set(self._prefix + value.hex(), _USED, xx=True, get=True,
-                                 keepttl=True)
+        with redis_guard("challenge"):
+            stored = self._redis.set(self._prefix + value.hex(), _USED, xx=True, get=True,
+                                     keepttl=True)
         if stored is None:
             raise ChallengeRefused("challenge_unknown")
         if stored == _USED:

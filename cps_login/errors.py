@@ -48,6 +48,14 @@ class RevocationUnavailable(PkiError):
     http_status = 503
 
 
+class SharedStateUnavailable(PkiError):
+    """Redis (challenges, rate limits shared by the replicas) does not answer: refuse now,
+    work again as soon as it is back (the client reconnects by itself)."""
+
+    code = "shared_state_unavailable"
+    http_status = 503
+
+
 class TokenInvalid(PkiError):
     code = "invalid_token"
     http_status = 401

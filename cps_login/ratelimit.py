@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
+from cps_login.challenges import redis_guard
 from cps_login.errors import RateLimited
 from pki.clock import Clock
 
@@ -65,16 +66,19 @@ class RedisRateLimiter:
         return f"{self._prefix}{window}:{key}"
 
     def check(self, key: str) -> None:
-        count = self._redis.get(self._key(key))
+        with redis_guard("rate limit"):
+            count = self._redis.get(self._key(key))
         if count is not None and int(count) >= self._max:
             raise RateLimited(self._window)
 
     def fail(self, key: str) -> None:
         k = self._key(key)
-        pipe = self._redis.pipeline()
-        pipe.incr(k)
-        pipe.expire(k, 2 * self._window)
-        pipe.execute()
+        with redis_guard("rate limit"):
+            pipe = self._redis.pipeline()
+            pipe.incr(k)
+            pipe.expire(k, 2 * self._window)
+            pipe.execute()
 
     def reset(self, key: str) -> None:
-        self._redis.delete(self._key(key))
+        with redis_guard("rate limit"):
+            self._redis.delete(self._key(key))

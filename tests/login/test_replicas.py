@@ -4,13 +4,16 @@ replica starts, the other accepts — once.
 * a challenge fetched from broker A is accepted by broker B, and used once only across both,
   also when many threads race on it through both;
 * patient sign-in failures counted by patient app A stop sign-ins at patient app B;
-* a patient session signed in at A is accepted by B (HMAC, the shared session key file).
+* a patient session signed in at A is accepted by B (HMAC, the shared session key file);
+* Redis cut: 503 ``shared_state_unavailable``; Redis back: the same broker works again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -135,3 +138,77 @@ def test_signin_failures_at_one_app_limit_the_other(env: Env, replicas: dict[str
                                                                "totp": "1"},
                                       environ_base={"REMOTE_ADDR": "10.9.9.9"})
     assert (resp.status_code, resp.get_json()["error"]) == (429, "rate_limited")
+
+
+class TcpProxy:
+    """127.0.0.1:port -> Redis, which the test can cut and restore (same port)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._open += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        with contextlib.suppress(OSError):      # wakes the accept() blocked on it
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for s in self._open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._open.clear()
+
+
+def test_redis_down_is_503_and_the_broker_recovers_alone(env: Env) -> None:
+    proxy = TcpProxy(("127.0.0.1", 6379))
+    proxy.start()
+    config = LoginConfig.from_home(env.home, redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+                                   redis_prefix=f"test:{secrets.token_hex(6)}:")
+    app = create_broker_app(config)
+    client = app.test_client()
+    try:
+        challenge = _challenge(client)
+        proxy.cut()
+        resp = client.post("/login/challenge")
+        assert (resp.status_code, resp.get_json()) == (503, {"error":
+                                                             "shared_state_unavailable"})
+        assert _login(client, env, challenge) == (503, {"error": "shared_state_unavailable"})
+        proxy.start()                                    # same port: Redis is back
+        status, body = _login(client, env, _challenge(client))
+        assert status == 200, body
+    finally:
+        proxy.cut()
+        services_of(app).close()
