@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pki.ca.hierarchy import init_home
-from pki.errors import HomeExists
+from pki.errors import HomeExists, LintFailed
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +66,15 @@ def test_a_non_empty_folder_is_refused_and_left_alone(tmp_path: Path) -> None:
     with pytest.raises(HomeExists):
         init_home(home, key_type="p256")
     assert _mode(home) == 0o755 and [p.name for p in home.iterdir()] == ["notes.txt"]
+
+
+def test_a_failed_init_leaves_nothing(tmp_path: Path) -> None:
+    # pkilint refuses the issuing CAs' URLs (no dot in the host), after the tokens, the root
+    # key and the store were made: all of it goes.
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for home in (tmp_path / "new" / "cps", existing):
+        with pytest.raises(LintFailed):
+            init_home(home, key_type="p256", base_url="http://x")
+    assert not (tmp_path / "new" / "cps").exists()
+    assert list(existing.iterdir()) == []
