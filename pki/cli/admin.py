@@ -145,6 +145,10 @@ def init(obj: AdminContext, ranges: tuple[str, ...], key_type: str, base_url: st
                        base_url=base_url, crl_shards=crl_shards)
     click.echo(f"initialised {obj.home} ({', '.join(config.ranges)}, {config.key_type}, "
                f"store {'SQLite' if config.db_url is None else 'external'})")
+    h = config.hsm
+    click.echo(f"tokens: {h.root_token_label} (roots; {h.root_pin_file} is read only by "
+               f"`cps-admin root ...`: keep it off the servers), {h.token_label} (issuing CAs), "
+               f"{h.broker_token_label} (broker)")
 
 
 # --- ca ---------------------------------------------------------------------------------
