@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 2000                   # records signed per audit record (and per store transaction)
 GAP_TTL = 10.0                 # seconds an id gap in status_event is watched for a late commit
+LOAD_RETRY = 5.0               # seconds between attempts at the initial load
 
 
 class IssuingCa(Protocol):
@@ -137,13 +138,17 @@ class OcspService(RecordIndex):
                                   state.algorithm, state.responder_not_after)
 
     def _run(self) -> None:
-        try:
-            self.load()
-        except BaseException as exc:
-            log.exception("OCSP initial load failed")
-            self.error = exc
-            self.ready.set()
-            return
+        while True:
+            try:
+                self.load()
+                self.error = None
+                break
+            except Exception as exc:   # the store or the HSM away: tryLater meanwhile, retry
+                log.exception("OCSP initial load failed; retrying in %.0f s", LOAD_RETRY)
+                self.error = exc
+                self.ready.set()
+                if self._stop.wait(LOAD_RETRY):
+                    return
         next_maintenance = time.monotonic() + self.maintenance_interval
         while not self._stop.wait(self.poll_interval):
             try:
@@ -225,10 +230,12 @@ class OcspService(RecordIndex):
             new_rows = list(session.execute(
                 select(Certificate).where(Certificate.id > self._max_cert_id)
                 .order_by(Certificate.id).limit(20_000)).scalars())
+        # Marked seen only once signed and stored: a failed cycle reads the same events again.
+        count = self._apply(rows + new_rows, "status-change")
         self._track_events([e.id for e in events])
         if new_rows:
             self._max_cert_id = max(self._max_cert_id, new_rows[-1].id)
-        return self._apply(rows + new_rows, "status-change")
+        return count
 
     def _track_events(self, ids: list[int]) -> None:
         now = time.monotonic()
@@ -334,11 +341,6 @@ class OcspService(RecordIndex):
             for serial, status, reason, revoked_at in chunk:
                 header = rec.pack(now, now, next_update, status, reason, revoked_at)
                 signed[serial] = state.sign(serial, header)
-            with self._lock:
-                target.update(signed)
-                self.signed_total += len(signed)
-                if self._oldest is None:
-                    self._oldest = now
             details = {"count": len(signed), "why": why,
                        "responder_serial": state.responder_serial,
                        "this_update": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
@@ -347,7 +349,14 @@ class OcspService(RecordIndex):
             def audit_batch(session: Session, details: dict[str, Any] = details) -> None:
                 audit.append(session, "ocsp.presign", state.slug, details, clock=self.clock)
 
+            # Stored before it is held: a batch the store refused is not in memory either, so
+            # the retry (next watcher cycle) sees the status as changed and signs it again.
             self._persist(state, signed, audit_batch)
+            with self._lock:
+                target.update(signed)
+                self.signed_total += len(signed)
+                if self._oldest is None:
+                    self._oldest = now
         return len(items)
 
     def _persist(self, state: rec.CaState, signed: Mapping[bytes, bytes],

@@ -107,7 +107,8 @@ def run_signer(home: Path, db_url: str | None, *, redis_url: str | None,
         lifecycle.add_listener(auth, ocsp.on_status_change)
         ocsp.start()
         publisher.start()
-        server = SignerServer([live], readiness=[ocsp.ready.is_set, crl.ready])
+        server = SignerServer([live], readiness=[
+            lambda: ocsp.ready.is_set() and ocsp.error is None, crl.ready])
         log.info("signer listening on %s", path)
         asyncio.run(_serve(server, path, stop))
     finally:

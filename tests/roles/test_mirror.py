@@ -222,3 +222,31 @@ def _wait(check: Any, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
+
+
+def test_signer_retries_a_batch_the_store_refused(pair: Pair,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = pair.mirror()
+    real = pair.service.writer.write
+    calls: list[int] = []
+
+    def refuse_once(*args: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreUnavailable("database unavailable: connection refused (test)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pair.service.writer, "write", refuse_once)
+    officer = Authority.open(pair.auth.config.home, clock=pair.clock)   # another process's view
+    try:
+        lifecycle.revoke(officer, _serial(pair.certs["later"]), "keyCompromise")
+    finally:
+        officer.close()
+    with pytest.raises(StoreUnavailable):
+        pair.service.poll()
+    # Neither held nor stored: the next watcher cycle signs it again, and the replicas get it.
+    good = ocsp.load_der_ocsp_response(_body(pair.service.lookup(pair.request("later"))))
+    assert good.certificate_status == ocsp.OCSPCertStatus.GOOD and mirror.poll() == 0
+    assert pair.service.poll() == 1 and mirror.poll() == 1
+    revoked = ocsp.load_der_ocsp_response(_body(mirror.lookup(pair.request("later"))))
+    assert revoked.certificate_status == ocsp.OCSPCertStatus.REVOKED
