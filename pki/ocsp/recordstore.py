@@ -39,6 +39,16 @@ class ResponderRow:
     seq: int
 
 
+_UPSERT = ("INSERT INTO ocsp_record (ca_id, responder_serial, serial, record, seq) "
+           "VALUES (?, ?, ?, ?, ?) ON CONFLICT (ca_id, responder_serial, serial) "
+           "DO UPDATE SET record = excluded.record, seq = excluded.seq")
+
+
+def _upsert_sql(paramstyle: str) -> str:
+    """The upsert in the driver's placeholders (sqlite3: qmark; psycopg: %s)."""
+    return _UPSERT if paramstyle == "qmark" else _UPSERT.replace("?", "%s")
+
+
 def _insert(session: Session, table: Any) -> Any:
     """The dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL spell it the same)."""
     name = session.get_bind().dialect.name
@@ -72,16 +82,15 @@ class RecordWriter:
         batch's audit record); returns the highest seq written."""
         with self._lock:
             first = self.seq + 1
-            rows = [{"ca_id": ca_id, "responder_serial": responder_serial, "serial": serial,
-                     "record": record, "seq": first + i}
+            rows = [(ca_id, responder_serial, serial, record, first + i)
                     for i, (serial, record) in enumerate(records.items())]
             with self.store.session() as session:
                 if rows:
-                    stmt = _insert(session, RECORDS)
-                    stmt = stmt.on_conflict_do_update(
-                        index_elements=["ca_id", "responder_serial", "serial"],
-                        set_={"record": stmt.excluded.record, "seq": stmt.excluded.seq})
-                    session.execute(stmt, rows)
+                    # Straight to the driver's executemany: a third of the CPU of an ORM/Core
+                    # upsert per row (measured ~4 against ~13 us on SQLite), which matters
+                    # beside the signing thread at 2M rows.
+                    conn = session.connection()
+                    conn.exec_driver_sql(_upsert_sql(conn.dialect.paramstyle), rows)
                 if also is not None:
                     also(session)
             self._seq = first + len(rows) - 1
