@@ -90,6 +90,25 @@ def wait_health(base: str, server: subprocess.Popen[bytes], timeout: float = 120
     raise DemoFailed("server did not become ready")
 
 
+def take_root_offline(home: Path) -> Path:
+    """Move the root token's PIN files out of the home, as an operator keeps the root offline:
+    `cps-admin serve` and every step of the demo run without them."""
+    offline = home.parent / f"{home.name}-root-offline"
+    shutil.rmtree(offline, ignore_errors=True)
+    offline.mkdir(mode=0o700)
+    for name in ("root.pin", "root-so.pin"):
+        source = home / "secrets" / name
+        if source.exists():
+            shutil.move(str(source), offline / name)
+    return offline
+
+
+def supervisor_lines(log: Path) -> list[str]:
+    """The supervisor's own lines: which process runs which role and which may sign."""
+    lines = log.read_text(errors="replace").splitlines()
+    return [line for line in lines if not line.startswith("[")]
+
+
 def main() -> int:
     from cps_login.totp import totp
     from pki.cards.pcsc import wait_for_card
@@ -109,17 +128,21 @@ def main() -> int:
         step("1. A CA hierarchy in SoftHSM, store in SQLite")
         run("cps-admin", "init", "--base-url", base, env=env)
         run("cps-admin", "ca", "list", env=env)
+        offline = take_root_offline(home)
+        print(f"  root PIN files moved to {offline}: nothing below needs the root")
 
         step("2. The directory: a physician")
         run("cps-admin", "pro", "add", "--rpps", rpps, "--profession", "10",
             "--given-name", "Jeanne", "--surname", "Martin", env=env)
 
-        step("3. Services: OCSP, CRLs, CA certificates, login broker, patient API")
+        step("3. Services: signer, status, broker, patient - each its own process, one address")
         log = (home / "serve.log").open("ab")
         server = subprocess.Popen([str(BIN / "cps-admin"), "serve", "--port", str(port)],
                                   env=env, stdout=log, stderr=log)
         procs.append(server)
         wait_health(base, server)
+        for line in supervisor_lines(home / "serve.log"):
+            print(f"  {line}")
         print(f"  {base}/health says ok")
 
         step("4. A blank CPS card in the virtual reader (real pcscd + vsmartcard-vpcd)")
