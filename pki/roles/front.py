@@ -131,7 +131,8 @@ class Front:
             await writer.drain()
             return keep
         role = route(head.path)
-        upstream = _upstream_head(raw, head.method, head.target, remote) + body
+        listed = head.headers.get("connection", "").encode("latin-1").lower()
+        upstream = _upstream_head(raw, head.method, head.target, remote, listed) + body
         try:
             return await self._forward(role, upstream, writer, head.method,
                                        head.version == "HTTP/1.0", keep)
@@ -229,11 +230,14 @@ class Front:
         return keep
 
 
-def _upstream_head(raw: bytes, method: str, target: str, remote: str) -> bytes:
-    """The request head for a role: the client's fields minus hop-by-hop, plus forwarding."""
+def _upstream_head(raw: bytes, method: str, target: str, remote: str,
+                   connection: bytes = b"") -> bytes:
+    """The request head for a role: the client's fields minus hop-by-hop ones (fixed, and those
+    its Connection field names), plus the forwarding fields."""
+    drop = _DROP_REQUEST | {name.strip() for name in connection.split(b",")}
     lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
     for line in raw[:-4].split(b"\r\n")[1:]:
-        if line.partition(b":")[0].strip().lower() not in _DROP_REQUEST:
+        if line.partition(b":")[0].strip().lower() not in drop:
             lines.append(line)
     lines += [b"X-Forwarded-For: " + remote.encode("ascii", "replace"),
               b"X-Forwarded-Proto: http", b"Connection: close"]

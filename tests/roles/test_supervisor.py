@@ -405,6 +405,17 @@ def test_front_health_waits_for_every_role_and_bounds_what_it_reads() -> None:
         loop.close()
 
 
+def test_upstream_head_drops_hop_by_hop_fields_and_sets_forwarding() -> None:
+    from pki.roles.front import _upstream_head
+
+    raw = (b"GET /api/x HTTP/1.0\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\n"
+           b"X-Secret: 1\r\nX-Forwarded-For: 6.6.6.6\r\nCookie: c=1\r\n\r\n")
+    out = _upstream_head(raw, "GET", "/api/x", "10.0.0.1", b"keep-alive, x-secret")
+    assert out == (b"GET /api/x HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\n"
+                   b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+                   b"Connection: close\r\n\r\n")
+
+
 def test_route_table() -> None:
     assert route("/ocsp") == route("/ocsp/abc") == "status"
     assert route("/ocspx") == "broker"            # a prefix is a path segment, not a string
