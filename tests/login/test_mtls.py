@@ -46,6 +46,9 @@ def broker(env: Env) -> Iterator[tuple[RoleProcess, int]]:
                              timeout=60, check=False)
     assert refused.returncode == 1
     assert refused.stderr.count("\n") == 1 and "broker tls-cert" in refused.stderr
+    bad = admin(env, "broker", "tls-cert", "--host", "no_dots")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --host")
+    assert bad.stderr.count("\n") == 1 and not (env.home / "secrets/broker-tls.key").exists()
     done = admin(env, "broker", "tls-cert", "--host", "127.0.0.1")
     assert done.returncode == 0, done.stderr
     key = env.home / "secrets" / "broker-tls.key"
