@@ -6,8 +6,8 @@ the fork (no preload): the broker's PKCS#11 session is opened in the worker that
 inherited across a fork. ``GET /health`` answers 200 once a worker has built its app.
 
 Neither role holds an ``Authority``. The broker opens only its own token (``CPS-BROKER``); the
-patient role loads no PKCS#11 module at all. Both refuse to start in a process that holds a CA
-or root token session (``pki.hsm.open_tokens``).
+patient role loads no PKCS#11 module at all. Both refuse to start in a process that holds a
+session on any other token, the CA or root token above all (``pki.roles.guard``).
 
 With ``mtls_port`` the broker also serves introspection over mutual TLS — a second gunicorn
 arbiter in a child process, since gunicorn's TLS settings are per server, not per address —
@@ -79,17 +79,12 @@ def _config(home: Path, db_url: str | None, redis_url: str | None) -> LoginConfi
     return LoginConfig.from_home(home, db_url=db_url, **overrides)
 
 
-def refuse_ca_tokens(config: LoginConfig, role: str) -> None:
-    """A public role never runs in a process that has a CA or root token open."""
-    if "pki.hsm" not in sys.modules:
-        return                          # no PKCS#11 seam loaded: nothing can be open
-    from pki.hsm import open_tokens
+def refuse_key_holders(config: LoginConfig, role: str) -> None:
+    """A public role never runs in a process that has any token open but its own (the CA or
+    root token above all): ``pki.roles.guard``, as ``cps-admin serve --role`` applies it."""
+    from pki.roles.guard import refuse_key_holders as refuse
 
-    h = config.pki.hsm
-    held = sorted(set(open_tokens()) & {h.token_label, h.root_token_label})
-    if held:
-        raise ConfigError(f"refusing to run the {role} role in a process holding the CA "
-                          f"token(s) {', '.join(held)}")
+    refuse(role, allowed_tokens=(config.pki.hsm.broker_token_label,) if role == "broker" else ())
 
 
 def _check_store(config: LoginConfig) -> Any:
@@ -137,7 +132,7 @@ def run_broker(home: Path, db_url: str | None, *, host: str, port: int, redis_ur
     from cps_login.mtls import client_cas_file, tls_files
 
     config = _config(home, db_url, redis_url)
-    refuse_ca_tokens(config, "broker")
+    refuse_key_holders(config, "broker")
     pki_config = config.pki
     pki_config.read_secret(pki_config.hsm.broker_pin_file)     # missing PIN: one line, now
     options = _options("cps-broker", host, port, workers)
@@ -177,7 +172,7 @@ def run_patient(home: Path, db_url: str | None, *, host: str, port: int,
                 redis_url: str | None, workers: int = 2) -> None:
     """Serve the patient role (blocks): /patient and /espace. Holds no key."""
     config = _config(home, db_url, redis_url)
-    refuse_ca_tokens(config, "patient")
+    refuse_key_holders(config, "patient")
     _check_store(config)
     config.session_key()        # created once here, before the workers race for it
     print(f"patient pid {os.getpid()}: no key", flush=True)

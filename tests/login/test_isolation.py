@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cps_login.tokens import TokenValidator
 from pki.ca.authority import Authority
 from pki.clock import SYSTEM_CLOCK
@@ -135,3 +137,14 @@ def test_patient_role_maps_no_pkcs11_library(env: Env) -> None:
             assert "softhsm" not in maps and "pkcs11" not in maps.lower(), pid
     finally:
         assert process.stop() == 0
+
+
+def test_roles_refuse_to_run_beside_a_ca_session(env: Env) -> None:
+    """This test process has the officer's CA session open: neither role starts here."""
+    from cps_login.roles import run_broker, run_patient
+    from pki.errors import PkiError
+
+    assert isinstance(env.auth.hsm, Hsm)
+    for run in (run_broker, run_patient):
+        with pytest.raises(PkiError, match="CPS-CA"):
+            run(env.home, None, host="127.0.0.1", port=free_port(), redis_url=None)
