@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_patient_role_maps_no_pkcs11_library(env: Env) -> None:
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert "softhsm" not in maps and "pkcs11" not in maps.lower(), pid
     finally:
-        assert process.stop() == 0
+        assert process.stop(signal.SIGINT) == 0            # Ctrl-C: a clean stop too
 
 
 def test_roles_refuse_to_run_beside_a_ca_session(env: Env) -> None:
