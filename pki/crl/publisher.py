@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from cryptography import x509
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
@@ -30,6 +29,9 @@ from pki.clock import Clock, utc_seconds
 from pki.config import Config
 from pki.crl import builder, source
 from pki.crl.builder import CrlFields, EntryBuffer, Signer
+from pki.crl.scope import ROOT_ROLE as ROOT_ROLE  # re-exported: CLI, tests
+from pki.crl.scope import CaView as CaView
+from pki.crl.scope import scopes as scopes
 from pki.errors import InvalidInput, NotFound
 from pki.store.db import Store
 from pki.store.models import Crl
@@ -38,26 +40,6 @@ from pki.store.models import Crl
 # before the base was generated may have committed just after its snapshot. Listing a change
 # twice is harmless; missing one is not.
 DELTA_SAFETY_MARGIN = dt.timedelta(minutes=10)
-ROOT_ROLE = "ROOT"
-
-
-class CaView(Protocol):
-    """What the publisher needs to know of a CA (pki.ca.authority.CaInfo provides it)."""
-
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def slug(self) -> str: ...
-
-    @property
-    def role(self) -> str: ...
-
-    @property
-    def der(self) -> bytes: ...
-
-    @property
-    def certificate(self) -> x509.Certificate: ...
 
 
 class AuthorityView(Protocol):
@@ -99,13 +81,6 @@ class PublishedCrl:
                 "next_update": self.next_update.isoformat(), "entries": self.entries,
                 "size": len(self.der), "path": self.path,
                 "sha256": hashlib.sha256(self.der).hexdigest()}
-
-
-def scopes(config: Config, ca: CaView) -> list[int | None]:
-    """The partitions a CA publishes: ``[None]`` for one classic CRL."""
-    if ca.role == ROOT_ROLE or config.crl.shards <= 1:
-        return [None]
-    return list(range(config.crl.shards))
 
 
 @dataclass

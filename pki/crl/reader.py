@@ -17,10 +17,10 @@ from sqlalchemy import select
 
 from pki import urls
 from pki.config import Config
-from pki.crl import publisher, source
+from pki.crl import source
 from pki.crl.cache import PublicationCache
 from pki.crl.http import crl_handler
-from pki.crl.publisher import ROOT_ROLE, CaView
+from pki.crl.scope import ROOT_ROLE, CaView, scopes
 from pki.http import Handler
 from pki.store.db import Store
 from pki.store.models import CertificateAuthority
@@ -101,7 +101,7 @@ class CrlReader:
         served = self.cache.snapshot
         return all(urls.crl_path(ca.slug, shard, delta=False) in served
                    for ca in self.view.cas() if ca.role != ROOT_ROLE
-                   for shard in publisher.scopes(self.view.config, ca))
+                   for shard in scopes(self.view.config, ca))
 
     def load(self) -> None:
         """CA certificates and the newest stored CRL of every scope, into the cache."""
@@ -116,7 +116,7 @@ class CrlReader:
                 newest = numbers.get(ca.id)
                 if newest is None or self._known.get(ca.id, 0) >= newest:
                     continue
-                for shard in publisher.scopes(self.view.config, ca):
+                for shard in scopes(self.view.config, ca):
                     for kind in ("full", "delta"):
                         stored = source.latest(session, ca.id, kind, shard)
                         if stored is not None:

@@ -12,13 +12,15 @@ import datetime as dt
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
-from pki.crl.builder import Row
 from pki.store.models import Certificate, CertificateAuthority, Crl, StatusEvent
+
+if TYPE_CHECKING:   # the builder (and its linter) stay out of processes that only serve
+    from pki.crl.builder import Row
 
 STREAM_BATCH = 1_000       # rows per fetch: bounded Python memory whatever the list size
 SCAN_CACHE_KIB = -256      # SQLite page cache during the scan (negative: KiB)

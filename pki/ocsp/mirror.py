@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from pki.clock import SYSTEM_CLOCK, Clock
-from pki.crl.publisher import ROOT_ROLE
 from pki.crl.reader import StoreCas
+from pki.crl.scope import ROOT_ROLE
 from pki.ocsp import records as rec
 from pki.ocsp import recordstore
 from pki.ocsp import response as resp

@@ -123,7 +123,9 @@ def test_status_process_maps_no_pkcs11_library(split: Split) -> None:
     assert "softhsm" not in maps.lower() and "pkcs11" not in maps.lower()
     signer_maps = Path(f"/proc/{split.signer.proc.pid}/maps").read_text()
     assert "softhsm" in signer_maps.lower()        # the check can fail: the signer has it
-    code = "import pki.roles.status, sys; assert 'pkcs11' not in sys.modules"
+    code = ("import pki.roles.status, sys; assert 'pkcs11' not in sys.modules; "
+            "assert 'pkilint' not in sys.modules, 'a linter in a public process'; "
+            "assert not [m for m in sys.modules if m.startswith('pki.ca')], 'CA code'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
