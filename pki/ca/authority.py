@@ -71,6 +71,15 @@ class IssueRequest:
     common_name: str | None = None
     card_id: int | None = None
     renewed_from_id: int | None = None
+    # Where the private key lives (the product category). Unset: "card" for a key generated
+    # on a registered card (card_id), else "software" -- never more than the CA knows.
+    key_storage: profiles.KeyStorage | None = None
+
+    @property
+    def storage(self) -> profiles.KeyStorage:
+        if self.key_storage is not None:
+            return self.key_storage
+        return "card" if self.card_id is not None else "software"
 
 
 @dataclass(frozen=True)
@@ -346,7 +355,7 @@ class Authority:
         builder = profiles.end_entity_builder(
             self.config, prof, view, subject, req.public_key, serial=serial,
             not_before=not_before, profession_code=profession_code, dns_names=req.dns_names,
-            not_after=not_after)
+            not_after=not_after, key_storage=req.storage)
         return _Prepared(req, builder, ca, serial, subject_text, professional_id, structure_pk,
                          not_before, not_after)
 
@@ -380,9 +389,16 @@ class Authority:
                 for (prep, der), serial in zip(batch, serials, strict=True)]
 
     def issue_from_csr(self, csr_data: bytes, profile: str, *, rpps: str | None = None,
-                       structure_id: str | None = None, actor: str = "cps-admin"
-                       ) -> IssuedCertificate:
-        """Issue from a PKCS#10 request after checking its proof of possession."""
+                       structure_id: str | None = None, actor: str = "cps-admin",
+                       key_storage: profiles.KeyStorage = "software") -> IssuedCertificate:
+        """Issue from a PKCS#10 request after checking its proof of possession.
+
+        A CSR's key was made outside any card we personalised: "software" unless the officer
+        vouches for a security module ("hsm"); never "card".
+        """
+        if key_storage not in ("software", "hsm"):
+            raise InvalidInput(f"a key from a CSR cannot be stored as {key_storage!r}: only "
+                               f"`card issue` makes card keys (software|hsm)")
         csr = load_csr(csr_data)
         public_key = csr.public_key()
         if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
@@ -397,7 +413,8 @@ class Authority:
             except x509.ExtensionNotFound:
                 dns = ()
         return self.issue(IssueRequest(profile=profile, public_key=public_key, rpps=rpps,
-                                       structure_id=structure_id, dns_names=dns), actor=actor)
+                                       structure_id=structure_id, dns_names=dns,
+                                       key_storage=key_storage), actor=actor)
 
 
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from pki import audit
 from pki.ca.authority import Authority, IssuedCertificate, IssueRequest, parse_serial
+from pki.ca.profiles import KeyStorage, key_storage_of
 from pki.errors import InvalidInput, InvalidTransition, NotFound
 from pki.store.models import Certificate, Professional, StatusEvent, Structure
 
@@ -126,8 +127,13 @@ def _check_transition(cert: Certificate, event: str, now: dt.datetime) -> None:
 
 
 def renew(auth: Authority, serial: str, *, public_key: object | None = None,
-          revoke_old: bool = False, actor: str = "cps-admin") -> IssuedCertificate:
-    """A new certificate for the same holder and profile (same key unless one is given)."""
+          revoke_old: bool = False, actor: str = "cps-admin",
+          key_storage: KeyStorage | None = None) -> IssuedCertificate:
+    """A new certificate for the same holder and profile (same key unless one is given).
+
+    The same key stays where it was (the old certificate's product category); a new key is
+    "software" unless ``key_storage`` says otherwise (a card renewal writing onto the card).
+    """
     canonical = parse_serial(serial)
     with auth.store.read() as session:
         old = session.execute(select(Certificate).where(Certificate.serial == canonical)
@@ -153,9 +159,12 @@ def renew(auth: Authority, serial: str, *, public_key: object | None = None,
         dns = tuple(san.value.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         pass
+    if key_storage is None:
+        key_storage = key_storage_of(old_cert) if public_key is None else "software"
     issued = auth.issue(IssueRequest(profile=profile, public_key=key, rpps=rpps,  # type: ignore[arg-type]
                                      structure_id=structure_id, dns_names=dns, card_id=card_id,
-                                     renewed_from_id=old_id), actor=actor)
+                                     renewed_from_id=old_id, key_storage=key_storage),
+                        actor=actor)
     if revoke_old:
         revoke(auth, canonical, "superseded", actor=actor)
     return issued

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -21,6 +21,11 @@ from pki.errors import InvalidInput
 
 PRODUCT_CATEGORY_OID = ObjectIdentifier("1.2.250.1.71.1.2.5")
 PROFESSION_CODE_OID = ObjectIdentifier("1.2.250.1.71.1.2.7")
+# Where the subject's private key lives, as the product category says it (SPEC §3). Relying
+# parties (the login broker) grade an authentication by it, so it must say what the CA knows:
+# "card" only for keys generated on a card during `card issue`.
+KeyStorage = Literal["card", "hsm", "software"]
+KEY_STORAGE_CATEGORY: dict[str, int] = {"card": 0, "hsm": 2, "software": 3}
 _KEY_USAGE_FLAGS = ("digital_signature", "content_commitment", "key_encipherment",
                     "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign",
                     "encipher_only", "decipher_only")
@@ -94,6 +99,17 @@ def random_serials(block: int = 256) -> Iterator[int]:
                 yield serial
 
 
+def key_storage_of(cert: x509.Certificate) -> KeyStorage:
+    """Where ``cert`` says its key lives; "software" when it does not say (or says oddly)."""
+    try:
+        raw = cert.extensions.get_extension_for_oid(PRODUCT_CATEGORY_OID).value
+    except x509.ExtensionNotFound:
+        return "software"
+    value = raw.value if isinstance(raw, x509.UnrecognizedExtension) else b""
+    by_category = {der_integer(c): s for s, c in KEY_STORAGE_CATEGORY.items()}
+    return by_category.get(value, "software")  # type: ignore[return-value]
+
+
 def der_integer(value: int) -> bytes:
     body = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=True)
     return bytes([0x02, len(body)]) + body
@@ -149,12 +165,13 @@ class IssuerView:
         return self.certificate.not_valid_after_utc
 
     def template(self, prof: Profile, base_url: str, policy_oid: str, shard: int | None,
-                 ec_key: bool) -> _Template:
-        key = (prof, base_url, policy_oid, shard, ec_key)
+                 ec_key: bool, category: int | None = None) -> _Template:
+        category = prof.product_category if category is None else category
+        key = (prof, base_url, policy_oid, shard, ec_key, category)
         tpl = self._templates.get(key)
         if tpl is None:
             tpl = self._templates[key] = _template(self, prof, base_url, policy_oid, shard,
-                                                   ec_key)
+                                                   ec_key, category)
         return tpl
 
 
@@ -167,7 +184,7 @@ class _Template(NamedTuple):
 
 
 def _template(issuer: IssuerView, prof: Profile, base_url: str, policy_oid: str,
-              shard: int | None, ec_key: bool) -> _Template:
+              shard: int | None, ec_key: bool, category: int) -> _Template:
     usage = {flag: flag in prof.key_usage for flag in _KEY_USAGE_FLAGS}
     if ec_key:
         # An EC key cannot encrypt (RFC 5480 §3): keyEncipherment is for RSA subjects only.
@@ -193,7 +210,7 @@ def _template(issuer: IssuerView, prof: Profile, base_url: str, policy_oid: str,
                                    x509.UniformResourceIdentifier(
                                        urls.ca_cert_url(base_url, issuer.slug))),
         ]),
-        x509.UnrecognizedExtension(PRODUCT_CATEGORY_OID, der_integer(prof.product_category)),
+        x509.UnrecognizedExtension(PRODUCT_CATEGORY_OID, der_integer(category)),
     ]
     if prof.extended_key_usage:
         tail.append(x509.ExtendedKeyUsage(
@@ -222,8 +239,11 @@ def end_entity_builder(config: Config, prof: Profile, issuer: IssuerView, subjec
                        public_key: PublicKey, *, serial: int, not_before: dt.datetime,
                        profession_code: int | None = None,
                        dns_names: tuple[str, ...] = (),
-                       not_after: dt.datetime | None = None) -> x509.CertificateBuilder:
+                       not_after: dt.datetime | None = None,
+                       key_storage: KeyStorage | None = None) -> x509.CertificateBuilder:
     """The to-be-signed end-entity certificate for ``prof`` (SPEC §3).
+
+    ``key_storage`` sets the product category; without it, the profile's default.
 
     Extensions, in this order: basicConstraints, keyUsage, authorityKeyIdentifier,
     subjectKeyIdentifier, certificatePolicies, cRLDistributionPoints, freshestCRL,
@@ -238,8 +258,9 @@ def end_entity_builder(config: Config, prof: Profile, issuer: IssuerView, subjec
     if not ec_key and not isinstance(public_key, rsa.RSAPublicKey):
         # Not a key: the builder's own TypeError, as before (the SKI would fail obscurely).
         x509.CertificateBuilder().public_key(public_key)
+    category = None if key_storage is None else KEY_STORAGE_CATEGORY[key_storage]
     tpl = issuer.template(prof, config.base_url, prof.policy_oid(config),
-                          urls.shard_of(serial, config.crl.shards), ec_key)
+                          urls.shard_of(serial, config.crl.shards), ec_key, category)
     extensions = [*tpl.head, x509.Extension(
         x509.SubjectKeyIdentifier.oid, False,
         x509.SubjectKeyIdentifier.from_public_key(public_key)), *tpl.tail]

@@ -31,6 +31,7 @@ from pki.store.models import Certificate, CertificateAuthority, Professional, St
 
 STATUSES = ("active", "hold", "revoked", "expired")
 USAGES = ("auth", "sign", "org")
+CSR_KEY_STORAGE = ("software", "hsm")   # never "card": a CSR's key was made off any card
 
 
 def display_status(status: str, not_after: dt.datetime, now: dt.datetime) -> str:
@@ -117,9 +118,13 @@ def _write_cert(out: Path | None, issued: IssuedCertificate) -> None:
 @click.option("--usage", required=True, type=click.Choice(USAGES))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the PEM certificate.")
+@click.option("--key-storage", type=click.Choice(CSR_KEY_STORAGE), default="software",
+              show_default=True,
+              help="Where the CSR's key lives (product category 3 software, 2 security "
+                   "module). Card keys come only from `card issue`.")
 @pass_admin
 def cert_issue(obj: AdminContext, csr_file: Path, rpps: str | None, structure_id: str | None,
-               usage: str, out: Path) -> None:
+               usage: str, out: Path, key_storage: str) -> None:
     """Issue a certificate for a CSR. The subject comes from the directory, not the CSR."""
     if usage == "org":
         if structure_id is None or rpps is not None:
@@ -127,7 +132,8 @@ def cert_issue(obj: AdminContext, csr_file: Path, rpps: str | None, structure_id
     elif rpps is None or structure_id is not None:
         raise click.UsageError(f"--usage {usage} needs --rpps (and no --structure)")
     data = csr_file.read_bytes()
-    issued = obj.authority().issue_from_csr(data, usage, rpps=rpps, structure_id=structure_id)
+    issued = obj.authority().issue_from_csr(data, usage, rpps=rpps, structure_id=structure_id,
+                                            key_storage=key_storage)  # type: ignore[arg-type]
     _write_cert(out, issued)
 
 

@@ -162,9 +162,10 @@ def test_professional_profile(issued: Issued, usage: str) -> None:
     pols = _ext(cert, x509.CertificatePolicies)
     assert not pols.critical
     assert [p.policy_identifier.dotted_string for p in pols.value] == [policy]  # type: ignore[attr-defined]
-    # Private extensions: product category 0 (card), profession code as INTEGER.
+    # Private extensions: product category 3 (software: these keys come from a CSR or the
+    # officer, not from a card; see test_product_category), profession code as INTEGER.
     cat = cert.extensions.get_extension_for_oid(ObjectIdentifier("1.2.250.1.71.1.2.5"))
-    assert cat.value.value == bytes.fromhex("020100")  # type: ignore[attr-defined]
+    assert cat.value.value == bytes.fromhex("020103")  # type: ignore[attr-defined]
     prof = cert.extensions.get_extension_for_oid(ObjectIdentifier("1.2.250.1.71.1.2.7"))
     assert prof.value.value == bytes.fromhex("020128")  # INTEGER 40  # type: ignore[attr-defined]
     _check_common_leaf(cert, issued.certs["personnes"], "ac-igc-sante-fort-personnes", cfg)
