@@ -261,3 +261,26 @@ def test_postgresql_signer_and_status(tmp_path: Path, pg_url: str) -> None:
     finally:
         roles.close()
         auth.close()
+
+
+def test_run_signer_stops_on_event_and_refuses_a_second_signer(tmp_path: Path) -> None:
+    import threading
+
+    from pki.errors import InvalidInput
+    from pki.roles.signer import prepare_socket, run_signer
+
+    home = tmp_path / "home"
+    init_home(home, key_type="p256")
+    sock = tmp_path / "run" / "s.sock"
+    stop = threading.Event()
+    thread = threading.Thread(target=run_signer, args=(home, None),
+                              kwargs={"redis_url": None, "socket_path": sock, "stop": stop})
+    thread.start()
+    try:
+        wait_for(lambda: sock.exists() and unix_get(sock, "/health") == 200, "signer healthy")
+        with pytest.raises(InvalidInput, match="already listens"):
+            prepare_socket(sock)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and not sock.exists()
