@@ -10,7 +10,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
-
 from sqlalchemy import delete, func, select
 
 from pki.ocsp.service import Answer, OcspService
