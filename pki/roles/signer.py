@@ -28,6 +28,7 @@ from pki.http.server import HttpServer
 from pki.ocsp.live import LiveEndpoint
 from pki.ocsp.service import OcspService
 from pki.roles import signer_socket
+from pki.roles.lease import SignerLease
 
 log = logging.getLogger("cps.signer")
 
@@ -95,7 +96,20 @@ def run_signer(home: Path, db_url: str | None, *, redis_url: str | None,
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    prepare_socket(path)
+    lease = SignerLease(auth.store)
+    try:
+        lease.acquire()
+        prepare_socket(path)
+    except BaseException:
+        lease.release()
+        auth.close()
+        raise
+
+    def stop_when_lease_lost() -> None:
+        lease.lost.wait()
+        stop.set()
+
+    threading.Thread(target=stop_when_lease_lost, name="lease-watch", daemon=True).start()
     crl = CrlService(auth)
     ocsp = OcspService(auth, redis_url=redis_url)
     live = LiveEndpoint(ocsp)
@@ -117,6 +131,7 @@ def run_signer(home: Path, db_url: str | None, *, redis_url: str | None,
             publisher.join(timeout=30)
         ocsp.stop()
         live.close()
+        lease.release()
         auth.close()
         with suppress(FileNotFoundError):
             path.unlink()
