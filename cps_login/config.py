@@ -49,6 +49,18 @@ class LoginConfig:
     token_key_label: str = "token:broker"  # noqa: S105 - a label
     token_key_type: str = "p256"  # noqa: S105 - a key type
     matrix_file: str | None = None           # default: cps_login/data/access_matrix.json
+    # Sign-in throttling (cps_login.ratelimit.SigninThrottle): ``signin_max_attempts`` free
+    # failures per (account, client) pair, then a backoff doubling from the base up to the max;
+    # a client failing on many accounts is refused for ``signin_window_seconds``; an account
+    # failing from many clients leaves every client one free try before its backoff.
+    signin_backoff_base_seconds: int = 2
+    signin_backoff_max_seconds: int = 900
+    signin_client_max_failures: int = 30
+    signin_account_max_failures: int = 50
+    signin_account_window_seconds: int = 3600
+    # Peers (CIDRs) whose X-Forwarded-For / X-Forwarded-Proto the patient role believes.
+    trusted_proxies: tuple[str, ...] = ()
+    totp_key_file: str = "secrets/totp.key"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -65,8 +77,9 @@ class LoginConfig:
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
-        if "emergency_centres" in raw:
-            raw["emergency_centres"] = tuple(raw["emergency_centres"])
+        for name in ("emergency_centres", "trusted_proxies"):
+            if name in raw:
+                raw[name] = tuple(raw[name])
         merged: dict[str, Any] = {**raw, **overrides}
         merged.setdefault("issuer", base.base_url)
         merged.setdefault("db_url", db_url or base.db_url)
@@ -85,6 +98,21 @@ class LoginConfig:
         key = bytes.fromhex(secret_once(path).strip())
         if len(key) < 32:
             raise ConfigError(f"{path}: session key shorter than 32 bytes")
+        return key
+
+    def totp_key(self) -> bytes:
+        """The AES-256-GCM key sealing TOTP seeds at rest; generated (0600) the first time."""
+        path = self.home / self.totp_key_file
+        text = secret_once(path)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(f"{path}: readable by others (mode {mode:o}); chmod 600")
+        try:
+            key = bytes.fromhex(text.strip())
+        except ValueError:
+            raise ConfigError(f"{path}: not a hex key") from None
+        if len(key) != 32:
+            raise ConfigError(f"{path}: the TOTP key must be 32 bytes (64 hex digits)")
         return key
 
 

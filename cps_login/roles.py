@@ -171,12 +171,19 @@ def _patient_app(config: LoginConfig) -> WsgiApp:
 def run_patient(home: Path, db_url: str | None, *, host: str, port: int,
                 redis_url: str | None, workers: int = 2) -> None:
     """Serve the patient role (blocks): /patient and /espace. Holds no key."""
+    from cps_login.web.proxy import parse_networks
+
     config = _config(home, db_url, redis_url)
     refuse_key_holders(config, "patient")
     _check_store(config)
     config.session_key()        # created once here, before the workers race for it
+    config.totp_key()
+    options = _options("cps-patient", host, port, workers)
+    # gunicorn believes X-Forwarded-Proto from the same peers as cps_login.web.proxy, no other
+    options["forwarded_allow_ips"] = ",".join(
+        str(net) for net in parse_networks(config.trusted_proxies))
     print(f"patient pid {os.getpid()}: no key", flush=True)
-    _serve(lambda: _patient_app(config), _options("cps-patient", host, port, workers))
+    _serve(lambda: _patient_app(config), options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,6 +220,8 @@ def signin_post() -> tuple[str, int] | Response:
 @bp.post("/signout")
 def signout() -> Response:
     _check_csrf()
+    if g.page.token is not None:        # ended server-side: a copy of the cookie is dead too
+        _services().patient_auth.sign_out(g.page.token)
     _set_state(g.page.rotated(None))
     return redirect(url_for("pages.signin", out=1), 303)
 

@@ -72,6 +72,7 @@ def create_patient_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     from cps_login import pages
     from cps_login.patient_services import build_patient_services
     from cps_login.web import portal
+    from cps_login.web.proxy import TrustedProxies
 
     if services is None:
         services = build_patient_services(config, clock=clock, **service_options)
@@ -79,6 +80,8 @@ def create_patient_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     app.extensions[EXTENSION] = services
     app.register_blueprint(portal.bp)
     app.register_blueprint(pages.bp)   # /espace: the patient space as web pages
+    # client address and scheme from X-Forwarded-* of the configured proxies only
+    app.wsgi_app = TrustedProxies(app.wsgi_app, config.trusted_proxies)  # type: ignore[method-assign]
     return app
 
 

@@ -1,6 +1,7 @@
 """Blueprint ``portal``: patients (and legal representatives of minors) at ``/patient``.
 
-Sign-in with INS + password + TOTP code gives a short session token (Bearer). A
+Sign-in with INS + password + TOTP code gives a short session token (Bearer); sign-out ends it
+on every replica. A
 representative acts on a child's record by using the child's INS in the URL; the access rules
 decide (``legal_representative`` while the child is a minor).
 """
@@ -33,12 +34,15 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _patient_ins() -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+def _bearer() -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         raise PatientAuthFailed("session_missing")
-    session = _services().patient_auth.session(token.strip())
+    return token.strip()
+
+
+def _patient_ins() -> str:
+    session = _services().patient_auth.session(_bearer())
     return str(session.ins)
 
 
@@ -47,7 +51,8 @@ def activate() -> Response:
     body = _body()
     result = _services().patient_auth.activate(str(body.get("ins", "")),
                                                str(body.get("activation_code", "")),
-                                               str(body.get("password", "")))
+                                               str(body.get("password", "")),
+                                               request.remote_addr or "")
     response = jsonify({"totp_secret": result.totp_secret,
                         "otpauth_uri": result.provisioning_uri})
     response.headers["Cache-Control"] = "no-store"
@@ -62,6 +67,14 @@ def signin() -> Response:
         request.remote_addr or "")
     response = jsonify({"session": session.token, "token_type": "Bearer",
                         "expires_at": session.expires})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/signout")
+def signout() -> Response:
+    _services().patient_auth.sign_out(_bearer())
+    response = jsonify({"signed_out": True})
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -1,4 +1,4 @@
-"""Tables of the login broker and the patient record (migration 0004_patient_access).
+"""Tables of the login broker and the patient record (migrations 0004_patient_access, 0007).
 
 Professionals' practices (which structure they work for), patients, their legal
 representatives, care teams, consents, blocks, documents with their visibility flags, and the
@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -47,12 +48,25 @@ class Patient(Base):
     surname: Mapped[str] = mapped_column(String(128))
     birth_date: Mapped[dt.date] = mapped_column(Date)
     password_hash: Mapped[str | None] = mapped_column(String(256))
-    totp_secret: Mapped[str | None] = mapped_column(String(64))     # base32
+    # Clear base32 seeds from before migration 0007, sealed into totp_seed (and cleared) when
+    # the patient role starts; new seeds are only ever written sealed.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_seed: Mapped[bytes | None] = mapped_column(LargeBinary)   # cps_login.totp.SeedBox
     totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)  # no code used twice
     activation_hash: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of the code
     activation_expires: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     emergency_opposed: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class PatientSessionRevoked(Base):
+    """A patient session ended before its expiry (sign-out); pruned once it would have expired."""
+
+    __tablename__ = "patient_session_revoked"
+    __table_args__ = (Index("ix_patient_session_revoked_expires", "expires_at"),)
+
+    sid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger)   # unix seconds
 
 
 class LegalRepresentative(Base):
