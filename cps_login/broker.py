@@ -2,20 +2,28 @@
 
 Order of the checks, each refusal with its own audited reason:
 
-1. the request parses (``malformed``);
-2. the challenge is consumed — atomically, before anything else, so that two concurrent uses
-   of one challenge cannot both pass (``challenge_unknown`` / ``challenge_replayed`` /
+1. the request has the shape of one (JSON, base64, sizes: ``malformed``) — nothing parsed yet;
+2. the challenge is consumed — atomically, and before the certificate is even parsed, so that
+   two concurrent uses of one challenge cannot both pass and a request without one of our
+   challenges costs a lookup and no more (``challenge_unknown`` / ``challenge_replayed`` /
    ``challenge_expired``);
-3. the signature over ``proof.login_message(challenge, issuer)`` verifies with the key of the
-   presented certificate (``bad_signature``) — proof of possession comes first, so that
-   nothing below is ever told to someone who merely holds a (public) certificate;
+3. the certificate parses (``malformed``) and the signature over
+   ``proof.login_message(challenge, issuer)`` verifies with its key (``bad_signature``) —
+   proof of possession comes first, so that nothing below is ever told to someone who merely
+   holds a (public) certificate;
 4. the certificate's validity window (``expired`` / ``not_yet_valid``), its path to one of the
    home's roots (``other_ca``), its usage: digitalSignature + authentication policy
    (``wrong_usage``, e.g. the signature certificate);
-5. live revocation status: OCSP, CRL fallback (``revoked`` / ``hold`` / ``status_unknown`` /
+5. where its key lives (product category): a software key is accepted at a lower assurance,
+   or refused when ``accept_software_keys`` is false (``software_key_refused``);
+6. live revocation status: OCSP, CRL fallback (``revoked`` / ``hold`` / ``status_unknown`` /
    ``revocation_unavailable`` when both are unreachable: fail closed);
-6. the requested organisation is one of the professional's practices
+7. the requested organisation is one of the professional's practices
    (``unknown_organisation``).
+
+Memory and audit stay bounded whatever is sent: only certificates whose path reached our roots
+are cached (``ByteLru``, bounded in bytes), and an audit record names a certificate by its
+SHA-256 and bounded fields, never by the text of an untrusted certificate.
 
 This module never imports Flask.
 """
@@ -40,17 +48,31 @@ from sqlalchemy.orm import Session
 from cps_login.auditsink import AuditSink
 from cps_login.challenges import Challenge, ChallengeStore
 from cps_login.errors import ChallengeRefused, CredentialRefused, RevocationUnavailable
-from cps_login.pathcheck import Holder, PathValidator, check_usage, holder_of
+from cps_login.pathcheck import (
+    DEFAULT_CACHE_BYTES,
+    ENTRY_OVERHEAD,
+    ByteLru,
+    Holder,
+    PathValidator,
+    check_usage,
+    holder_of,
+    key_storage_of,
+)
 from cps_login.proof import login_message, verify_login_signature
 from cps_login.revocation import RevocationChecker
-from cps_login.tokens import IssuedToken, TokenIssuer
+from cps_login.tokens import ASSURANCE_BY_KEY_STORAGE, Assurance, IssuedToken, TokenIssuer
 from pki.clock import Clock
 from pki.store.db import Store
 from pki.store.models import Professional, Structure
 from pki.store.patient_models import ProfessionalActivity
 
 MAX_CHAIN = 4
+# A CPS authentication certificate is about 1.5 KB and a signature at most 512 bytes (RSA-4096):
+# anything much larger is not a login, and is refused before it is decoded any further.
+MAX_CERTIFICATE_BYTES = 16 * 1024
+MAX_SIGNATURE_BYTES = 1024
 _MEMO_SIZE = 200_000
+_AUDIT_TEXT = 300            # characters of any free text in an audit record
 
 
 @dataclass(frozen=True)
@@ -65,9 +87,11 @@ class LoginRequest:
     @classmethod
     def from_json(cls, body: Mapping[str, Any], client: str = "") -> LoginRequest:
         """Parse the JSON body of ``POST /login``; any defect is ``malformed``."""
-        def b64(value: object) -> bytes:
+        def b64(value: object, limit: int = MAX_CERTIFICATE_BYTES) -> bytes:
             if not isinstance(value, str):
                 raise CredentialRefused("malformed", "expected base64 strings")
+            if len(value) > 4 * ((limit + 2) // 3):
+                raise CredentialRefused("malformed", f"a field is over {limit} bytes")
             try:
                 return base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
@@ -81,19 +105,30 @@ class LoginRequest:
             raise CredentialRefused("malformed", "organisation_id must be a string")
         return cls(certificate=b64(body.get("certificate")),
                    chain=tuple(b64(c) for c in chain), challenge=b64(body.get("challenge")),
-                   signature=b64(body.get("signature")), organisation_id=org, client=client)
+                   signature=b64(body.get("signature"), MAX_SIGNATURE_BYTES),
+                   organisation_id=org, client=client)
 
 
 @dataclass(frozen=True)
 class _Leaf:
-    """What a card certificate's DER yields, whatever the login: parsed once per distinct DER
-    (keyed by the SHA-256 of the bytes presented)."""
+    """What a card certificate's DER yields, whatever the login."""
 
     certificate: x509.Certificate
     public_key: CertificatePublicKeyTypes
     serial: str
-    issuer: str
     thumbprint: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A certificate whose path reached our roots and passed the usage checks: what the next
+    logins with it need, kept by the SHA-256 of its DER (a certificate never changes)."""
+
+    leaf: _Leaf
+    holder: Holder
+    key_storage: str
+    issuer: str
 
 
 @dataclass(frozen=True)
@@ -107,7 +142,8 @@ class LoginService:
     def __init__(self, *, store: Store, clock: Clock, challenges: ChallengeStore,
                  paths: PathValidator, revocation: RevocationChecker, tokens: TokenIssuer,
                  audit: AuditSink, issuer: str, audience: str, auth_policy_oid: str,
-                 practice_ttl_seconds: float = 60.0) -> None:
+                 practice_ttl_seconds: float = 60.0, accept_software_keys: bool = True,
+                 cache_max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._store = store
         self._clock = clock
         self._challenges = challenges
@@ -120,9 +156,16 @@ class LoginService:
         self._policy = auth_policy_oid
         # Directory data (practices) may be this many seconds stale; revocation never is.
         self._practice_ttl = practice_ttl_seconds
-        self._practices: dict[str, tuple[float, Sequence[str]]] = {}
-        self._holders: dict[bytes, Holder] = {}
-        self._leaves: dict[bytes, _Leaf] = {}
+        self._accept_software = accept_software_keys
+        # Both filled only for certificates of our CAs, both bounded in bytes.
+        self._practices: ByteLru[str, tuple[float, Sequence[str]]] = ByteLru(
+            cache_max_bytes, _MEMO_SIZE)
+        self._known: ByteLru[bytes, _Known] = ByteLru(cache_max_bytes, _MEMO_SIZE)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Bytes held by the caches (as counted against their budgets)."""
+        return {"certificates": self._known.bytes, "practices": self._practices.bytes,
+                "paths": self._paths.cache_bytes}
 
     def challenge(self) -> Challenge:
         return self._challenges.issue()
@@ -132,16 +175,16 @@ class LoginService:
 
         Every outcome, success or refusal, is in the audit chain before this returns.
         """
-        facts: dict[str, Any] = {"client": request.client}
+        facts: dict[str, Any] = {"client": request.client[:64]}
         try:
             result = self._login(request, facts)
         except (CredentialRefused, ChallengeRefused, RevocationUnavailable) as exc:
             reason = getattr(exc, "reason", exc.code)
             facts["reason"] = reason
             if isinstance(exc, CredentialRefused) and exc.detail:
-                facts["detail"] = exc.detail[:300]
+                facts["detail"] = exc.detail[:_AUDIT_TEXT]
             if isinstance(exc, RevocationUnavailable):
-                facts["detail"] = exc.message[:300]
+                facts["detail"] = exc.message[:_AUDIT_TEXT]
             self._audit.record("login.refused", facts.get("national_id", "unknown"), facts,
                                actor=facts.get("national_id", "anonymous"))
             raise
@@ -151,31 +194,28 @@ class LoginService:
         return result
 
     def _login(self, request: LoginRequest, facts: dict[str, Any]) -> LoginResult:
-        digest = hashlib.sha256(request.certificate).digest()
-        parsed = self._leaves.get(digest)
-        try:
-            if parsed is None:
-                parsed = _parse_leaf(request.certificate)
-                if len(self._leaves) >= _MEMO_SIZE:
-                    self._leaves.clear()
-                self._leaves[digest] = parsed
-            presented = [x509.load_der_x509_certificate(c) for c in request.chain]
-        # cryptography parses lazily and raises more than ValueError on a hostile DER (an
-        # issuer attribute of the wrong ASN.1 type is a TypeError): each is "malformed".
-        except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm):
-            raise CredentialRefused("malformed", "certificate does not parse") from None
-        leaf = parsed.certificate
-        facts["serial"] = parsed.serial
-        facts["issuer"] = parsed.issuer
+        if not request.certificate or not request.signature:
+            raise CredentialRefused("malformed", "certificate and signature are required")
+        # Before any parsing: without one of our fresh challenges a request costs this lookup.
         self._challenges.consume(request.challenge)
+        digest = hashlib.sha256(request.certificate).digest()
+        facts["certificate"] = digest.hex()    # an untrusted certificate: by its digest only
+        known = self._known.get(digest)
+        leaf = known.leaf if known is not None else _parse_leaf(request.certificate)
+        presented = _parse_chain(request.chain)
+        facts["serial"] = leaf.serial
         message = login_message(request.challenge, self.issuer)
-        if not verify_login_signature(parsed.public_key, message, request.signature):
+        if not verify_login_signature(leaf.public_key, message, request.signature):
             raise CredentialRefused("bad_signature")
-        at = self._clock.now()
-        path = self._paths.validate(leaf, presented, at)
-        holder = self._holder(leaf, digest)
-        facts["national_id"] = holder.national_id
-        status = self._revocation.status(leaf, path.issuer)
+        path = self._paths.validate(leaf.certificate, presented, self._clock.now())
+        if known is None:
+            known = self._trusted(leaf, path.issuer)
+            self._known.put(digest, known, leaf.size + ENTRY_OVERHEAD)
+        holder = known.holder
+        facts.update(issuer=known.issuer, national_id=holder.national_id,
+                     key_storage=known.key_storage)
+        assurance = self._assurance(known.key_storage)
+        status = self._revocation.status(leaf.certificate, path.issuer)
         facts["revocation_source"] = status.source
         if status.ocsp_problem:
             facts["ocsp_problem"] = status.ocsp_problem[:200]
@@ -186,21 +226,21 @@ class LoginService:
             facts["organisation_id"] = organisation
         token = self._tokens.issue(subject=holder.national_id, audience=self.audience,
                                    profession_code=holder.profession_code,
-                                   organisation_id=organisation,
-                                   extra={"cnf": {"x5t#S256": parsed.thumbprint}})
-        return LoginResult(token, holder, parsed.serial)
+                                   organisation_id=organisation, assurance=assurance,
+                                   extra={"cnf": {"x5t#S256": leaf.thumbprint}})
+        return LoginResult(token, holder, leaf.serial)
 
-    def _holder(self, leaf: x509.Certificate, key: bytes) -> Holder:
-        """Usage checks and holder of a leaf, memoised by the SHA-256 of its DER (a certificate
-        never changes)."""
-        holder = self._holders.get(key)
-        if holder is None:
-            check_usage(leaf, self._policy)
-            holder = holder_of(leaf)
-            if len(self._holders) >= _MEMO_SIZE:
-                self._holders.clear()
-            self._holders[key] = holder
-        return holder
+    def _trusted(self, leaf: _Leaf, issuer: x509.Certificate) -> _Known:
+        """Usage checks and holder of a leaf whose path reached our roots."""
+        check_usage(leaf.certificate, self._policy)
+        return _Known(leaf, holder_of(leaf.certificate), key_storage_of(leaf.certificate),
+                      issuer.subject.rfc4514_string()[:_AUDIT_TEXT])
+
+    def _assurance(self, key_storage: str) -> Assurance:
+        """What the token says of this login: a card login alone carries the card level."""
+        if key_storage != "card" and not self._accept_software:
+            raise CredentialRefused("software_key_refused", f"key storage {key_storage}")
+        return ASSURANCE_BY_KEY_STORAGE.get(key_storage, ASSURANCE_BY_KEY_STORAGE["software"])
 
     def _organisation(self, holder: Holder, wanted: str | None) -> str | None:
         rpps = holder.national_id[1:]
@@ -211,9 +251,8 @@ class LoginService:
         else:
             with self._store.read() as session:
                 practices = _practices(session, rpps)
-            if len(self._practices) >= _MEMO_SIZE:
-                self._practices.clear()
-            self._practices[rpps] = (now + self._practice_ttl, practices)
+            weight = 256 + sum(64 + len(p) for p in practices)
+            self._practices.put(rpps, (now + self._practice_ttl, practices), weight)
         if wanted is None:
             return practices[0] if len(practices) == 1 else None
         if wanted not in practices:
@@ -230,8 +269,25 @@ def _practices(session: Session, rpps: str) -> Sequence[str]:
     return list(rows)
 
 
+# cryptography parses lazily and raises more than ValueError on a hostile DER (an issuer
+# attribute of the wrong ASN.1 type is a TypeError): each is "malformed".
+_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+
+
 def _parse_leaf(der: bytes) -> _Leaf:
-    cert = x509.load_der_x509_certificate(der)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        public_key = cert.public_key()
+        serial = f"{cert.serial_number:X}"[:64]        # RFC 5280: 20 octets at most
+    except _PARSE_ERRORS:
+        raise CredentialRefused("malformed", "certificate does not parse") from None
     thumbprint = cert.fingerprint(hashes.SHA256())   # of the certificate's own DER encoding
-    return _Leaf(cert, cert.public_key(), f"{cert.serial_number:X}", cert.issuer.rfc4514_string(),
-                 base64.urlsafe_b64encode(thumbprint).rstrip(b"=").decode())
+    return _Leaf(cert, public_key, serial,
+                 base64.urlsafe_b64encode(thumbprint).rstrip(b"=").decode(), len(der))
+
+
+def _parse_chain(chain: Sequence[bytes]) -> list[x509.Certificate]:
+    try:
+        return [x509.load_der_x509_certificate(c) for c in chain]
+    except _PARSE_ERRORS:
+        raise CredentialRefused("malformed", "chain certificate does not parse") from None

@@ -40,6 +40,12 @@ class LoginConfig:
     revocation_timeout_seconds: float = 2.0
     ocsp_max_age_seconds: int = 2 * 86400   # oldest acceptable thisUpdate
     clock_skew_seconds: int = 300
+    # A login with a key that is not on a card (product category software or security module):
+    # accepted at a lower assurance (acr eidas1, amr swk/hwk, APPPRIP1) so that each relying
+    # service decides by ``acr``, or refused (``software_key_refused``). See README, Assurance.
+    accept_software_keys: bool = True
+    # Bytes each broker cache may hold (certificates of our CAs, their paths, practices).
+    cache_max_bytes: int = 32 * 1024 * 1024
     # SubjectOrganizationID of emergency call centres (SAMU) allowed the emergency mode.
     emergency_centres: tuple[str, ...] = ()
     patient_session_ttl_seconds: int = 900

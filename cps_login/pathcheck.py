@@ -4,7 +4,9 @@ cryptography's Rust verifier (RFC 5280 path building, signatures, basicConstrain
 chaining) with an extension policy widened for the IGC-Santé profiles, which carry no SAN.
 Validated paths are cached by the leaf's SHA-256: a path, once valid, stays valid until the
 earliest notAfter on it, and the validity window of the leaf is checked on every call with the
-injected clock. Revocation is not this module's business (see ``revocation``).
+injected clock. Only valid paths are cached, in a cache bounded in bytes (``ByteLru``), so that
+certificates an attacker makes cannot hold the broker's memory. Revocation is not this
+module's business (see ``revocation``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.x509 import verification as xv
@@ -23,6 +26,59 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from cps_login.errors import CredentialRefused
 
 PROFESSION_CODE_OID = ObjectIdentifier("1.2.250.1.71.1.2.7")
+# Product category (SPEC §3): where the certificate's key lives. The same table as the CA's
+# (pki.ca.profiles.KEY_STORAGE_CATEGORY), kept here because the broker imports no pki.ca.
+PRODUCT_CATEGORY_OID = ObjectIdentifier("1.2.250.1.71.1.2.5")
+_KEY_STORAGE = {0: "card", 2: "hsm", 3: "software"}
+# What a cached certificate is counted beyond its DER: the parsed object, its Python wrappers,
+# the dataclasses around it. Generous: tracemalloc sees ~650 bytes of Python objects per cached
+# login certificate, beside its DER held by cryptography's Rust side.
+ENTRY_OVERHEAD = 2048
+DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class ByteLru(Generic[K, V]):
+    """A least-recently-used map bounded by the bytes its entries weigh (the caller says what
+    each weighs) and by a count: a few large entries cannot hold more than the budget. An entry
+    heavier than the whole budget is not stored. Thread-safe."""
+
+    def __init__(self, max_bytes: int, max_entries: int = 1_000_000) -> None:
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: K, value: V, weight: int) -> None:
+        if weight > self._max_bytes or self._max_entries <= 0:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (value, weight)
+            self._bytes += weight
+            while self._bytes > self._max_bytes or len(self._items) > self._max_entries:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
 # A verifier's own time only matters for the CA certificates (the leaf window is checked
 # exactly, per call); rebuild it when the clock moves further than this from its time.
 _VERIFIER_REFRESH = dt.timedelta(seconds=60)
@@ -57,15 +113,15 @@ class PathValidator:
     """Validates leaves against fixed trust anchors; thread-safe; caches validated paths."""
 
     def __init__(self, anchors: Sequence[x509.Certificate],
-                 intermediates: Sequence[x509.Certificate], *, cache_size: int = 200_000) -> None:
+                 intermediates: Sequence[x509.Certificate], *, cache_size: int = 200_000,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if not anchors:
             raise ValueError("no trust anchors configured")
         self._anchors = tuple(anchors)
         self._intermediates = tuple(intermediates)
         self._lock = threading.Lock()
         self._verifier: tuple[dt.datetime, xv.ClientVerifier] | None = None
-        self._cache: OrderedDict[bytes, ValidatedPath] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: ByteLru[bytes, ValidatedPath] = ByteLru(cache_bytes, cache_size)
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -76,21 +132,20 @@ class PathValidator:
             raise CredentialRefused("not_yet_valid", leaf.not_valid_before_utc.isoformat())
         if at > leaf.not_valid_after_utc:
             raise CredentialRefused("expired", leaf.not_valid_after_utc.isoformat())
-        key = hashlib.sha256(leaf.tbs_certificate_bytes + leaf.signature).digest()
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
+        signed = leaf.tbs_certificate_bytes + leaf.signature
+        key = hashlib.sha256(signed).digest()
+        cached = self._cache.get(key)
         if cached is not None and cached.valid_until >= at:
             self.cache_hits += 1
             return cached
         self.cache_misses += 1
-        path = self._build(leaf, presented, at)
-        with self._lock:
-            self._cache[key] = path
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        path = self._build(leaf, presented, at)   # raises for a path to none of our roots
+        self._cache.put(key, path, len(signed) + ENTRY_OVERHEAD)
         return path
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache.bytes
 
     def _build(self, leaf: x509.Certificate, presented: Sequence[x509.Certificate],
                at: dt.datetime) -> ValidatedPath:
@@ -141,6 +196,17 @@ def check_usage(leaf: x509.Certificate, policy_oid: str, *, client_auth: bool = 
             return
         if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
             raise CredentialRefused("wrong_usage", "extendedKeyUsage lacks clientAuth")
+
+
+def key_storage_of(leaf: x509.Certificate) -> str:
+    """"card", "hsm" or "software" as the certificate's product category says; "software"
+    when it says nothing we know (the lowest assurance, never a guess upwards)."""
+    try:
+        ext = leaf.extensions.get_extension_for_oid(PRODUCT_CATEGORY_OID).value
+        assert isinstance(ext, x509.UnrecognizedExtension)
+        return _KEY_STORAGE.get(_der_integer(ext.value), "software")
+    except (x509.ExtensionNotFound, ValueError):
+        return "software"
 
 
 def holder_of(leaf: x509.Certificate) -> Holder:

@@ -129,7 +129,7 @@ def build_broker_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
         for close in reversed(closers):
             close()
         raise
-    paths = PathValidator(trust.anchors, trust.intermediates)
+    paths = PathValidator(trust.anchors, trust.intermediates, cache_bytes=config.cache_max_bytes)
     revocation = RevocationChecker(
         clock, fetcher=fetcher, ocsp_url=config.ocsp_url,
         timeout=config.revocation_timeout_seconds,
@@ -151,7 +151,9 @@ def build_broker_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     login = LoginService(store=store, clock=clock, challenges=challenges, paths=paths,
                          revocation=revocation, tokens=tokens, audit=audit,
                          issuer=config.issuer, audience=config.audience,
-                         auth_policy_oid=pki_config.profiles.auth_policy_oid)
+                         auth_policy_oid=pki_config.profiles.auth_policy_oid,
+                         accept_software_keys=config.accept_software_keys,
+                         cache_max_bytes=config.cache_max_bytes)
     org_clients = OrgClientChecker(paths, revocation, trust.organisation_cas,
                                    pki_config.profiles.org_policy_oid, clock)
     patients = PatientService(store, clock, matrix=load_matrix(config.matrix_file),

@@ -38,6 +38,29 @@ from pki.clock import Clock
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type
 PALIER = "APPPRIP3"
 ACR_EIDAS_HIGH = "eidas3"
+PALIER_LOW = "APPPRIP1"
+ACR_EIDAS_LOW = "eidas1"
+
+
+@dataclass(frozen=True)
+class Assurance:
+    """How the holder authenticated, as a token says it (``acr``, ``amr`` of RFC 8176,
+    ``Palier_Authentification``). Decided by where the certificate's key lives (its product
+    category), never by the request: see cps_login/README.md, "Assurance"."""
+
+    acr: str
+    amr: tuple[str, ...]
+    palier: str
+
+
+# A card: a key that never leaves the card, used after the holder's PIN.
+CARD_ASSURANCE = Assurance(ACR_EIDAS_HIGH, ("hwk", "pin"), PALIER)
+# A key in a security module: hardware-held, but nothing says the holder typed a PIN.
+HSM_ASSURANCE = Assurance(ACR_EIDAS_LOW, ("hwk",), PALIER_LOW)
+# A software key (a CSR made with openssl): a file anyone who copies it can use.
+SOFTWARE_ASSURANCE = Assurance(ACR_EIDAS_LOW, ("swk",), PALIER_LOW)
+ASSURANCE_BY_KEY_STORAGE = {"card": CARD_ASSURANCE, "hsm": HSM_ASSURANCE,
+                            "software": SOFTWARE_ASSURANCE}
 _ALGS = ("ES256", "RS256")
 
 
@@ -84,8 +107,10 @@ class TokenIssuer:
         return self._key
 
     def issue(self, *, subject: str, audience: str, profession_code: int | None,
-              organisation_id: str | None, extra: Mapping[str, Any] | None = None
-              ) -> IssuedToken:
+              organisation_id: str | None, assurance: Assurance = SOFTWARE_ASSURANCE,
+              extra: Mapping[str, Any] | None = None) -> IssuedToken:
+        """A signed access token. ``assurance`` defaults to the lowest: a caller that forgets
+        it never overstates how the holder authenticated."""
         now = int(self._clock.now().timestamp())
         claims: dict[str, Any] = {
             "iss": self._issuer, "sub": subject, "aud": audience, "exp": now + self._ttl,
@@ -93,7 +118,8 @@ class TokenIssuer:
             "client_id": self._client_id, "scope": self._scope,
             "SubjectNameID": subject,
             "SubjectRole": [str(profession_code)] if profession_code is not None else [],
-            "Palier_Authentification": PALIER, "acr": ACR_EIDAS_HIGH, "amr": ["hwk", "pin"],
+            "Palier_Authentification": assurance.palier, "acr": assurance.acr,
+            "amr": list(assurance.amr),
         }
         if organisation_id:
             claims["SubjectOrganizationID"] = organisation_id

@@ -116,11 +116,13 @@ class Env:
         key: PrivateKey = (rsa.generate_private_key(65537, 2048) if key_type == "rsa"
                            else ec.generate_private_key(ec.SECP256R1()))
         sign_key = rsa.generate_private_key(65537, 2048)
+        # Stand-ins for a card's keys: certified as card keys (product category 0), as
+        # `card issue` does, so that logins get the card level (test_hardening: a real one).
         auth_cert = self.auth.issue(IssueRequest(profile="auth", public_key=key.public_key(),
-                                                 rpps=rpps)).certificate
+                                                 rpps=rpps, key_storage="card")).certificate
         sign_cert = self.auth.issue(IssueRequest(profile="sign",
                                                  public_key=sign_key.public_key(),
-                                                 rpps=rpps)).certificate
+                                                 rpps=rpps, key_storage="card")).certificate
         card = SoftCard(rpps, key, auth_cert, sign_cert, sign_key)
         self.cards[name] = card
         return card
