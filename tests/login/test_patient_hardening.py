@@ -382,3 +382,35 @@ def test_trusted_proxies_must_be_networks(home: Path) -> None:
         World(home, trusted_proxies=("not-a-network",))
 
 
+
+
+def _through_gunicorn(home: Path, trusted: list[str]) -> tuple[str, str | None]:
+    """(Set-Cookie, HSTS) of /espace/signin from the patient role under gunicorn, asked from
+    127.0.0.1 with ``X-Forwarded-Proto: https``."""
+    import json
+    import urllib.request
+
+    from tests.login.conftest import free_port
+    from tests.login.roleproc import start_role
+
+    (home / "login.json").write_text(json.dumps({"trusted_proxies": trusted}))
+    role = start_role("patient", home, free_port())
+    try:
+        request = urllib.request.Request(role.url + "/espace/signin", headers=FORWARDED_TLS)
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.headers["Set-Cookie"], resp.headers["Strict-Transport-Security"]
+    finally:
+        role.stop()
+        (home / "login.json").unlink()
+
+
+def test_gunicorn_believes_forwarded_proto_from_the_same_peers_only(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """gunicorn trusts X-Forwarded-Proto from loopback by default; the role narrows it to
+    ``trusted_proxies``, so a local process cannot make a plain-http answer claim https."""
+    home = tmp_path_factory.mktemp("gunicorn") / "cps"
+    init_home(home, key_type="p256")
+    cookie, hsts = _through_gunicorn(home, ["10.0.0.0/8"])
+    assert cookie.startswith("cps-espace=") and "Secure" not in cookie and hsts is None
+    cookie, hsts = _through_gunicorn(home, ["127.0.0.1/32"])
+    assert cookie.startswith("__Host-cps-espace=") and "Secure" in cookie and hsts
