@@ -9,7 +9,13 @@ Why each setting: a replica that dies mid-request must cost the client nothing.
   leaves the rotation within ~0.5 s;
 - ``retry-on all-retryable-errors`` + ``retries 3``: a request that met a dead replica before
   the checks noticed (connection refused, reset, empty answer, 502/503/504) is sent again;
-- ``option redispatch 1``: every retry goes to another server, not the dead one again.
+- ``option redispatch 1``: every retry goes to another server, not the dead one again;
+- ``option http-buffer-request``: HAProxy waits for the whole request (headers and body)
+  before choosing a server, so a POST can always be replayed. Without it, a POST whose server
+  died after accepting the connection was sometimes neither retried nor answered: HAProxy
+  closed the client's keep-alive connection silently (its "client must retry" path), and
+  nothing was logged — 5 to 7 lost requests in 12,000 under CPU pressure (tests/deploy,
+  10 kill cycles); none in 26,400 with it.
 Every request routed here is safe to repeat: OCSP and CRL fetches are reads, a challenge is a
 fresh random value, and a login consumes its challenge atomically (a replay is refused, never
 double-counted).
@@ -53,6 +59,7 @@ def haproxy_config(bind: Address, status: Sequence[Address], broker: Sequence[Ad
         "    retries 3",
         "    retry-on all-retryable-errors",
         "    option redispatch 1",
+        "    option http-buffer-request",
         f"    default-server check inter {check_inter_ms}ms fastinter {check_inter_ms // 2}ms "
         f"downinter {check_inter_ms * 2}ms fall 2 rise 2",
         "",

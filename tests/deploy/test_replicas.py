@@ -237,14 +237,18 @@ def test_kill_9_of_a_status_and_a_broker_replica_loses_no_request(
     sent_at_kill = result.sent
     load.join(timeout=120)
     assert not load.is_alive(), "load did not finish"
+    log = (deployment.tmp / "haproxy.log").read_text(errors="replace").splitlines()
+    retried = [line for line in log if "/+" in line and '"POST' in line]
     print(f"load: {result.sent} requests in {result.seconds:.1f} s, kill -9 after "
-          f"{sent_at_kill}, failures {len(result.failures)}")
+          f"{sent_at_kill}, failures {len(result.failures)}, retried by HAProxy {len(retried)}")
     for victim in victims:
         assert victim.proc.poll() is not None, f"{victim.role} on {victim.port} still runs"
         assert not health(victim.url)
     assert result.sent == total
     assert total - sent_at_kill > total // 2, "the kill came too late to be under load"
-    assert result.failures == [], f"{len(result.failures)} failed: {result.failures[:5]}"
+    not_ok = [line for line in log if '"POST' in line and " 200 " not in line]
+    assert result.failures == [], (f"{len(result.failures)} failed: {result.failures[:5]}; "
+                                   f"HAProxy log, answers other than 200: {not_ok[:5]}")
 
 
 def test_a_replica_started_again_serves_the_current_status(
