@@ -52,6 +52,11 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
         own = (config.hsm.broker_token_label,) if role == "broker" else ()
         guard.refuse_key_holders(role, allowed_tokens=own)
     redis_url = options.redis_url or config.ocsp.redis_url
+    workers = (web_workers(home, db_url, redis_url, options.workers)
+               if role in ("broker", "patient") else 0)
+    from pki.roles.confine import confine_or_warn
+
+    confine_or_warn(role, config)      # the other roles' secrets out of this process's reach
     if role == "signer":
         from pki.roles.signer import run_signer
 
@@ -65,13 +70,12 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
         from cps_login.roles import run_broker
 
         run_broker(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
-                   workers=web_workers(home, db_url, redis_url, options.workers),
-                   mtls_port=options.mtls_port)
+                   workers=workers, mtls_port=options.mtls_port)
     else:
         from cps_login.roles import run_patient
 
         run_patient(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
-                    workers=web_workers(home, db_url, redis_url, options.workers))
+                    workers=workers)
 
 
 def web_workers(home: Path, db_url: str | None, redis_url: str | None,

@@ -13,6 +13,7 @@ homes — or two machines — pointing at one database:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -100,6 +101,11 @@ class SignerLease:
 
     def _close_conn(self) -> None:
         if self._conn is not None:
+            # Unlock explicitly: the server frees a closed session's locks only once its backend
+            # has exited, which may be after the next signer asked.
+            with contextlib.suppress(Exception):
+                self._conn.execute(text("SELECT pg_advisory_unlock_all()"))
+                self._conn.commit()
             try:
                 # Invalidate, not close: a pooled connection would keep its session-level lock.
                 self._conn.invalidate()
