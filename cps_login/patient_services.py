@@ -51,6 +51,7 @@ class PatientServices:
 
 def build_patient_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
                            counts: FailureCounts | None = None) -> PatientServices:
+    policy = _policy(config)                  # bad settings refused before anything opens
     store = Store(config.pki.effective_db_url(config.db_url))
     patients = PatientService(store, clock, matrix=load_matrix(config.matrix_file),
                               emergency_centres=config.emergency_centres)
@@ -61,7 +62,7 @@ def build_patient_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
         closers.append(client.close)
         counts = counts or RedisFailureCounts(client, prefix=config.redis_prefix + "signin:")
         revocations = RedisRevocations(client, clock, prefix=config.redis_prefix + "revoked:")
-    throttle = SigninThrottle(counts or MemoryFailureCounts(clock), clock, _policy(config))
+    throttle = SigninThrottle(counts or MemoryFailureCounts(clock), clock, policy)
     patient_auth = PatientAuth(store, patients, throttle, config.session_key(),
                                totp.SeedBox(config.totp_key()), revocations,
                                config.patient_session_ttl_seconds)

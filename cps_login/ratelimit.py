@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from cps_login.challenges import redis_guard
 from cps_login.errors import RateLimited
 from pki.clock import Clock
+from pki.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class ThrottlePolicy:
     client_window: int = 300
     account_max_failures: int = 50
     account_window: int = 3600
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"sign-in throttling: {name} must be a positive integer, "
+                                  f"not {value!r}")
 
 
 class FailureCounts(Protocol):

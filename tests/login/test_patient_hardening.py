@@ -414,3 +414,10 @@ def test_gunicorn_believes_forwarded_proto_from_the_same_peers_only(
     assert cookie.startswith("cps-espace=") and "Secure" not in cookie and hsts is None
     cookie, hsts = _through_gunicorn(home, ["127.0.0.1/32"])
     assert cookie.startswith("__Host-cps-espace=") and "Secure" in cookie and hsts
+
+
+def test_throttle_settings_must_be_positive(home: Path) -> None:
+    from pki.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backoff_base must be a positive integer"):
+        World(home, signin_backoff_base_seconds=0)
