@@ -1,136 +1,122 @@
-"""OCSP responder benchmark: this project's responder against `openssl ocsp`, same machine, same
-load client (ab), same population (synthetic, 1% revoked).
+"""OCSP benchmark of the status role against `openssl ocsp`, same machine, same run.
 
-    .venv/bin/python bench/ocsp.py [--count 100000] [--requests 50000]
-                                   [--responder-key p256|rsa2048] [--openssl-key rsa2048|p256]
+    .venv/bin/python bench/ocsp.py [--count 100000] [--duration 10] [--connections 8]
+                                   [--rounds 3] [--openssl-key rsa2048|p256]
 
-The project's responder key defaults to the product default (``ocsp.responder_key_type``,
-P-256); `openssl ocsp` signs every answer live, with an RSA-2048 key unless ``--openssl-key``
-says otherwise (its rate depends heavily on that choice: RSA-2048 signing dominates its cost).
-Which key each side used is read back from the responses and printed. ab sends the same request
-over and over, so the project's figure is its hot path (the response cache of complete answers).
+The project side is the production shape: `cps-admin serve --role signer` pre-signs every
+record into the store, and a separate `cps-admin serve --role status` process (no PKCS#11, no
+PIN) answers from them. wrk drives it with bench/wrk/ocsp_mix.lua, cycling 1,000 distinct POST
+requests: good, revoked and unknown serials (the unknown ones are sent once beforehand, so the
+status replica has the signer's live answer cached, as it would after the first client asked).
 
-Loopback only; prints rates, p50/p99 latency, the ratio, the responder's RSS and an estimate of
-its memory for 2 million certificates (extrapolated from the measured per-certificate growth).
+The reference is `openssl ocsp -port` on the same certificates (an index.txt of the same
+population), which signs every answer live. wrk cannot drive it (it answers one request per
+connection and wedges on a connection closed without a request), so it gets `ab -k` with one
+good request; rounds are interleaved, medians shown.
+
+Prints responses/s, p50/p99, the ratio, and the RSS of the status process.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
-import os
+import random
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import harness  # bench/ is sys.path[0] when run as a script
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+MIX = {"good": 0.8, "revoked": 0.1, "unknown": 0.1}
+DISTINCT = 1000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def request_der(issuer: Any, serial: str) -> bytes:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+
+    from pki.ocsp.response import issuer_hashes
+    name_hash, key_hash = issuer_hashes(issuer, "sha1")
+    return ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash, key_hash, int(serial, 16), hashes.SHA1()).build().public_bytes(
+        serialization.Encoding.DER)
 
 
-# --- child: the project's responder ----------------------------------------------------------
-def serve_child(home: str, port: int, key_type: str) -> None:
-    import asyncio
-
-    from pki.ca.authority import Authority
-    from pki.hsm import KeyType
-    from pki.http.server import HttpServer, run
-    from pki.ocsp.endpoint import OcspEndpoint
-    from pki.ocsp.service import OcspService
-
-    auth = Authority.open(Path(home))
-    auth.issuing_cas()
-    before = rss_kib(os.getpid())
-    service = OcspService(auth, responder_key_type=KeyType.parse(key_type))
-    started = time.monotonic()
-    service.start(wait=True, timeout=600)
-    took = time.monotonic() - started
-    after = rss_kib(os.getpid())
-    records = sum(sys.getsizeof(s.records) + sum(sys.getsizeof(k) + sys.getsizeof(v)
-                                                 for k, v in s.records.items())
-                  for s in service.states.values())
-    print(f"READY signed={service.signed_total} seconds={took:.1f} rss_before={before} "
-          f"rss_after={after} presigned={service.presigned_count()} records_bytes={records}",
-          flush=True)
-    endpoint = OcspEndpoint(service)
-    server = HttpServer([endpoint], readiness=[service.ready.is_set],
-                        metrics=[endpoint.metrics_text])
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await run(server, "127.0.0.1", port, stop=stop)
-
-    asyncio.run(main())
+def mix(serials: list[tuple[str, bool]], issuer: Any) -> list[tuple[str, bytes]]:
+    """DISTINCT requests (kind, DER) in the MIX proportions, shuffled."""
+    rng = random.Random(12)
+    good = [s for s, revoked in serials if not revoked]
+    revoked = [s for s, r in serials if r]
+    picked = ([("good", s) for s in rng.sample(good, int(DISTINCT * MIX["good"]))]
+              + [("revoked", s) for s in rng.sample(revoked, int(DISTINCT * MIX["revoked"]))])
+    while len(picked) < DISTINCT:
+        picked.append(("unknown", f"{secrets.randbits(127) | (1 << 121):X}".zfill(32)))
+    rng.shuffle(picked)
+    return [(kind, request_der(issuer, serial)) for kind, serial in picked]
 
 
-# --- parent ------------------------------------------------------------------------------------
-def populate(auth: object, count: int, revoked_fraction: float) -> list[tuple[str, bool]]:
-    from sqlalchemy import insert
-
-    from pki.store.models import Certificate
-    ca = next(c for c in auth.issuing_cas() if c.role == "PERSONNES")  # type: ignore[attr-defined]
-    now = dt.datetime.now(dt.UTC)
-    out = []
-    rows = []
-    for i in range(count):
-        serial = f"{secrets.randbits(127) | (1 << 120):X}"
-        serial = "0" + serial if len(serial) % 2 else serial
-        revoked = i < int(count * revoked_fraction)
-        out.append((serial, revoked))
-        rows.append({"serial": serial, "ca_id": ca.id, "profile": "auth",
-                     "subject": f"CN=bench {i}", "not_before": now,
-                     "not_after": now + dt.timedelta(days=1095),
-                     "status": "revoked" if revoked else "active",
-                     "reason": "keyCompromise" if revoked else None,
-                     "revoked_at": now if revoked else None, "shard": 0, "der": b"",
-                     "created_at": now, "status_changed_at": now if revoked else None})
-    with auth.store.session() as session:  # type: ignore[attr-defined]
-        for i in range(0, len(rows), 10_000):
-            session.execute(insert(Certificate), rows[i:i + 10_000])
-    return out
+def post(url: str, body: bytes, timeout: float = 30) -> bytes:
+    req = urllib.request.Request(url, data=body,
+                                 headers={"Content-Type": "application/ocsp-request"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return bytes(resp.read())
 
 
-def openssl_responder(auth: object, tmp: Path, key_type: str) -> tuple[Path, Path, Path]:
-    """An OCSP signing certificate from the same CA, with its key in a file (for openssl)."""
+def check_answers(url: str, requests: list[tuple[str, bytes]]) -> dict[str, str]:
+    """Every request answered as its kind says (this also warms the unknown ones)."""
+    from cryptography.x509 import ocsp
+    seen: dict[str, str] = {}
+    for kind, der in requests:
+        answer = ocsp.load_der_ocsp_response(post(url, der))
+        if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            raise SystemExit(f"error: {kind} request answered {answer.response_status.name}")
+        got = answer.certificate_status.name.lower()
+        if got != kind:
+            raise SystemExit(f"error: a {kind} request was answered {got}")
+        seen.setdefault(kind, key_description(answer))
+    return seen
+
+
+def key_description(answer: Any) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    algorithm = answer.signature_algorithm_oid._name
+    signer = answer.certificates[0].public_key() if answer.certificates else None
+    if isinstance(signer, rsa.RSAPublicKey):
+        return f"RSA-{signer.key_size} ({algorithm})"
+    if isinstance(signer, ec.EllipticCurvePublicKey):
+        return f"EC {signer.curve.name} ({algorithm})"
+    return str(algorithm)
+
+
+# --- the reference: openssl ocsp ---------------------------------------------------------------
+def openssl_responder(auth: Any, tmp: Path, key_type: str) -> tuple[Path, Path, Path]:
+    """An OCSP signing certificate from the same CA, its key in a file (for openssl)."""
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     from pki.ca import responder
     from pki.signer import throwaway_key
-    ca = next(c for c in auth.issuing_cas() if c.role == "PERSONNES")  # type: ignore[attr-defined]
+    ca = auth.issuing_ca("PERSONNES")
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
         rsa.generate_private_key(65537, 2048) if key_type == "rsa2048"
         else ec.generate_private_key(ec.SECP256R1()))
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     builder = responder._builder(ca.certificate, key.public_key(), secrets.randbits(120), now,
                                  now + dt.timedelta(days=7))
-    signer = auth.signer(ca.slug)  # type: ignore[attr-defined]
+    signer = auth.signer(ca.slug)
     draft = builder.sign(throwaway_key(signer.public_key), hashes.SHA256())
     der = responder._certificate_der(draft.tbs_certificate_bytes, signer.algorithm_identifier,
                                      signer.sign(draft.tbs_certificate_bytes))
-    from cryptography import x509
     cert = x509.load_der_x509_certificate(der)
     rcert, rkey, cafile = tmp / "rsigner.pem", tmp / "rkey.pem", tmp / "ca.pem"
     rcert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -153,40 +139,12 @@ def write_index(path: Path, serials: list[tuple[str, bool]]) -> None:
     path.with_suffix(".txt.attr").write_text("unique_subject = no\n")
 
 
-def request_der(auth: object, serial: str) -> bytes:
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509 import ocsp
-
-    from pki.ocsp.response import issuer_hashes
-    ca = next(c for c in auth.issuing_cas() if c.role == "PERSONNES")  # type: ignore[attr-defined]
-    name_hash, key_hash = issuer_hashes(ca.certificate, "sha1")
-    return ocsp.OCSPRequestBuilder().add_certificate_by_hash(
-        name_hash, key_hash, int(serial, 16), hashes.SHA1()).build().public_bytes(
-        serialization.Encoding.DER)
-
-
-def key_description(der: bytes) -> str:
-    """The responder key and signature algorithm of an OCSP response, as served."""
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509 import ocsp as cocsp
-    answer = cocsp.load_der_ocsp_response(der)
-    algorithm = answer.signature_algorithm_oid._name
-    signer = answer.certificates[0].public_key() if answer.certificates else None
-    if isinstance(signer, rsa.RSAPublicKey):
-        return f"RSA-{signer.key_size} ({algorithm})"
-    if isinstance(signer, ec.EllipticCurvePublicKey):
-        return f"EC {signer.curve.name} ({algorithm})"
-    return algorithm
-
-
 def probe(url: str, body: bytes, timeout: float = 60) -> bytes:
+    """A real request until one is answered (a bare connect-and-close wedges openssl ocsp)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            req = urllib.request.Request(url, data=body,
-                                         headers={"Content-Type": "application/ocsp-request"})
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return bytes(resp.read())
+            return post(url, body, timeout=5)
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -194,146 +152,122 @@ def probe(url: str, body: bytes, timeout: float = 60) -> bytes:
 
 
 def ab(args: list[str], attempts: int = 3) -> dict[str, float]:
-    """One ab run; retried when ab gives up (`openssl ocsp` sometimes stalls on a connection,
-    and ab then aborts on its 10 s timeout instead of counting a failure)."""
+    """One ab run, retried when ab gives up on a stalled `openssl ocsp` connection."""
     for attempt in range(attempts):
         proc = subprocess.run(["ab", "-q", "-r", "-s", "10", *args], capture_output=True,
-                              text=True, timeout=240)
+                              text=True, timeout=240, check=False)
         out = proc.stdout
         rate = re.search(r"Requests per second:\s+([\d.]+)", out)
         if rate is not None:
             break
         print(f"  ab attempt {attempt + 1} failed: {proc.stderr.strip()[-200:]}", flush=True)
     else:
-        raise RuntimeError("ab failed:\n" + out + proc.stderr)
-    failed = re.search(r"Failed requests:\s+(\d+)", out)
+        raise SystemExit("error: ab failed:\n" + out + proc.stderr)
+    # ab counts an answer whose length differs from the first as "failed" (Length): ECDSA
+    # signatures vary in length, so only connection, receive and exception errors count.
+    failed = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: \d+, Exceptions: (\d+)\)",
+                       out)
     non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
     pct = {int(p): float(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\d+)", out, re.M)}
     return {"rate": float(rate.group(1)), "p50": pct.get(50, 0.0), "p99": pct.get(99, 0.0),
-            "failed": float(failed.group(1)) if failed else 0.0,
+            "failed": float(sum(int(g) for g in failed.groups())) if failed else 0.0,
             "non2xx": float(non2xx.group(1)) if non2xx else 0.0}
 
 
-def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
-    """The run with the median rate (its own latency figures, failures summed over all)."""
-    chosen = dict(sorted(runs, key=lambda r: r["rate"])[len(runs) // 2])
-    chosen["failed"] = sum(r["failed"] for r in runs)
-    chosen["non2xx"] = sum(r["non2xx"] for r in runs)
-    return chosen
-
-
+# --- the run --------------------------------------------------------------------------------------
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--count", type=int, default=100_000)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=100_000, help="certificates in the store")
     parser.add_argument("--revoked-fraction", type=float, default=0.01)
-    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk round")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--openssl-requests", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved ab rounds per side; the median is reported")
-    from pki.config import OcspConfig
-    parser.add_argument("--responder-key", default=OcspConfig.responder_key_type,
-                        choices=["rsa2048", "p256"],
-                        help="the project's responder key (default: the product default, "
-                             "%(default)s)")
-    parser.add_argument("--openssl-key", default="rsa2048", choices=["rsa2048", "p256"],
-                        help="the key `openssl ocsp` signs with (default %(default)s)")
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--openssl-key", default="p256", choices=["rsa2048", "p256"],
+                        help="the key `openssl ocsp` signs with (default %(default)s, the "
+                             "project's responder key type)")
     args = parser.parse_args()
-    if args.serve:
-        serve_child(args.serve[0], int(args.serve[1]), args.serve[2])
-        return
+    if args.count < DISTINCT:
+        raise SystemExit(f"error: --count must be at least {DISTINCT}")
 
     from pki.ca.authority import Authority
     from pki.ca.hierarchy import init_home
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="ocsp-bench-"))
     home = tmp / "home"
-    init_home(home, key_type="rsa2048")
+    init_home(home, key_type="p256")
     auth = Authority.open(home)
-    serials = populate(auth, args.count, args.revoked_fraction)
+    serials = harness.populate_store(auth, args.count, args.revoked_fraction)
+    issuer = auth.issuing_ca("PERSONNES").certificate
     print(f"population: {args.count} certificates, {int(args.count * args.revoked_fraction)} "
-          f"revoked ({time.monotonic() - t0:.1f} s)")
-    good_serial = serials[-1][0]
-    body = request_der(auth, good_serial)
-    (tmp / "req.der").write_bytes(body)
-    get_path = "/ocsp/" + quote(base64.b64encode(body).decode(), safe="")
+          f"revoked ({time.monotonic() - t0:.1f} s)", flush=True)
+    requests = mix(serials, issuer)
+    hexfile = tmp / "requests.hex"
+    hexfile.write_text("".join(der.hex() + "\n" for _, der in requests))
+    good_der = next(der for kind, der in requests if kind == "good")
+    (tmp / "good.der").write_bytes(good_der)
 
-    ours_port, ossl_port = free_port(), free_port()
-    child = subprocess.Popen([sys.executable, __file__, "--serve", str(home), str(ours_port),
-                              args.responder_key], stdout=subprocess.PIPE, text=True,
-                             cwd=str(ROOT))
+    port, ossl_port = harness.free_port(), harness.free_port()
+    signer = harness.start_role(home, "signer", tmp / "signer.log")
+    status = harness.start_role(home, "status", tmp / "status.log", port=port)
     rcert, rkey, cafile = openssl_responder(auth, tmp, args.openssl_key)
+    auth.close()
     write_index(tmp / "index.txt", serials)
     ossl = subprocess.Popen(["openssl", "ocsp", "-index", str(tmp / "index.txt"), "-rsigner",
                              str(rcert), "-rkey", str(rkey), "-CA", str(cafile), "-port",
                              str(ossl_port), "-nmin", "60", "-rmd", "sha256"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [status, signer]
     try:
-        assert child.stdout is not None
-        ready = child.stdout.readline().strip()
-        print(f"project responder ({args.responder_key} responder key): {ready}")
-        fields = dict(kv.split("=") for kv in ready.split()[1:])
-        ours_url = f"http://127.0.0.1:{ours_port}/ocsp"
-        ossl_url = f"http://127.0.0.1:{ossl_port}/"
-        from cryptography.x509 import ocsp as cocsp
-        keys = {}
-        for url in (ours_url, ossl_url):
-            served = probe(url, body)
-            answer = cocsp.load_der_ocsp_response(served)
-            assert answer.certificate_status == cocsp.OCSPCertStatus.GOOD, url
-            keys[url] = key_description(served)
-        print(f"responder keys: project {keys[ours_url]}; openssl ocsp {keys[ossl_url]}"
-              + ("" if args.responder_key == args.openssl_key else
-                 "  <- NOT the same key type: the ratio is not like for like"))
-        warm = ab(["-k", "-c", "4", "-n", "2000", "-p", str(tmp / "req.der"), "-T",
-                   "application/ocsp-request", ours_url])
-        del warm
-        # Interleaved rounds, median of each: the machine is shared, so load from elsewhere
-        # lands on both sides rather than on whichever ran during it.
-        runs: dict[str, list[dict[str, float]]] = {"post": [], "get": [], "openssl": []}
+        url = f"http://127.0.0.1:{port}"
+        ready = harness.wait_until(lambda: harness.healthy(url), status, tmp / "status.log",
+                                   "status role", timeout=1800)
+        print(f"status role ready {ready:.1f} s after start (signer pre-signing included)")
+        keys = check_answers(url + "/ocsp", requests)
+        from cryptography.x509 import ocsp
+        theirs_key = key_description(ocsp.load_der_ocsp_response(
+            probe(f"http://127.0.0.1:{ossl_port}/", good_der)))
+        print(f"responder keys: status role {keys['good']}; openssl ocsp {theirs_key}")
+        print(f"mix: {DISTINCT} distinct requests "
+              + ", ".join(f"{k} {sum(1 for kind, _ in requests if kind == k)}" for k in MIX)
+              + " (every answer checked before the runs)", flush=True)
+        script = harness.WRK_DIR / "ocsp_mix.lua"
+        harness.wrk(url, script=script, script_args=(str(hexfile),), threads=args.threads,
+                    connections=args.connections, duration=2)            # warm-up
+        runs: dict[str, list[dict[str, float]]] = {"status": [], "openssl": []}
         for _ in range(args.rounds):
-            runs["post"].append(ab(["-k", "-c", "4", "-n", str(args.requests), "-p",
-                                    str(tmp / "req.der"), "-T", "application/ocsp-request",
-                                    ours_url]))
-            runs["get"].append(ab(["-k", "-c", "4", "-n", str(args.requests),
-                                   f"http://127.0.0.1:{ours_port}{get_path}"]))
-            runs["openssl"].append(ab(["-c", "4", "-n", str(args.openssl_requests), "-p",
-                                       str(tmp / "req.der"), "-T", "application/ocsp-request",
-                                       ossl_url]))
-        ours, ours_get, theirs = (median_run(runs[k]) for k in ("post", "get", "openssl"))
-        rss = rss_kib(child.pid)
-        per_cert = (int(fields["rss_after"]) - int(fields["rss_before"])) * 1024 / args.count
-        record_size = int(fields["records_bytes"]) / int(fields["presigned"])
-        estimate = (rss * 1024 + record_size * (2_000_000 - args.count)) / 2**20
-        print(f"pre-signing: {fields['signed']} responses in {fields['seconds']} s "
-              f"({int(fields['signed']) / max(float(fields['seconds']), 1e-9):.0f}/s through "
-              f"SoftHSM, {args.responder_key})")
-        for name, r in (("project POST (ab -k -c 4)", ours), ("project GET  (ab -k -c 4)",
-                                                              ours_get),
-                        ("openssl ocsp POST (ab -c 4)", theirs)):
-            print(f"{name:30s} {r['rate']:10.0f} req/s   p50 {r['p50']:.0f} ms   "
-                  f"p99 {r['p99']:.0f} ms   failed {r['failed']:.0f}  non-2xx {r['non2xx']:.0f}")
-        for key, label in (("post", "project POST"), ("get", "project GET"),
-                           ("openssl", "openssl POST")):
-            rates = ", ".join(f"{r['rate']:.0f}" for r in runs[key])
-            print(f"  {label} rounds (req/s): {rates}  [median shown above]")
-        print(f"ratio project/openssl (POST): {ours['rate'] / theirs['rate']:.1f}x "
-              f"(project {args.responder_key} key, openssl {args.openssl_key} key)")
-        print(f"project responder RSS: {rss / 1024:.0f} MiB with {args.count} certificates "
-              f"(RSS growth during load+pre-sign {per_cert:.0f} B/certificate, one-off costs "
-              f"included; records alone {record_size:.0f} B/certificate by sys.getsizeof)")
-        print(f"estimated RSS for 2,000,000 certificates (measured RSS + records x the other "
-              f"{2_000_000 - args.count}): {estimate:.0f} MiB")
+            runs["status"].append(harness.wrk(
+                url, script=script, script_args=(str(hexfile),), threads=args.threads,
+                connections=args.connections, duration=args.duration))
+            runs["openssl"].append(ab(["-k", "-c", str(args.connections), "-n",
+                                       str(args.openssl_requests), "-p", str(tmp / "good.der"),
+                                       "-T", "application/ocsp-request",
+                                       f"http://127.0.0.1:{ossl_port}/"]))
+        ours, ref = harness.median(runs["status"]), harness.median(runs["openssl"])
+        rss = harness.tree_kib(status.pid) / 1024
+        peak = harness.tree_kib(status.pid, "VmHWM") / 1024
+        print()
+        print(f"{'':34s} {'responses/s':>12s} {'p50 ms':>8s} {'p99 ms':>8s} {'failed':>7s}")
+        print(f"{'status role (wrk, 1,000-req mix)':34s} {ours['rate']:12.0f} "
+              f"{ours['p50']:8.2f} {ours['p99']:8.2f} {ours['non2xx'] + ours['errors']:7.0f}")
+        print(f"{'openssl ocsp (ab -k, one request)':34s} {ref['rate']:12.0f} "
+              f"{ref['p50']:8.2f} {ref['p99']:8.2f} {ref['failed'] + ref['non2xx']:7.0f}")
+        print(f"ratio status/openssl: {ours['rate'] / ref['rate']:.1f}x   "
+              f"(goal >= 70k/s, ~20x)")
+        for key, label in (("status", "status"), ("openssl", "openssl")):
+            print(f"  {label} rounds (responses/s): "
+                  + ", ".join(f"{r['rate']:.0f}" for r in runs[key]))
+        print(f"status process RSS {rss:.0f} MiB (peak {peak:.0f} MiB) with {args.count} "
+              f"certificates; wrk -t{args.threads} -c{args.connections} "
+              f"-d{args.duration}s x {args.rounds}")
         print(f"total bench time {time.monotonic() - t0:.0f} s")
     finally:
-        child.send_signal(signal.SIGTERM)
+        for proc in procs:
+            harness.stop(proc)
         ossl.terminate()
-        for proc in (child, ossl):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        auth.close()
+        ossl.wait(10)
 
 
 if __name__ == "__main__":
