@@ -16,6 +16,7 @@ from sqlalchemy import select
 from pki import ids
 from pki.ca import lifecycle
 from pki.ca.authority import IssuedCertificate, load_csr, parse_serial
+from pki.ca.profiles import key_storage_of
 from pki.cli.context import (
     AdminContext,
     emit_json,
@@ -169,6 +170,7 @@ def cert_show(obj: AdminContext, serial: str, pem: bool) -> None:
     pem_text = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
     data = _public(row)
     data["key"] = _key_text(certificate)
+    data["key_storage"] = key_storage_of(certificate)     # the product category, read back
     data["policies"] = _policies(certificate)
     if obj.json_output:
         data["pem"] = pem_text

@@ -7,6 +7,7 @@ the profile. Renewing with the same key keeps the category; a new key from a CSR
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,9 @@ def test_csr_issued_certificate_is_software_by_default(cli: Cli) -> None:
     res, out = cli.issue()
     assert res.exit_code == 0, res.output
     assert category(_cert(out)) == 3
+    shown = cli.run("--json", "cert", "show", f"{_cert(out).serial_number:X}")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["key_storage"] == "software"
 
 
 def test_officer_may_say_the_csr_key_is_in_a_security_module(cli: Cli) -> None:
