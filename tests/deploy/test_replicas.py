@@ -166,6 +166,7 @@ def test_revocation_reaches_every_status_replica_within_a_second(
     replicas = deployment.replicas["status"]
     for replica in replicas:
         assert ocsp_status(replica.url, request) == "good", replica.url
+    started = time.monotonic()
     deployment.admin("cert", "revoke", holder.serial, "--reason", "keyCompromise")
     returned = time.monotonic()
     took: dict[int, float] = {}
@@ -185,7 +186,8 @@ def test_revocation_reaches_every_status_replica_within_a_second(
     for t in threads:
         t.join()
     print(f"revoked answered by each status replica after: "
-          f"{ {port: round(s, 3) for port, s in took.items()} } s")
+          f"{ {port: round(s, 3) for port, s in took.items()} } s from the command's return "
+          f"(the command itself took {returned - started:.2f} s)")
     for replica in replicas:
         assert replica.port in took, f"{replica.url} still says {last.get(replica.port)} 5 s " \
                                      f"after the revocation"
