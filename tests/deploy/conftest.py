@@ -148,6 +148,29 @@ def health(url: str) -> bool:
         return False
 
 
+def forget_redis_records(db_url: str, redis_url: str) -> None:
+    """Delete the OCSP records this deployment's signer copied to Redis (keys end with its
+    responders' serials, which no other home shares); challenges expire on their own."""
+    import redis
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            serials = {str(s) for s in conn.execute(
+                text("SELECT DISTINCT responder_serial FROM ocsp_record")).scalars()}
+    finally:
+        engine.dispose()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stale = [key for key in client.scan_iter(match="cps:ocsp:*", count=1000)
+                 if key.decode(errors="replace").rsplit(":", 1)[-1] in serials]
+        if stale:
+            client.delete(*stale)
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def deployment(deploy_db: str, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Deployment]:
@@ -156,6 +179,7 @@ def deployment(deploy_db: str, tmp_path_factory: pytest.TempPathFactory
     front_port = free_port()
     redis_url = REDIS_URL
     with contextlib.ExitStack() as stack:
+        stack.callback(forget_redis_records, deploy_db, redis_url)
         kids = Children()
         stack.callback(kids.close)
         dep = Deployment(home, deploy_db, redis_url, front_port, kids, tmp)
