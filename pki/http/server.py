@@ -3,97 +3,58 @@
 Hot-path handlers (pki.http ``Handler``s: OCSP, CRLs, CA certificates) run on the event loop and
 answer from memory; a handler may also return an awaitable when it must wait (a live OCSP
 signature in a worker thread). Everything else goes to one WSGI app (the login broker and
-patient API) run in a thread pool. The server owns ``GET /health`` and ``GET /metrics``.
+patient API) run in a thread pool. The server owns ``GET /health`` and ``GET /metrics`` (the
+latter private: see ``serve``).
 
 Hostile input never reaches a handler half-parsed and never costs unbounded memory: header and
-body sizes are bounded (a body over its path's limit is refused with 413 from its Content-Length,
-before any of it is read), a client that sends its head or body too slowly gets 408, pipelined
-requests are answered strictly in order and reading pauses while a backlog is pending.
+body sizes are bounded (a body over its path's limit is refused with 413 from its Content-Length
+or as its chunks arrive), bodies still arriving share one global budget (503 beyond it), a
+client that sends its head or body too slowly gets 408, connections are capped below the
+descriptor limit (pki.http.capacity), and pipelined requests are answered strictly in order, in
+a loop (never recursion), with reading paused while a backlog is pending. Framing follows RFC
+9112 (pki.http.wire): Host required in 1.1, blank lines before a request ignored, absolute-form
+targets, chunked request bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
-import io
 import logging
 import os
-import re
 import signal
-import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from pki.http import Request, Response
+from pki.http.capacity import (
+    Shedding,
+    accept_batch,
+    connection_cap,
+    guard_accept_errors,
+    raise_descriptor_limit,
+)
+from pki.http.responses import (
+    _CLOSE_END,
+    _KEEP_ALIVE_END,
+    Prebuilt,
+    _Date,
+    encode_fields,
+    status_line,
+)
+from pki.http.wire import MAX_BLANK_LINES, ChunkedBody, HttpError, Limits, _Head, parse_head
+from pki.http.wsgi import WsgiApp, run_wsgi
+
+__all__ = ["HttpError", "HttpServer", "Limits", "Prebuilt", "encode_fields", "parse_head", "run",
+           "serve", "status_line"]
 
 log = logging.getLogger(__name__)
 
 AnyHandler = Callable[[Request], Response | Awaitable[Response] | None]
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-_METHOD = re.compile(rb"^[A-Z]{1,16}$")
-# Control characters other than HTAB, and CR or LF that are not a CRLF pair.
-_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-_FIELD = re.compile(rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*)")
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
-               "proxy-connection", "te", "trailer"}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_header: int = 16 * 1024          # request line + headers
-    max_headers: int = 100
-    max_body: int = 1024 * 1024          # default for WSGI paths
-    body_limits: tuple[tuple[str, int], ...] = (("/ocsp", 64 * 1024),)
-    head_timeout: float = 10.0           # from the first byte of a request to its blank line
-    body_timeout: float = 30.0
-    idle_timeout: float = 30.0           # keep-alive connection with nothing pending
-    wsgi_threads: int = 8
-
-    def body_limit(self, path: str) -> int:
-        for prefix, limit in self.body_limits:
-            if path == prefix or path.startswith(prefix + "/"):
-                return limit
-        return self.max_body
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class _Head:
-    method: str
-    target: str
-    version: str
-    headers: dict[str, str]     # shared by identical heads (see HEAD_CACHE): never mutate
-    keep_alive: bool
-    length: int
-    path: str = ""
-    query: str = ""
-
-
-@dataclass
-class Prebuilt(Response):
-    """A response whose header lines are already encoded (a handler's cache of hot answers).
-
-    ``fields`` holds every header line after Date and before Connection, CRLF-terminated (build
-    it with ``encode_fields``); the server adds the status line, Date and Connection. The same
-    object may be returned for many requests: the server never mutates it.
-    """
-
-    fields: bytes = b""
-
 
 # Parsed heads of recent requests, by their exact bytes: a keep-alive client repeats the same
 # head (same Host, User-Agent, Content-Length), so parsing is one dict lookup. Only heads that
@@ -102,68 +63,17 @@ HEAD_CACHE_ENTRIES = 1024
 HEAD_CACHE_MAX = 2048
 
 
-def encode_fields(status: int, content_type: str, body_length: int,
-                  headers: Iterable[tuple[str, str]]) -> bytes:
-    """Header lines (after Date, before Connection) as the server writes them."""
-    lines = ["Server: cps-pki"]
-    if status != 304:
-        lines.append(f"Content-Type: {content_type}")
-    lines.append(f"Content-Length: {body_length if status != 304 else 0}")
-    for name, value in headers:
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            continue                      # header injection from an app: drop the header
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1", "replace")
-
-
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        line = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1", "replace")
-        if len(_STATUS_LINES) < 128:
-            _STATUS_LINES[status] = line
-    return line
-
-
-class _Date:
-    """The Date header line, formatted once per second."""
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.value = ""
-        self.line = b""
-
-    def get(self) -> str:
-        self.header()
-        return self.value
-
-    def header(self) -> bytes:
-        """``Date: ...\\r\\n`` for the current second."""
-        now = int(time.time())
-        if now != self.second:
-            self.value = formatdate(now, usegmt=True)
-            self.line = b"Date: " + self.value.encode("ascii") + b"\r\n"
-            self.second = now
-        return self.line
-
-
-_KEEP_ALIVE_END = b"Connection: keep-alive\r\n\r\n"
-_CLOSE_END = b"Connection: close\r\n\r\n"
-
-
 class HttpServer:
     def __init__(self, handlers: Sequence[AnyHandler], wsgi_app: WsgiApp | None = None, *,
                  limits: Limits | None = None,
                  readiness: Sequence[Callable[[], bool]] = (),
-                 metrics: Sequence[Callable[[], str]] = ()) -> None:
+                 metrics: Sequence[Callable[[], str]] = (),
+                 metrics_public: bool = True, metrics_token: str | None = None) -> None:
+        """``metrics_public=False``: ``/metrics`` is 404 here unless ``metrics_token`` is set,
+        which then must come as ``Authorization: Bearer <token>`` (else 401)."""
         self.handlers = list(handlers)
+        self.metrics_public = metrics_public
+        self.metrics_token = metrics_token
         self.wsgi_app = wsgi_app
         self.limits = limits or Limits()
         self.readiness = list(readiness)
@@ -179,15 +89,19 @@ class HttpServer:
         self.protocols: set[HttpProtocol] = set()
         self.head_cache: dict[bytes, _Head] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.max_connections = connection_cap(self.limits.max_connections)
+        self.shedding = Shedding(log, "http server", self.max_connections)
+        self.buffered_bodies = 0        # bytes reserved by bodies not yet whole (all connections)
 
     def ready(self) -> bool:
         return self.listening and all(check() for check in self.readiness)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
         loop = asyncio.get_running_loop()
+        guard_accept_errors(loop, self.shedding)
         server = await loop.create_server(lambda: HttpProtocol(self), host, port,
                                           reuse_address=True, reuse_port=reuse_port or None,
-                                          backlog=1024)
+                                          backlog=accept_batch())
         sockname = server.sockets[0].getsockname()
         self.server_name, self.server_port = str(sockname[0]), int(sockname[1])
         self.listening = True
@@ -230,9 +144,39 @@ class HttpServer:
             return Response(503, b'{"status":"starting"}', "application/json",
                             [("Cache-Control", "no-store"), ("Retry-After", "1")])
         if req.path == "/metrics" and req.method in ("GET", "HEAD"):
-            return Response(200, self.metrics_text().encode(),
-                            "text/plain; version=0.0.4; charset=utf-8")
+            return self._metrics(req)
         return None
+
+    def _metrics(self, req: Request) -> Response:
+        token = self.metrics_token
+        if token is not None:
+            given = req.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode("latin-1"), f"Bearer {token}".encode()):
+                return Response(401, b"metrics need the bearer token\n",
+                                headers=[("WWW-Authenticate", 'Bearer realm="metrics"')])
+        elif not self.metrics_public:
+            return Response(404, b"not found\n")
+        return Response(200, self.metrics_text().encode(),
+                        "text/plain; version=0.0.4; charset=utf-8")
+
+    # --- capacity: connections and buffered bodies ---------------------------------------------
+    def admit_connection(self) -> bool:
+        """Room for one more connection: under the cap, or by closing the longest-idle one."""
+        if self.connections < self.max_connections:
+            return True
+        idle = [p for p in self.protocols if p.idle()]
+        if not idle:
+            self.shedding.on_shed()
+            return False
+        oldest = min(idle, key=lambda p: p.deadline)
+        oldest.evict()
+        self.shedding.on_evict()
+        return True
+
+    def reserve_body(self, size: int) -> None:
+        if self.buffered_bodies + size > self.limits.max_buffered_bodies:
+            raise HttpError(503, "too many request bodies in flight; retry later")
+        self.buffered_bodies += size
 
     def metrics_text(self) -> str:
         out = ["# HELP http_responses_total HTTP responses by status code.",
@@ -240,7 +184,12 @@ class HttpServer:
         out += [f'http_responses_total{{code="{code}"}} {count}'
                 for code, count in sorted(self.status_counts.items())]
         out += ["# HELP http_open_connections Open client connections.",
-                "# TYPE http_open_connections gauge", f"http_open_connections {self.connections}"]
+                "# TYPE http_open_connections gauge", f"http_open_connections {self.connections}",
+                "# HELP http_max_connections Connection cap (from RLIMIT_NOFILE).",
+                "# TYPE http_max_connections gauge", f"http_max_connections {self.max_connections}",
+                "# HELP http_buffered_body_bytes Request body bytes reserved, all connections.",
+                "# TYPE http_buffered_body_bytes gauge",
+                f"http_buffered_body_bytes {self.buffered_bodies}"]
         text = "\n".join(out) + "\n"
         for provider in self.metrics_providers:
             text += provider()
@@ -267,8 +216,13 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.head: _Head | None = None
+        self.chunked: ChunkedBody | None = None
+        self.reserved = 0                 # this connection's share of server.buffered_bodies
+        self.blank_lines = 0
         self.busy = False                 # a request is being answered
         self.closing = False
+        self.counted = False              # in server.connections
+        self.processing = False           # inside _process: answers loop, never recurse
         self.paused_reading = False
         self.paused_writing = False
         self.deadline = 0.0
@@ -279,16 +233,39 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if not self.server.admit_connection():
+            self.closing = True           # at the cap and nothing idle: 503, close at once
+            transport.write(status_line(503) + b"Content-Length: 0\r\nRetry-After: 1\r\n"
+                            + _CLOSE_END)
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.counted = True
         self.server.connections += 1
         self.server.protocols.add(self)
         self._arm(self.limits.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections -= 1
-        self.server.protocols.discard(self)
+        self._forget()
         self.closing = True
+
+    def _forget(self) -> None:
+        self._release()
+        if self.counted:
+            self.counted = False
+            self.server.connections -= 1
+            self.server.protocols.discard(self)
+            self.server.shedding.check_end(self.server.connections)
+
+    def idle(self) -> bool:
+        """A keep-alive connection waiting for its next request, nothing of it received."""
+        return not (self.busy or self.buf or self.head is not None or self.closing)
+
+    def evict(self) -> None:
+        """Closed to make room at the connection cap (the server counts it out now)."""
+        self._forget()
+        self._close()
 
     def pause_writing(self) -> None:
         self.paused_writing = True
@@ -305,7 +282,8 @@ class HttpProtocol(asyncio.Protocol):
             end = data.find(b"\r\n\r\n")
             if end >= 0:
                 head = self.server.head_cache.get(data[:end])
-                if head is not None and len(data) == end + 4 + head.length:
+                if head is not None and not head.chunked and \
+                        len(data) == end + 4 + head.length:
                     try:
                         self._admit(head)
                     except HttpError as exc:
@@ -324,45 +302,88 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- request assembly ---------------------------------------------------------------------
     def _process(self) -> None:
-        limits = self.limits
-        while not self.busy and not self.closing and not self.paused_writing:
-            try:
-                buf = self.buf
-                if self.head is None:
-                    end = buf.find(b"\r\n\r\n")
-                    if end < 0:
-                        if len(buf) > limits.max_header:
-                            raise HttpError(431, "request header too large")
-                        break
-                    if end + 4 > limits.max_header:
-                        raise HttpError(431, "request header too large")
-                    head = self._parse(bytes(buf[:end]))
-                    self._admit(head)
-                    self.head = head
-                    length = head.length
-                    if len(buf) >= end + 4 + length:         # the whole request is here
-                        body = bytes(buf[end + 4:end + 4 + length]) if length else b""
-                        del buf[:end + 4 + length]
-                        self.head = None
-                        self._start(head, body)
-                        continue
-                    del buf[:end + 4]
-                    if length:
-                        self._arm(limits.body_timeout)
-                head = self.head
-                if len(buf) < head.length:
+        """Answer every whole request buffered, in order. Iterative: an answer given while in
+        here (a pipeline of synchronous answers) returns to this loop instead of recursing."""
+        if self.processing:
+            return
+        self.processing = True
+        try:
+            while not self.busy and not self.closing and not self.paused_writing:
+                if not self._next():
                     break
-                body = bytes(buf[:head.length])
-                del buf[:head.length]
-                self.head = None
-                self._start(head, body)
-            except HttpError as exc:
-                self._fail(exc.status, str(exc))
-                return
-        if self.paused_reading and not self.busy and len(self.buf) <= limits.max_header \
+        except HttpError as exc:
+            self._fail(exc.status, str(exc))
+            return
+        finally:
+            self.processing = False
+        if self.paused_reading and not self.busy and len(self.buf) <= self.limits.max_header \
                 and self.transport is not None and not self.closing:
             self.transport.resume_reading()
             self.paused_reading = False
+
+    def _next(self) -> bool:
+        """Start the next request if it is whole; False when more bytes are needed."""
+        buf = self.buf
+        if self.head is None:
+            head = self._head(buf)
+            if head is None:
+                return False
+            self.head = head
+            if head.chunked:
+                self.chunked = ChunkedBody(self.limits.body_limit(head.path),
+                                           self.limits.max_header)
+                self._arm(self.limits.body_timeout)
+            elif len(buf) < head.length:
+                self._reserve(head.length)           # its body is still on the way
+                self._arm(self.limits.body_timeout)
+        head = self.head
+        if self.chunked is not None:
+            done = self.chunked.feed(buf)
+            self._reserve(len(self.chunked.body))
+            if not done:
+                return False
+            body = bytes(self.chunked.body)
+            self.chunked = None
+        else:
+            if len(buf) < head.length:
+                return False
+            body = bytes(buf[:head.length]) if head.length else b""
+            del buf[:head.length]
+        self._release()
+        self.head = None
+        self._start(head, body)
+        return True
+
+    def _head(self, buf: bytearray) -> _Head | None:
+        """Parse and admit the next request head, consumed from ``buf``; None if incomplete."""
+        limits = self.limits
+        while buf[:2] == b"\r\n":                    # blank lines before a request line
+            del buf[:2]
+            self.blank_lines += 1
+            if self.blank_lines > MAX_BLANK_LINES:
+                raise HttpError(400, "too many blank lines before the request line")
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > limits.max_header:
+                raise HttpError(431, "request header too large")
+            return None
+        if end + 4 > limits.max_header:
+            raise HttpError(431, "request header too large")
+        head = self._parse(bytes(buf[:end]))
+        self._admit(head)
+        del buf[:end + 4]
+        self.blank_lines = 0
+        return head
+
+    def _reserve(self, total: int) -> None:
+        """Hold ``total`` bytes of the global body budget for this connection's pending body."""
+        if total > self.reserved:
+            self.server.reserve_body(total - self.reserved)
+            self.reserved = total
+
+    def _release(self) -> None:
+        self.server.buffered_bodies -= self.reserved
+        self.reserved = 0
 
     def _parse(self, raw: bytes) -> _Head:
         cache = self.server.head_cache
@@ -376,7 +397,7 @@ class HttpProtocol(asyncio.Protocol):
         return head
 
     def _admit(self, head: _Head) -> None:
-        if head.length:
+        if head.length or head.chunked:
             if head.length > self.limits.body_limit(head.path):
                 raise HttpError(413, "request body too large")
             if head.headers.get("expect", "").lower() == "100-continue" \
@@ -446,6 +467,8 @@ class HttpProtocol(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         """Answer a protocol error and close: the rest of the stream cannot be trusted."""
         self.head = None
+        self.chunked = None
+        self._release()
         self.buf.clear()
         if self.transport is not None and not self.closing:
             self._write(Response(status, (message + "\n").encode()), keep=False)
@@ -474,109 +497,37 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
 
 
-def parse_head(raw: bytes, limits: Limits) -> _Head:
-    if _CTL.search(raw):
-        raise HttpError(400, "control character in request head")
-    lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise HttpError(400, "malformed request line")
-    method, target, version = parts
-    if not _METHOD.match(method):
-        raise HttpError(400, "malformed method")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise HttpError(400, "unsupported HTTP version")
-    if target.startswith((b"http://", b"https://")):
-        slash = target.find(b"/", target.find(b"//") + 2)
-        target = target[slash:] if slash > 0 else b"/"
-    if not target.startswith(b"/") or _BAD_TARGET.search(target):
-        raise HttpError(400, "malformed request target")
-    if len(lines) - 1 > limits.max_headers:
-        raise HttpError(431, "too many header fields")
-    # One regex pass over all fields; a line it does not match is malformed (e.g. obs-fold).
-    fields = _FIELD.findall(raw, len(lines[0]))
-    if len(fields) != len(lines) - 1:
-        raise HttpError(400, "malformed header field")
-    headers: dict[str, str] = {}
-    for name, value in fields:
-        key = name.decode("ascii").lower()
-        text = value.rstrip(b" \t").decode("latin-1")
-        if key in headers:
-            if key in ("content-length", "host", "transfer-encoding"):
-                if headers[key] != text:
-                    raise HttpError(400, f"conflicting {key} fields")
-                continue
-            headers[key] = headers[key] + ", " + text
-        else:
-            headers[key] = text
-    if "transfer-encoding" in headers:
-        raise HttpError(411, "chunked bodies are not accepted; send Content-Length")
-    length = 0
-    if "content-length" in headers:
-        declared = headers["content-length"]
-        if not declared.isdigit() or not declared.isascii() or len(declared) > 12:
-            raise HttpError(400, "malformed Content-Length")
-        length = int(declared)
-    ver = version.decode()
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if ver == "HTTP/1.1" else "keep-alive" in connection
-    text_target = target.decode("latin-1")
-    path, _, query = text_target.partition("?")
-    return _Head(method.decode(), text_target, ver, headers, keep_alive, length, path, query)
-
-
-def run_wsgi(app: WsgiApp, req: Request, server: HttpServer) -> Response:
-    """Call a WSGI app (PEP 3333) in a worker thread and collect its whole answer."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": req.method, "SCRIPT_NAME": "",
-        "PATH_INFO": unquote_to_bytes(req.path).decode("latin-1"),
-        "QUERY_STRING": req.query, "SERVER_NAME": server.server_name,
-        "SERVER_PORT": str(server.server_port), "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": req.remote, "CONTENT_TYPE": req.headers.get("content-type", ""),
-        "CONTENT_LENGTH": str(len(req.body)) if req.body else "",
-        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(req.body),
-        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    for name, value in req.headers.items():
-        if name not in ("content-type", "content-length"):
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
-    captured: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], None]:
-        captured["status"], captured["headers"] = status, headers
-        return lambda _data: None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    status = int(str(captured.get("status", "500")).split(" ", 1)[0])
-    ctype = "application/octet-stream"
-    headers = []
-    for name, value in captured.get("headers", []):
-        if name.lower() == "content-type":
-            ctype = value
-        elif name.lower() not in _HOP_BY_HOP:
-            headers.append((name, value))
-    return Response(status, body, ctype, headers)
-
-
 # --- running ------------------------------------------------------------------------------------
 BackgroundTask = Callable[[], Awaitable[None] | None]
+
+
+class AdminServer(HttpServer):
+    """``/metrics`` and ``/health`` of ``main`` on a private address (``--metrics-port``)."""
+
+    def __init__(self, main: HttpServer, token: str | None = None) -> None:
+        super().__init__([], limits=Limits(max_connections=64, wsgi_threads=1),
+                         metrics_token=token)
+        self.main = main
+
+    def ready(self) -> bool:
+        return self.main.ready()
+
+    def metrics_text(self) -> str:
+        return self.main.metrics_text()
 
 
 async def run(server: HttpServer, host: str, port: int, *,
               background_tasks: Sequence[BackgroundTask] = (),
               ready_event: threading.Event | None = None,
-              stop: asyncio.Event | None = None, reuse_port: bool = False) -> None:
-    """Listen, run background tasks, set ``ready_event`` once /health would say ok, until stop."""
+              stop: asyncio.Event | None = None, reuse_port: bool = False,
+              admin: tuple[AdminServer, str, int] | None = None) -> None:
+    """Listen, run background tasks, set ``ready_event`` once /health would say ok, until stop.
+    ``admin``: a second, private listener (server, host, port) for the metrics."""
     stop = stop or asyncio.Event()
     listener = await server.start(host, port, reuse_port=reuse_port)
+    admin_listener = None
+    if admin is not None:
+        admin_listener = await admin[0].start(admin[1], admin[2])
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Future[Any]] = []
     for task in background_tasks:
@@ -591,8 +542,12 @@ async def run(server: HttpServer, host: str, port: int, *,
             ready_event.set()
         await stop.wait()
     finally:
-        listener.close()
-        await listener.wait_closed()
+        for closing in (listener, admin_listener):
+            if closing is not None:
+                closing.close()
+                await closing.wait_closed()
+        if admin is not None:
+            admin[0].close()
         for pending in tasks:
             pending.cancel()
         server.close()
@@ -604,9 +559,20 @@ def serve(host: str, port: int, handlers: Sequence[AnyHandler],
           ready_event: threading.Event | None = None,
           readiness: Sequence[Callable[[], bool]] = (),
           metrics: Sequence[Callable[[], str]] = (),
-          limits: Limits | None = None, reuse_port: bool = False) -> None:
-    """Run the server in this thread until SIGINT/SIGTERM (what ``cps-admin serve`` calls)."""
-    server = HttpServer(handlers, wsgi_app, limits=limits, readiness=readiness, metrics=metrics)
+          limits: Limits | None = None, reuse_port: bool = False,
+          metrics_port: int | None = None, metrics_token: str | None = None) -> None:
+    """Run the server in this thread until SIGINT/SIGTERM (what ``cps-admin serve`` calls).
+
+    ``/metrics`` is never public: with ``metrics_port`` it is served on 127.0.0.1:PORT only
+    (and asks for ``metrics_token`` if given); with only a token, on the public port behind
+    ``Authorization: Bearer``; with neither, nowhere (404)."""
+    raise_descriptor_limit()
+    server = HttpServer(handlers, wsgi_app, limits=limits, readiness=readiness, metrics=metrics,
+                        metrics_public=False,
+                        metrics_token=metrics_token if metrics_port is None else None)
+    admin = None
+    if metrics_port is not None:
+        admin = (AdminServer(server, metrics_token), "127.0.0.1", metrics_port)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -615,6 +581,6 @@ def serve(host: str, port: int, handlers: Sequence[AnyHandler],
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
         await run(server, host, port, background_tasks=background_tasks,
-                  ready_event=ready_event, stop=stop, reuse_port=reuse_port)
+                  ready_event=ready_event, stop=stop, reuse_port=reuse_port, admin=admin)
 
     asyncio.run(main())

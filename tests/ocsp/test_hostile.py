@@ -139,15 +139,19 @@ def test_ten_megabyte_body_is_refused_without_reading_it(env: Env) -> None:
 
 def test_oversized_header_and_bad_framing(env: Env) -> None:
     cases = [
-        b"GET /ocsp/x HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n",
-        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /ocsp/x HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 100 + b"\r\n\r\n",
-        b"POST /ocsp HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-        b"POST /ocsp HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-        b"POST /ocsp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"GET /\x00 HTTP/1.1\r\n\r\n",
-        b" GET / HTTP/1.1\r\n\r\n",
-        b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+        b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5"
+        b"\r\n\r\n0\r\n\r\n",                                     # request smuggling shape
+        b"POST /ocsp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"100000\r\n",                                                # chunk over the /ocsp limit
+        b"GET /ocsp/x HTTP/1.1\r\n\r\n",                                # no Host
+        b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b" GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
     ]
     for raw in cases:
         conn = Conn(env.running.port)
@@ -164,7 +168,7 @@ def test_pipelined_requests_are_answered_in_order(env: Env) -> None:
     one = (b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
            b"Content-Length: " + str(len(valid)).encode() + b"\r\n\r\n" + valid)
     bad = (b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
-    conn.send((one + bad + b"GET /health HTTP/1.1\r\n\r\n") * 50)
+    conn.send((one + bad + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n") * 50)
     for _ in range(50):
         assert ocsp.load_der_ocsp_response(conn.response()[2]).certificate_status == \
             ocsp.OCSPCertStatus.GOOD
@@ -196,7 +200,8 @@ def test_slowloris_partial_requests_time_out(env: Env, strict: Running) -> None:
         conn.send(b"POST /ocsp HTTP/1.1\r\nHost: x\r\n")    # never finishes its head
         conns.append(conn)
     body_conn = Conn(strict.port)
-    body_conn.send(b"POST /ocsp HTTP/1.1\r\nContent-Length: 100\r\n\r\n\x30")  # nor its body
+    body_conn.send(b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                   b"\x30")                                  # nor its body
     _still_answers(env, strict.port)                      # others are served meanwhile
     time.sleep(0.3)
     conns[0].send(b"X-Drip: 1\r\n")                         # dripping does not extend the timer
@@ -249,7 +254,7 @@ def test_fuzz_mutated_valid_requests(env: Env, data: st.DataObject) -> None:
 def test_after_fuzzing_the_responder_still_answers(env: Env) -> None:
     _still_answers(env)
     status = Conn(env.running.port)
-    status.send(b"GET /health HTTP/1.1\r\n\r\n")
+    status.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status.response()[0] == 200
 
 
