@@ -21,19 +21,29 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from pki.http.server import HttpError, Limits, parse_head, status_line
+from pki.http.capacity import (
+    Shedding,
+    accept_batch,
+    connection_cap,
+    guard_accept_errors,
+    raise_descriptor_limit,
+)
+from pki.http.server import status_line
+from pki.http.wire import MAX_BLANK_LINES, HttpError, Limits, _Head, chunk_size, parse_head
 
 log = logging.getLogger("cps.front")
 
 # (path prefix, role). A prefix ending in "/" matches below it; any other matches itself and
 # below "prefix/". Unlisted paths (the broker's sign-in pages, static files) go to the broker.
 ROUTES: tuple[tuple[str, str], ...] = (
-    ("/ocsp", "status"), ("/crl/", "status"), ("/ca/", "status"), ("/metrics", "status"),
+    ("/ocsp", "status"), ("/crl/", "status"), ("/ca/", "status"),
     ("/login", "broker"), ("/.well-known/", "broker"), ("/introspect", "broker"),
     ("/api/", "broker"), ("/openapi.json", "broker"),
     ("/patient", "patient"), ("/espace", "patient"),
 )
 DEFAULT_ROLE = "broker"
+# Never routed: /metrics is for operators, on each status replica's --metrics-port (127.0.0.1).
+PRIVATE = ("/metrics",)
 
 # Request fields the front owns: hop-by-hop ones, and the forwarding fields only it may set.
 _DROP_REQUEST = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -51,7 +61,9 @@ class FrontLimits:
     connect_timeout: float = 2.0
     backend_timeout: float = 60.0       # a role's answer head, and each read of its body
     max_response_head: int = 64 * 1024
-    max_connections: int = 1024
+    # Client connections at once; None: from RLIMIT_NOFILE, two descriptors each (the
+    # client's and the role's).
+    max_connections: int | None = None
 
 
 def route(path: str) -> str:
@@ -80,15 +92,36 @@ class Front:
         self.waiting = waiting              # roles not ready yet: /health is ok when empty
         self.limits = limits or FrontLimits()
         self.connections = 0
+        self.max_connections = connection_cap(self.limits.max_connections, per_connection=2)
+        self.shedding = Shedding(log, "front", self.max_connections)
+        # Connections waiting for their next request, oldest first: closed to make room.
+        self.idle: dict[asyncio.StreamWriter, None] = {}
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self._client, host, port, backlog=1024,
+        raise_descriptor_limit()
+        self.max_connections = connection_cap(self.limits.max_connections, per_connection=2)
+        self.shedding.cap = self.max_connections
+        guard_accept_errors(asyncio.get_running_loop(), self.shedding)
+        return await asyncio.start_server(self._client, host, port, backlog=accept_batch(),
                                           limit=self.limits.request.max_header + 4,
                                           reuse_address=True)
 
+    def _admit(self) -> bool:
+        """Room for one more client: under the cap, or by closing the longest-idle one."""
+        if self.connections < self.max_connections:
+            return True
+        if not self.idle:
+            self.shedding.on_shed()
+            return False
+        oldest = next(iter(self.idle))
+        del self.idle[oldest]
+        oldest.close()                 # its pending read ends; its task counts it out
+        self.shedding.on_evict()
+        return True
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.limits.max_connections:
-            writer.write(_simple(503, "too many connections", keep=False))
+        if not self._admit():
+            writer.write(_simple(503, "too many connections", keep=False, retry=True))
             await _close(writer)
             return
         self.connections += 1
@@ -100,29 +133,36 @@ class Front:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass                   # includes TimeoutError: a client or role gone mid-answer
         finally:
+            self.idle.pop(writer, None)
             self.connections -= 1
+            self.shedding.check_end(self.connections)
             await _close(writer)
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                         remote: str) -> bool:
         """One request and its answer; True when the connection stays open for another."""
         limits = self.limits.request
+        self.idle[writer] = None
         try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.limits.idle_timeout)
+            raw = await self._read_head(reader)
         except (asyncio.IncompleteReadError, TimeoutError):
             return False            # the client closed or idled out between requests
         except asyncio.LimitOverrunError:
             return await _refuse(writer, 431, "request header too large")
+        except HttpError as exc:
+            return await _refuse(writer, exc.status, str(exc))
+        finally:
+            self.idle.pop(writer, None)
         try:
             head = parse_head(raw[:-4], limits)
             if head.length > limits.body_limit(head.path):
                 raise HttpError(413, "request body too large")
+            if (head.length or head.chunked) and \
+                    head.headers.get("expect", "").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = await asyncio.wait_for(_read_body(reader, head, limits), limits.body_timeout)
         except HttpError as exc:
             return await _refuse(writer, exc.status, str(exc))
-        if head.length and head.headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        try:
-            body = await asyncio.wait_for(reader.readexactly(head.length), limits.body_timeout)
         except TimeoutError:
             return await _refuse(writer, 408, "request timeout")
         keep = head.keep_alive
@@ -130,9 +170,15 @@ class Front:
             writer.write(self._health(keep, head.method == "HEAD"))
             await writer.drain()
             return keep
+        if any(head.path == p or head.path.startswith(p + "/") for p in PRIVATE):
+            writer.write(_simple(404, "not found", keep, head_only=head.method == "HEAD"))
+            await writer.drain()
+            return keep
         role = route(head.path)
         listed = head.headers.get("connection", "").encode("latin-1").lower()
-        upstream = _upstream_head(raw, head.method, head.target, remote, listed) + body
+        upstream = _upstream_head(raw, head.method, head.target, remote, listed,
+                                  host=head.headers.get("host"),
+                                  length=len(body) if head.chunked else None) + body
         try:
             return await self._forward(role, upstream, writer, head.method,
                                        head.version == "HTTP/1.0", keep)
@@ -144,6 +190,17 @@ class Front:
                                  retry=exc.status == 503, head_only=head.method == "HEAD"))
             await writer.drain()
             return keep
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
+        """The next request head, blank lines before it skipped (RFC 9112 §2.2)."""
+        for _ in range(MAX_BLANK_LINES + 1):
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
+                                         self.limits.idle_timeout)
+            while raw.startswith(b"\r\n") and len(raw) > 4:
+                raw = raw[2:]
+            if raw != b"\r\n\r\n":
+                return raw
+        raise HttpError(400, "too many blank lines before the request line")
 
     def _health(self, keep: bool, head_only: bool) -> bytes:
         waiting = list(self.waiting())
@@ -231,17 +288,50 @@ class Front:
 
 
 def _upstream_head(raw: bytes, method: str, target: str, remote: str,
-                   connection: bytes = b"") -> bytes:
+                   connection: bytes = b"", *, host: str | None = None,
+                   length: int | None = None) -> bytes:
     """The request head for a role: the client's fields minus hop-by-hop ones (fixed, and those
-    its Connection field names), plus the forwarding fields."""
+    its Connection field names), plus the forwarding fields. ``host``: the parsed Host (an
+    absolute-form target's authority replaces the field); ``length``: a de-chunked body's."""
     drop = _DROP_REQUEST | {name.strip() for name in connection.split(b",")}
     lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
     for line in raw[:-4].split(b"\r\n")[1:]:
-        if line.partition(b":")[0].strip().lower() not in drop:
+        name = line.partition(b":")[0].strip().lower()
+        if name == b"host" and host is not None:
+            lines.append(b"Host: " + host.encode("latin-1"))
+            host = None
+        elif name not in drop:
             lines.append(line)
+    if host is not None:
+        lines.append(b"Host: " + host.encode("latin-1"))
+    if length is not None:
+        lines.append(b"Content-Length: %d" % length)
     lines += [b"X-Forwarded-For: " + remote.encode("ascii", "replace"),
               b"X-Forwarded-Proto: http", b"Connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _read_body(reader: asyncio.StreamReader, head: _Head, limits: Limits) -> bytes:
+    """The request body: Content-Length bytes, or a chunked body decoded (RFC 9112 §7.1) within
+    the path's limit; the role receives it with a Content-Length."""
+    if not head.chunked:
+        return await reader.readexactly(head.length)
+    limit, body, trailer = limits.body_limit(head.path), bytearray(), 0
+    while True:
+        size = chunk_size((await reader.readuntil(b"\r\n"))[:-2])
+        if size == 0:
+            break
+        if len(body) + size > limit:
+            raise HttpError(413, "request body too large")
+        data = await reader.readexactly(size + 2)
+        if data[-2:] != b"\r\n":
+            raise HttpError(400, "chunk data not followed by CRLF")
+        body += data[:-2]
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        trailer += len(line)                  # trailer fields are dropped
+        if trailer > limits.max_header:
+            raise HttpError(431, "trailer section too large")
+    return bytes(body)
 
 
 async def _copy_exact(src: asyncio.StreamReader, dst: asyncio.StreamWriter, length: int,
