@@ -40,6 +40,8 @@ class RoleOptions:
     signer_socket: Path | None = None
     workers: int | None = None          # None: DEFAULT_WORKERS with Redis, else 1
     mtls_port: int | None = None
+    metrics_port: int | None = None     # status: /metrics on 127.0.0.1 only
+    metrics_token_file: Path | None = None
 
 
 def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) -> None:
@@ -54,6 +56,11 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
     redis_url = options.redis_url or config.ocsp.redis_url
     workers = (web_workers(home, db_url, redis_url, options.workers)
                if role in ("broker", "patient") else 0)
+    metrics_token = None
+    if role == "status" and options.metrics_token_file is not None:
+        from pki.roles.status import read_metrics_token
+
+        metrics_token = read_metrics_token(options.metrics_token_file)   # before it is hidden
     from pki.roles.confine import confine_or_warn
 
     confine_or_warn(role, config)      # the other roles' secrets out of this process's reach
@@ -65,7 +72,8 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
         from pki.roles.status import run_status
 
         run_status(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
-                   signer_socket=options.signer_socket)
+                   signer_socket=options.signer_socket, metrics_port=options.metrics_port,
+                   metrics_token=metrics_token)
     elif role == "broker":
         from cps_login.roles import run_broker
 
@@ -124,16 +132,23 @@ def die_with_supervisor() -> None:
                    f"{DEFAULT_WORKERS} with Redis, 1 without).")
 @click.option("--mtls-port", type=click.IntRange(0, 65535), default=None,
               help="Also serve token introspection over mutual TLS on this port (broker).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve the status role's /metrics on 127.0.0.1:PORT (never on the public "
+                   "port).")
+@click.option("--metrics-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Require 'Authorization: Bearer <token>' for /metrics (the "
+                                 "token is the file's one line).")
 @click.option("--no-web", is_flag=True,
               help="Without --role: only signer and status (OCSP, CRLs, CA certificates).")
 @click.pass_obj
 def serve(admin: Any, role: str | None, host: str, port: int, redis_url: str | None,
           signer_socket: Path | None, workers: int | None, mtls_port: int | None,
-          no_web: bool) -> None:
+          metrics_port: int | None, metrics_token_file: Path | None, no_web: bool) -> None:
     """Serve OCSP, CRLs, CA certificates, the login broker and the patient space."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = RoleOptions(host=host, port=port, redis_url=redis_url,
-                          signer_socket=signer_socket, workers=workers, mtls_port=mtls_port)
+                          signer_socket=signer_socket, workers=workers, mtls_port=mtls_port,
+                          metrics_port=metrics_port, metrics_token_file=metrics_token_file)
     home, db_url = Path(admin.home), admin.db_url
     if role is not None:
         die_with_supervisor()

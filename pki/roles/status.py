@@ -8,6 +8,8 @@ file or other secret is read. Any number of replicas may run on one store.
   server used; live requests (nonce, SHA-256 CertIDs, ...) go to the signer's unix socket,
   tryLater when it is away.
 * CRLs and CA certificates: ``StoreCrls`` (pki.crl.reader), polled every ``CRL_POLL`` seconds.
+* ``/metrics`` only on a private address (``--metrics-port``) or behind a bearer token
+  (``--metrics-token-file``); the public port answers 404.
 * ``/health`` is 200 once both are loaded; the store going away afterwards changes nothing for
   the bytes held (served until their nextUpdate), and is logged once.
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from pki.config import Config
 from pki.crl.reader import StoreCas, StoreCrls
+from pki.errors import InvalidInput
 from pki.http.server import serve
 from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.mirror import OcspMirror, Outage, SignerClient
@@ -57,9 +60,25 @@ def crl_poller(crls: StoreCrls, stop: threading.Event) -> threading.Thread:
     return threading.Thread(target=loop, name="crl-poller", daemon=True)
 
 
+def read_metrics_token(path: Path) -> str:
+    """The bearer token for ``/metrics`` from its secret file (one line), read before the role
+    is confined (pki.roles.confine hides ``secrets/`` from the status role)."""
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read the metrics token file {path}: {exc}") from None
+    if not token or any(c.isspace() for c in token):
+        raise InvalidInput(f"the metrics token file {path} must hold one word")
+    return token
+
+
 def run_status(home: Path, db_url: str | None, *, host: str, port: int, redis_url: str | None,
-               signer_socket: Path | None = None, reuse_port: bool = False) -> None:
-    """Serve the status role on ``host:port`` until SIGTERM/SIGINT."""
+               signer_socket: Path | None = None, reuse_port: bool = False,
+               metrics_port: int | None = None, metrics_token: str | None = None) -> None:
+    """Serve the status role on ``host:port`` until SIGTERM/SIGINT.
+
+    ``/metrics`` is not public: on 127.0.0.1:``metrics_port``, or behind ``metrics_token``
+    (``Authorization: Bearer``; on the metrics port if both), else not served (404)."""
     from pki.roles.guard import refuse_key_holders
 
     refuse_key_holders("status")
@@ -81,7 +100,8 @@ def run_status(home: Path, db_url: str | None, *, host: str, port: int, redis_ur
     try:
         serve(host, port, [endpoint, crls.handler], None,
               readiness=[mirror.ready.is_set, crls.ready], metrics=[endpoint.metrics_text],
-              reuse_port=reuse_port)
+              reuse_port=reuse_port, metrics_port=metrics_port,
+              metrics_token=metrics_token)
     finally:
         stop.set()
         mirror.stop()

@@ -95,6 +95,10 @@ def plan(home: Path, db_url: str | None, options: RoleOptions, *, web: bool) -> 
                 argv += ["--workers", str(options.workers)]
             if role == "broker" and options.mtls_port is not None:
                 argv += ["--mtls-port", str(options.mtls_port)]
+            if role == "status" and options.metrics_port is not None:   # the front has none
+                argv += ["--metrics-port", str(options.metrics_port)]
+            if role == "status" and options.metrics_token_file is not None:
+                argv += ["--metrics-token-file", str(options.metrics_token_file)]
         children.append(child)
     return children
 
