@@ -87,6 +87,8 @@ class HttpServer:
         self.server_name = "127.0.0.1"
         self.server_port = 0
         self.protocols: set[HttpProtocol] = set()
+        # Keep-alive connections waiting for a request, in the order they became idle.
+        self.idle: dict[HttpProtocol, None] = {}
         self.head_cache: dict[bytes, _Head] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.max_connections = connection_cap(self.limits.max_connections)
@@ -164,14 +166,15 @@ class HttpServer:
         """Room for one more connection: under the cap, or by closing the longest-idle one."""
         if self.connections < self.max_connections:
             return True
-        idle = [p for p in self.protocols if p.idle()]
-        if not idle:
-            self.shedding.on_shed()
-            return False
-        oldest = min(idle, key=lambda p: p.deadline)
-        oldest.evict()
-        self.shedding.on_evict()
-        return True
+        while self.idle:
+            oldest = next(iter(self.idle))          # insertion order: idle the longest
+            del self.idle[oldest]
+            if oldest.idle():
+                oldest.evict()
+                self.shedding.on_evict()
+                return True
+        self.shedding.on_shed()
+        return False
 
     def reserve_body(self, size: int) -> None:
         if self.buffered_bodies + size > self.limits.max_buffered_bodies:
@@ -244,6 +247,7 @@ class HttpProtocol(asyncio.Protocol):
         self.counted = True
         self.server.connections += 1
         self.server.protocols.add(self)
+        self.server.idle[self] = None
         self._arm(self.limits.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -256,6 +260,7 @@ class HttpProtocol(asyncio.Protocol):
             self.counted = False
             self.server.connections -= 1
             self.server.protocols.discard(self)
+            self.server.idle.pop(self, None)
             self.server.shedding.check_end(self.server.connections)
 
     def idle(self) -> bool:
@@ -277,6 +282,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.server.idle.pop(self, None)
         if not self.buf and not self.busy and self.head is None and not self.paused_writing:
             # The common case: exactly one whole request whose head was seen before.
             end = data.find(b"\r\n\r\n")
@@ -441,6 +447,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._process()
             else:
                 self._arm(self.limits.idle_timeout)
+                self.server.idle[self] = None
                 if self.paused_reading:
                     self._process()
         else:
