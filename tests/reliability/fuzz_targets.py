@@ -7,10 +7,14 @@ else escaping it is a crash. The same targets serve three drivers:
   (atheris, pki and cps_login instrumented; ``test_fuzz.py`` runs it with a time budget);
 - property-based: ``test_fuzz.py`` feeds them hypothesis-generated structured inputs;
 - regression: every file of ``tests/vectors/<NAME>/`` is replayed through ``NAME``.
+
+``http_request`` drives the status role's HTTP server (head parser, chunked body decoder,
+pipelining, limits) through its protocol object with an in-memory transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -38,6 +42,8 @@ from pki.cards.sim.softcard import SoftCard
 from pki.cards.sim.store import CardFile
 from pki.directory import decode_csv, parse_csv
 from pki.errors import PkiError
+from pki.http import Request, Response
+from pki.http.server import HttpProtocol, HttpServer, Limits
 from pki.ocsp.request import MalformedRequest, fast_single_sha1, parse_request
 
 # MalformedRequest is a ValueError by contract (pki.ocsp.request); the rest are PkiError/CardError.
@@ -260,9 +266,81 @@ def token(data: bytes) -> None:
         token_text(data[1:].decode("utf-8", "surrogateescape"))
 
 
+# --- HTTP requests at the status role's server (pki.http.server) --------------------------------
+
+class _Transport(asyncio.Transport):
+    """Collects what the server writes; reading pauses are no-ops (the bytes are all given)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "write after close"
+        self.out += data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _echo(req: Request) -> Response | None:
+    return Response(200, b"%d" % len(req.body)) if req.path.startswith("/e") else None
+
+
+@cache
+def _http_server() -> HttpServer:
+    return HttpServer([_echo], limits=Limits(max_body=4096, body_limits=(("/ocsp", 512),),
+                                             max_connections=1 << 20,
+                                             max_buffered_bodies=8192))
+
+
+def _http_run(pieces: list[bytes]) -> bytes:
+    server = _http_server()
+    proto = HttpProtocol(server)
+    transport = _Transport()
+    proto.connection_made(transport)
+    for piece in pieces:
+        proto.data_received(piece)
+    proto.connection_lost(None)
+    assert server.connections == 0 and server.buffered_bodies == 0 and not server.idle, \
+        "capacity accounting leak"
+    out = bytes(transport.out)
+    assert not out or out.startswith(b"HTTP/1.1 "), out[:80]
+    return b"\r\n".join(line for line in out.split(b"\r\n") if not line.startswith(b"Date: "))
+
+
+def http_request(data: bytes) -> None:
+    """The first byte says where the rest is cut in two: the server must answer the same
+    whether a stream (pipelined requests, chunked bodies, garbage) arrives whole or in pieces,
+    leave no connection or body budget counted, and write only HTTP/1.1 answers."""
+    if not data:
+        return
+    stream = data[1:]
+    cut = data[0] * len(stream) // 256
+    whole = _http_run([stream])
+    split = _http_run([stream[:cut], stream[cut:]])
+    assert whole == split, "answers depend on how the bytes arrive"
+    bytewise = _http_run([stream[i:i + 1] for i in range(min(len(stream), 512))]
+                         + [stream[512:]])
+    assert bytewise == whole, "answers depend on how the bytes arrive (byte by byte)"
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "ocsp_request": ocsp_request, "csr": csr, "directory_csv": directory_csv, "apdu": apdu,
-    "login": login, "token": token,
+    "login": login, "token": token, "http_request": http_request,
 }
 
 
@@ -316,6 +394,13 @@ def seeds(name: str) -> list[bytes]:
         out.append(b"\x01" + json.dumps(header).encode() + b"\x00" + json.dumps(claims).encode())
         out.append(b"\x00" + sign_token(json.dumps(header).encode(),
                                          json.dumps(claims).encode()).encode())
+    elif name == "http_request":
+        out += [b"\x80GET /e HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"\x40\r\nPOST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+                b"GET http://h:1/e?q HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+                b"\x20POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                b"Expect: 100-continue\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: v\r\n\r\n"
+                b"HEAD /ocsp HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]
     vectors = VECTORS / name
     if vectors.is_dir():
         out += [p.read_bytes() for p in sorted(vectors.iterdir()) if p.is_file()]

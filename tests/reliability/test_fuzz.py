@@ -1,9 +1,9 @@
 """Hostile input at every parser that takes it from outside (see fuzz_targets.py).
 
 Three drivers over the same targets: hypothesis (structured inputs: valid objects mutated,
-signed tokens with arbitrary claims, chained APDUs, JSON bodies), atheris (coverage-guided, a
-few seconds each in `make test`, minutes under `make fuzz`: CPS_FUZZ_SECONDS), and the replay
-of every regression vector in tests/vectors/<parser>/.
+signed tokens with arbitrary claims, chained APDUs, JSON bodies, pipelined HTTP requests),
+atheris (coverage-guided, a few seconds each in `make test`, minutes under `make fuzz`:
+CPS_FUZZ_SECONDS), and the replay of every regression vector in tests/vectors/<parser>/.
 """
 
 from __future__ import annotations
@@ -164,6 +164,38 @@ def test_token_non_finite_times_refused() -> None:
         ft.guard(ft.token, b"\x01" + b'{"typ":"at+jwt","alg":"ES256","kid":"k1"}\x00' + claims)
 
 
+http_line = st.sampled_from([
+    b"GET /e HTTP/1.1", b"POST /e HTTP/1.1", b"HEAD /e HTTP/1.0", b"GET http://h:8/e?x HTTP/1.1",
+    b"POST /ocsp HTTP/1.1", b"GET /nothing HTTP/1.1", b"GET HTTPS://H HTTP/1.1", b"BAD", b""])
+http_field = st.sampled_from([
+    b"Host: a", b"Host: a", b"Host: b:1", b"Host: [::1]:2", b"Host: a b", b"Content-Length: 3",
+    b"Content-Length: 9999", b"Content-Length: x", b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: gzip, chunked", b"Connection: close", b"Connection: keep-alive",
+    b"Expect: 100-continue", b" folded", b"X: \x00"]) | st.binary(max_size=20)
+chunk = st.one_of(
+    st.binary(max_size=40).map(lambda d: b"%x\r\n%s\r\n" % (len(d), d)),
+    st.sampled_from([b"0\r\n\r\n", b"0\r\nT: v\r\n\r\n", b"5;e=1\r\nhello\r\n", b"zz\r\n",
+                     b"fffffff\r\n", b"1\r\nab", b"\r\n"]))
+
+
+@st.composite
+def http_stream(draw: st.DrawFn) -> bytes:
+    """Pipelined requests: lines, fields and bodies mostly well formed, some broken."""
+    out = b""
+    for _ in range(draw(st.integers(1, 4))):
+        out += b"\r\n" * draw(st.integers(0, 2)) + draw(http_line)
+        out += b"".join(b"\r\n" + f for f in draw(st.lists(http_field, max_size=5)))
+        out += b"\r\n\r\n" + b"".join(draw(st.lists(chunk, max_size=4)))
+        out += draw(st.binary(max_size=8))
+    return out
+
+
+@SETTINGS
+@given(stream=http_stream(), cut=st.integers(0, 255))
+def test_http_request_property(stream: bytes, cut: int) -> None:
+    ft.guard(ft.http_request, bytes([cut]) + stream)
+
+
 # --- atheris -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("parser", sorted(ft.TARGETS))
@@ -195,5 +227,5 @@ def test_atheris(parser: str, tmp_path: Path) -> None:
 @pytest.fixture(autouse=True, scope="module")
 def _record_hypothesis() -> object:
     yield
-    record("fuzz", "hypothesis (structured) over the six parsers", "-", EXAMPLES * 6, 0,
-           "mutated valid objects, signed arbitrary claims, chained APDUs")
+    record("fuzz", "hypothesis (structured) over the seven parsers", "-", EXAMPLES * 7, 0,
+           "mutated valid objects, signed arbitrary claims, chained APDUs, HTTP pipelines")
