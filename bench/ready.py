@@ -138,14 +138,15 @@ def run(args: argparse.Namespace, home: Path, tmp: Path) -> None:
             if proc is not None:
                 harness.stop(proc)
     print()
-    how = "bench-populate" if args.populate == "cli" else "rows inserted directly"
+    how = ("home reused: " + str(args.reuse) if args.reuse is not None
+           else "bench-populate" if args.populate == "cli" else "rows inserted directly")
     print(f"{count} certificates ({how}; store {args.db or 'SQLite'})")
     print(f"{'':44s} {'seconds':>8s} {'peak MiB':>9s}")
-    print(f"{'status replica: start -> /health 200':44s} {ready:8.1f} {peak:9.0f}"
+    print(f"{'status replica: start -> /health 200':44s} {ready:8.2f} {peak:9.0f}"
           f"   (RSS once ready {rss:.0f} MiB)")
-    print(f"{'reference: bare read of the same rows':44s} {ref['seconds']:8.1f} "
+    print(f"{'reference: bare read of the same rows':44s} {ref['seconds']:8.2f} "
           f"{ref['peak_kib'] / 1024:9.0f}   ({ref['rows']} rows into a dict)")
-    print(f"{'signer: start -> every record pre-signed':44s} {presign:8.1f} {signer_peak:9.0f}")
+    print(f"{'signer: start -> every record pre-signed':44s} {presign:8.2f} {signer_peak:9.0f}")
     ok = ready < GOAL_SECONDS and peak < GOAL_MIB
     print(f"goal (status): < {GOAL_SECONDS} s and < {GOAL_MIB} MiB -> "
           f"{'met' if ok else 'NOT met'}")
