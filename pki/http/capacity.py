@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
+import socket
 import time
 from typing import Any
 
 RESERVE_MIN = 64            # descriptors kept free for everything but client connections
 RESERVE_SHARE = 8           # ... or one eighth of the limit, whichever is larger
+LISTEN_BACKLOG = 1024
 _ACCEPT_FAILED = "socket.accept() out of system resource"
 
 
@@ -44,6 +47,15 @@ def accept_batch() -> int:
     before any closed one frees its descriptor: kept within half the reserve."""
     limit = descriptor_limit()
     return max(16, min(1024, max(RESERVE_MIN, limit // RESERVE_SHARE) // 2))
+
+
+def widen_backlog(server: asyncio.Server, backlog: int = LISTEN_BACKLOG) -> None:
+    """asyncio uses its ``backlog`` both for the kernel's queue and for how many sockets it
+    accepts per loop pass: keep the pass small (``accept_batch``, descriptors) and make the
+    queue long again (a burst of new connections must not see its SYNs dropped)."""
+    for listening in server.sockets:
+        with socket.socket(fileno=os.dup(listening.fileno())) as sock:
+            sock.listen(backlog)
 
 
 def connection_cap(configured: int | None, per_connection: int = 1) -> int:

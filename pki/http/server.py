@@ -37,6 +37,7 @@ from pki.http.capacity import (
     connection_cap,
     guard_accept_errors,
     raise_descriptor_limit,
+    widen_backlog,
 )
 from pki.http.responses import (
     _CLOSE_END,
@@ -104,6 +105,7 @@ class HttpServer:
         server = await loop.create_server(lambda: HttpProtocol(self), host, port,
                                           reuse_address=True, reuse_port=reuse_port or None,
                                           backlog=accept_batch())
+        widen_backlog(server)
         sockname = server.sockets[0].getsockname()
         self.server_name, self.server_port = str(sockname[0]), int(sockname[1])
         self.listening = True

@@ -27,6 +27,7 @@ from pki.http.capacity import (
     connection_cap,
     guard_accept_errors,
     raise_descriptor_limit,
+    widen_backlog,
 )
 from pki.http.server import status_line
 from pki.http.wire import MAX_BLANK_LINES, HttpError, Limits, _Head, chunk_size, parse_head
@@ -102,9 +103,11 @@ class Front:
         self.max_connections = connection_cap(self.limits.max_connections, per_connection=2)
         self.shedding.cap = self.max_connections
         guard_accept_errors(asyncio.get_running_loop(), self.shedding)
-        return await asyncio.start_server(self._client, host, port, backlog=accept_batch(),
-                                          limit=self.limits.request.max_header + 4,
-                                          reuse_address=True)
+        server = await asyncio.start_server(self._client, host, port, backlog=accept_batch(),
+                                            limit=self.limits.request.max_header + 4,
+                                            reuse_address=True)
+        widen_backlog(server)
+        return server
 
     def _admit(self) -> bool:
         """Room for one more client: under the cap, or by closing the longest-idle one."""
