@@ -29,16 +29,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("port_file", type=Path)
     parser.add_argument("--nofile", type=int, default=0)
-    parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help="an explicit cap (above the limit: the EMFILE path is reached)")
     args = parser.parse_args()
     if args.nofile:
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import asyncio
 
-    from pki.http.server import HttpServer, run
+    from pki.http.server import HttpServer, Limits, run
 
-    server = HttpServer([echo])
+    server = HttpServer([echo], limits=Limits(max_connections=args.max_connections))
     ready = threading.Event()
 
     async def go() -> None:

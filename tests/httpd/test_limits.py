@@ -55,6 +55,38 @@ def test_idle_sockets_beyond_the_descriptor_limit_do_not_stop_answers(
     assert not any("Traceback" in line for line in lines)
 
 
+def test_out_of_descriptors_anyway_is_logged_once_without_tracebacks(
+        child: Callable[..., Child]) -> None:
+    """A cap set above the limit (or descriptors taken by another part of the process): the
+    accept loop meets EMFILE; its reports fold into one line, and service resumes."""
+    server = child("--nofile", str(NOFILE), "--max-connections", "5000")
+    idle = []
+    for _ in range(NOFILE + 50):
+        try:                              # once accept() fails the backlog fills: stop there
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=1))
+        except TimeoutError:
+            break
+    assert len(idle) > NOFILE - 20, len(idle)
+    try:
+        time.sleep(2.5)                                  # two of asyncio's 1 s accept retries
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = Conn(server.port, timeout=3)
+            conn.send(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert conn.response()[0] == 200
+            conn.close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "no answer after the idle sockets closed"
+    lines = server.log.read_text().splitlines()
+    assert any("out of descriptors" in line for line in lines), lines[:5]
+    assert len(lines) <= 10 and not any("Traceback" in line for line in lines), lines[:40]
+
+
 def test_many_slow_body_senders_keep_rss_bounded(child: Callable[..., Child]) -> None:
     server = child()
     time.sleep(0.5)
