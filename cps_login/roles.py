@@ -58,7 +58,13 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def _options(name: str, host: str, port: int, workers: int) -> dict[str, Any]:
     if workers < 1:
         raise ConfigError("workers must be at least 1")
+    from pki.http.capacity import connection_cap, raise_descriptor_limit
+
+    raise_descriptor_limit()     # inherited by the workers
     return {"bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+            # Below the descriptor limit: at EMFILE a gthread worker dies (issue 13 #3); at
+            # worker_connections it stops accepting until keep-alive connections time out.
+            "worker_connections": connection_cap(None),
             "workers": workers, "worker_class": "gthread", "threads": THREADS_PER_WORKER,
             "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "proc_name": name,
             "accesslog": None, "errorlog": "-", "loglevel": "warning", "preload_app": False}
