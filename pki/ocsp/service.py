@@ -71,6 +71,27 @@ def _status_fields(row: Any) -> tuple[int, int, int]:
         revoked_at
 
 
+_HOLD = resp.REASON_CODES["certificateHold"]
+# A permanent revocation may only be re-stated with a compromise reason (RFC 5280 §5.3.1: the
+# reason may be corrected towards keyCompromise), never undone, put on hold or back-dated.
+_ESCALATIONS = frozenset(resp.REASON_CODES[r] for r in ("keyCompromise", "cACompromise",
+                                                        "aACompromise"))
+
+
+def refused(floor: bytes | None, status: int, reason: int, revoked_at: int) -> bool:
+    """True when a status read from the store undoes a permanent revocation the signer already
+    signed (``floor``): back to good, to hold, or another revocation time. The lifecycle never
+    writes such a row (revoked is final); a public role with write access to the store could."""
+    if floor is None:
+        return False
+    f_status, f_reason, f_at = rec.status_of(floor)
+    if f_status != resp.CertStatus.REVOKED or f_reason == _HOLD:
+        return False
+    if status != resp.CertStatus.REVOKED or reason == _HOLD or revoked_at != f_at:
+        return True
+    return reason != f_reason and reason not in _ESCALATIONS
+
+
 def ca_state(ca: IssuingCa, responder: Responder) -> rec.CaState:
     return rec.CaState(ca.id, ca.slug, ca.certificate, responder.der,
                        responder.signer.algorithm_identifier, responder.not_after,
@@ -102,6 +123,7 @@ class OcspService(RecordIndex):
         self._done: set[int] = set()
         self._max_cert_id = 0
         self._rebuilding: dict[int, set[str]] = {}
+        self._refusals: set[tuple[int, str, tuple[int, int, int]]] = set()
 
     # --- life cycle ------------------------------------------------------------------
     def start(self, *, wait: bool = False, timeout: float | None = None) -> None:
@@ -267,6 +289,9 @@ class OcspService(RecordIndex):
             current = state.records.get(serial)
             if current is not None and rec.same_status(current, status, reason, revoked_at):
                 continue
+            if refused(current, status, reason, revoked_at):
+                self._refuse(state, row.serial, (status, reason, revoked_at))
+                continue
             by_ca.setdefault(row.ca_id, []).append((serial, status, reason, revoked_at))
             if row.ca_id in self._rebuilding:
                 self._rebuilding[row.ca_id].add(row.serial)
@@ -278,6 +303,35 @@ class OcspService(RecordIndex):
             with self._lock:
                 self.generation += 1
         return count
+
+    def _floor(self, ca_id: int, serial: bytes, found: bytes | None) -> bytes | None:
+        """What the signer already signed for a certificate: the record it serves (a responder
+        renewal rebuilds from it) or, at start, the one stored in ``ocsp_record``."""
+        old = self.states.get(ca_id)
+        held = old.records.get(serial) if old is not None else None
+        for record in (held, found):
+            if record is not None and refused(record, resp.CertStatus.GOOD, resp.NO_REASON, 0):
+                return record
+        return held or found
+
+    def _refuse(self, state: rec.CaState, serial: str, claim: tuple[int, int, int]) -> None:
+        """Keep serving the revocation; say so loudly, once per certificate and claim."""
+        key = (state.ca_id, serial, claim)
+        if key in self._refusals:
+            return
+        self._refusals.add(key)
+        status, reason, revoked_at = claim
+        claimed = {"status": ("good", "revoked", "unknown")[status],
+                   "reason": None if reason == resp.NO_REASON else reason,
+                   "revoked_at": revoked_at or None}
+        log.critical("certificate %s of %s is permanently revoked but the store now says %s: "
+                     "not signed, the revocation stays served", serial, state.slug, claimed)
+        try:
+            with self.auth.store.session() as session:
+                audit.append(session, "ocsp.status_refused", serial,
+                             {"ca": state.slug, "claimed": claimed}, clock=self.clock)
+        except Exception:   # the refusal holds without its audit record; the log has it
+            log.exception("could not audit the refused status of %s", serial)
 
     # --- pre-signing -------------------------------------------------------------------
     def _rows(self, ca_id: int, page: int = 20_000) -> Iterator[Any]:
@@ -314,6 +368,11 @@ class OcspService(RecordIndex):
             status, reason, revoked_at = _status_fields(row)
             serial = rec.serial_content(row.serial)
             found = shared.get(serial)
+            floor = self._floor(state.ca_id, serial, found)
+            if refused(floor, status, reason, revoked_at):
+                self._refuse(state, row.serial, (status, reason, revoked_at))
+                assert floor is not None
+                status, reason, revoked_at = rec.status_of(floor)
             if found is not None and rec.same_status(found, status, reason, revoked_at) \
                     and rec.unpack(found)[2] > fresh_after:
                 target[serial] = found
