@@ -167,8 +167,10 @@ class LoginService:
         return {"certificates": self._known.bytes, "practices": self._practices.bytes,
                 "paths": self._paths.cache_bytes}
 
-    def challenge(self) -> Challenge:
-        return self._challenges.issue()
+    def challenge(self, client: str | None = None) -> Challenge:
+        """A fresh challenge for ``client`` (an HTTP client's address: each holds a bounded
+        number; None for an in-process caller)."""
+        return self._challenges.issue(client)
 
     def login(self, request: LoginRequest) -> LoginResult:
         """A token for a valid card login; CredentialRefused / ChallengeRefused otherwise.

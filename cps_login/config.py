@@ -32,6 +32,10 @@ class LoginConfig:
     scope: str = "openid patient.read"
     token_ttl_seconds: int = 120
     challenge_ttl_seconds: int = 60
+    # Challenges go to anonymous clients: memory the in-process store may hold (without Redis),
+    # and live challenges one client address may hold (beyond it, 429 for that client only).
+    challenge_store_max_bytes: int = 32 * 1024 * 1024
+    challenge_max_per_client: int = 100
     redis_url: str | None = None
     # Prefix of every Redis key of the broker and patient roles (challenges, rate limits).
     redis_prefix: str = "cps:login:"

@@ -138,9 +138,12 @@ def build_broker_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     if challenges is None:
         challenges = (RedisChallengeStore(redis_client(config.redis_url), clock,
                                           config.challenge_ttl_seconds,
-                                          prefix=config.redis_prefix + "challenge:")
+                                          prefix=config.redis_prefix + "challenge:",
+                                          per_client=config.challenge_max_per_client)
                       if config.redis_url else
-                      MemoryChallengeStore(clock, config.challenge_ttl_seconds))
+                      MemoryChallengeStore(clock, config.challenge_ttl_seconds,
+                                           max_bytes=config.challenge_store_max_bytes,
+                                           per_client=config.challenge_max_per_client))
     tokens = TokenIssuer(key, issuer=config.issuer, clock=clock,
                          ttl_seconds=config.token_ttl_seconds, client_id=config.client_id,
                          scope=config.scope)

@@ -36,7 +36,7 @@ def _json_body() -> dict[str, Any]:
 @bp.post("/login/challenge")
 def challenge() -> Response:
     services = _services()
-    issued = services.login.challenge()
+    issued = services.login.challenge(request.remote_addr or "")
     response = jsonify({
         "challenge": base64.b64encode(issued.value).decode(),
         "expires_at": issued.expires_at.isoformat(),
