@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from pki.store.models import Crl
 # before the base was generated may have committed just after its snapshot. Listing a change
 # twice is harmless; missing one is not.
 DELTA_SAFETY_MARGIN = dt.timedelta(minutes=10)
+
+log = logging.getLogger(__name__)
 
 
 class AuthorityView(Protocol):
@@ -108,8 +111,17 @@ def publish_full(auth: AuthorityView, slug: str) -> list[PublishedCrl]:
             freshest_uri=(urls.crl_url(config.base_url, slug, shard, delta=True)
                           if with_deltas else None)))
             for i, shard in enumerate(parts)}
+        floor: dict[str, source.Listed] = {}
+        for shard in parts:
+            undone = source.undone_revocations(session, ca.id, shard)
+            for serial in undone:
+                _refuse(session, auth, slug, serial, "full")
+            plans[shard].entries.extend(e.row() for e in undone.values())
+            floor.update(undone)
         for batch in source.revoked_batches(session, ca.id, sharded=parts != [None]):
             for shard, rows in batch.items():
+                if floor:      # a held row the floor already lists as revoked
+                    rows = [r for r in rows if r[0] not in floor]
                 _plan_for(plans, shard, slug).entries.extend(rows)
         return _sign_and_store(session, auth, ca, "full", list(plans.values()))
 
@@ -149,9 +161,42 @@ def publish_delta_tracked(auth: AuthorityView, slug: str
                 idp_uri=None if shard is None else urls.crl_url(config.base_url, slug, shard),
                 only_user_certs=shard is not None))
         for shard, rows in changed.items():
+            rows = _delta_floor(session, auth, ca, shard, rows)
             _plan_for(plans, shard, slug).entries.extend(rows)
         published = _sign_and_store(session, auth, ca, "delta", list(plans.values()))
     return published, event_ids
+
+
+def _delta_floor(session: Session, auth: AuthorityView, ca: CaView, shard: int | None,
+                 rows: list[builder.Row]) -> list[builder.Row]:
+    """A delta's changed rows, checked against what was last published: removeFromCRL only for a
+    certificate last listed on hold (RFC 5280 §5.3.1); a permanent revocation is listed again
+    as it was, whatever the row now says (a store written around the lifecycle)."""
+    published: list[bytes] | None = None
+    out: list[builder.Row] = []
+    for row in rows:
+        serial, status = row[0], row[4]
+        if status == "revoked":
+            out.append(row)
+            continue
+        if published is None:
+            published = source.published_bases(session, ca.id, shard)
+        previous = source.previous_entry(published, serial)
+        if previous is not None and previous.permanent:
+            _refuse(session, auth, ca.slug, serial, "delta", status)
+            out.append(previous.row())
+        elif status == "hold" or previous is not None:
+            out.append(row)
+        # else released before any CRL listed the hold: nothing to remove
+    return out
+
+
+def _refuse(session: Session, auth: AuthorityView, slug: str, serial: str, kind: str,
+            claimed: str = "not revoked") -> None:
+    log.critical("certificate %s of %s was published as revoked but the store now says %s: "
+                 "the %s CRL keeps the revocation", serial, slug, claimed, kind)
+    audit.append(session, "crl.status_refused", serial,
+                 {"ca": slug, "crl": kind, "claimed": claimed}, clock=auth.clock)
 
 
 def _plan_for(plans: dict[int | None, _Plan], shard: int | None, slug: str) -> _Plan:

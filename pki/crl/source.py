@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import String, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
+from pki import der
+from pki.crl import der as crl_der
 from pki.store.models import Certificate, CertificateAuthority, Crl, StatusEvent
 
 if TYPE_CHECKING:   # the builder (and its linter) stay out of processes that only serve
@@ -179,3 +181,151 @@ def recent_changes(session: Session, ca_id: int, since: dt.datetime) -> list[Cha
         select(StatusEvent.id, StatusEvent.at)
         .where(StatusEvent.ca_id == ca_id, StatusEvent.at >= since,
                StatusEvent.event.in_(CHANGE_EVENTS)))]
+
+
+# --- what was already published: the floor a store row cannot lower ---------------------------
+# On SQLite every role writes the same file: a public role could set a revoked row back to
+# active. A permanent revocation (any reason but certificateHold) that a signed CRL already lists
+# is therefore kept from the CRL itself, whatever the row now says (RFC 5280 §5.3.1: only a hold
+# may be removed, and only with removeFromCRL in a delta).
+HOLD_CODE = 6
+REMOVE_CODE = 8
+_REASON_OID_TLV = b"\x06\x03\x55\x1d\x15"
+_REASON_NAMES = {code: name for name, code in crl_der.REASON_CODES.items()}
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One entry of a published CRL."""
+
+    serial: str                 # canonical hex, as ``certificate.serial``
+    revoked_at: dt.datetime
+    code: int                   # CRLReason (0 when the entry has no reason)
+
+    @property
+    def permanent(self) -> bool:
+        return self.code not in (HOLD_CODE, REMOVE_CODE)
+
+    def row(self) -> Row:
+        return (self.serial, self.revoked_at, _REASON_NAMES.get(self.code, "unspecified"), None,
+                "revoked")
+
+
+def _hex(content: bytes) -> str:
+    text = f"{int.from_bytes(content, 'big', signed=True):X}"
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def _time(tag: int, text: bytes) -> dt.datetime:
+    s = text.decode()
+    fmt = "%y%m%d%H%M%SZ" if tag == 0x17 else "%Y%m%d%H%M%SZ"
+    return dt.datetime.strptime(s, fmt).replace(tzinfo=dt.UTC)
+
+
+def _entry(buf: bytes, start: int, end: int) -> Listed:
+    s_start, s_end = der.expect(buf, start, end, 0x02, "CRL entry serial")
+    tag, t_start, t_end = der.read_tlv(buf, s_end, end)
+    code = 0
+    at = buf.find(_REASON_OID_TLV, t_end, end)
+    if at >= 0:     # extnID reasonCode, OCTET STRING { ENUMERATED (one octet) }
+        enum = buf.find(b"\x0a\x01", at + len(_REASON_OID_TLV), end)
+        if enum < 0 or enum + 2 >= end:
+            raise der.DerError("CRL entry: reasonCode without an ENUMERATED value")
+        code = buf[enum + 2]
+    return Listed(_hex(buf[s_start:s_end]), _time(tag, buf[t_start:t_end]), code)
+
+
+def _entries_bounds(buf: bytes) -> tuple[int, int] | None:
+    """Content bounds of revokedCertificates in a CRL's DER, None when it lists nothing."""
+    c_start, c_end = der.expect(buf, 0, len(buf), 0x30, "CertificateList")
+    t_start, t_end = der.expect(buf, c_start, c_end, 0x30, "TBSCertList")
+    fields = iter(der.children(buf, t_start, t_end))
+    for tag, *_ in fields:
+        if tag in (0x17, 0x18):         # thisUpdate; then nextUpdate?, entries?
+            for tag2, _, start, end in fields:
+                if tag2 == 0x30:
+                    return start, end
+            return None
+    return None
+
+
+def listed_entries(buf: bytes) -> Iterator[Listed]:
+    """Every entry of a stored CRL (a walk of its DER: no object per field)."""
+    bounds = _entries_bounds(buf)
+    if bounds is None:
+        return
+    pos, end = bounds
+    while pos < end:
+        _, start, stop = der.read_tlv(buf, pos, end)
+        yield _entry(buf, start, stop)
+        pos = stop
+
+
+def find_entry(buf: bytes, serial: str) -> Listed | None:
+    """The entry of one serial in a stored CRL, found by a byte search (a delta's few candidates
+    against a base of 10^6 entries), each hit checked to be an entry of revokedCertificates."""
+    bounds = _entries_bounds(buf)
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    content = int(serial, 16).to_bytes(int(serial, 16).bit_length() // 8 + 1, "big", signed=True)
+    needle = b"\x02" + bytes((len(content),)) + content
+    pos = buf.find(needle, lo, hi)
+    while pos >= 0:
+        if pos >= lo + 2 and buf[pos - 2] == 0x30:
+            try:
+                _, start, stop = der.read_tlv(buf, pos - 2, hi)
+                if start == pos:
+                    found = _entry(buf, start, stop)
+                    if found.serial == serial:
+                        return found
+            except der.DerError:
+                pass
+        pos = buf.find(needle, pos + 1, hi)
+    return None
+
+
+def published_bases(session: Session, ca_id: int, shard: int | None) -> list[bytes]:
+    """The newest full CRL of a scope and the newest delta on it, newest first: together what
+    relying parties were last told (a delta lists every change since its base)."""
+    base = latest(session, ca_id, "full", shard)
+    if base is None:
+        return []
+    delta = latest(session, ca_id, "delta", shard)
+    out = [der_of(session, ca_id, base.number)]
+    if delta is not None and delta.base_number == base.number:
+        out.insert(0, der_of(session, ca_id, delta.number))
+    return out
+
+
+def previous_entry(published: list[bytes], serial: str) -> Listed | None:
+    for buf in published:
+        found = find_entry(buf, serial)
+        if found is not None:
+            return found
+    return None
+
+
+def undone_revocations(session: Session, ca_id: int, shard: int | None) -> dict[str, Listed]:
+    """Permanent revocations of the previous publication whose row no longer says so: the floor
+    entries a full CRL must keep (empty unless the store was written around the lifecycle)."""
+    out: dict[str, Listed] = {}
+    published = published_bases(session, ca_id, shard)
+    chunk: dict[str, Listed] = {}
+
+    def check() -> None:
+        rows = session.execute(select(_cert.serial, _cert.status, _cert.reason).where(
+            _cert.ca_id == ca_id, _cert.serial.in_(list(chunk)))).all()
+        kept = {r.serial for r in rows if r.status == "revoked" and r.reason != "certificateHold"}
+        out.update({s: e for s, e in chunk.items() if s not in kept})
+        chunk.clear()
+
+    for buf in reversed(published):        # the base, then the delta's newer entries
+        for entry in listed_entries(buf):
+            if entry.permanent:
+                chunk[entry.serial] = entry
+                if len(chunk) >= _IN_CHUNK:
+                    check()
+    if chunk:
+        check()
+    return out
