@@ -62,8 +62,12 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
 
         metrics_token = read_metrics_token(options.metrics_token_file)   # before it is hidden
     from pki.roles.confine import confine_or_warn
+    from pki.roles.privileges import harden_or_warn
 
-    confine_or_warn(role, config)      # the other roles' secrets out of this process's reach
+    # The other roles' secrets out of this process's reach, and no privilege left to undo it.
+    confined = confine_or_warn(role, config).applied
+    ports = () if role == "signer" else (options.port, options.mtls_port, options.metrics_port)
+    harden_or_warn(role, config, confined=confined, ports=ports)
     if role == "signer":
         from pki.roles.signer import run_signer
 
