@@ -26,7 +26,8 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,17 @@ def _serve(factory: Callable[[], WsgiApp], options: dict[str, Any]) -> None:
 
 def _config(home: Path, db_url: str | None, redis_url: str | None) -> LoginConfig:
     overrides: dict[str, Any] = {"redis_url": redis_url} if redis_url else {}
-    return LoginConfig.from_home(home, db_url=db_url, **overrides)
+    config = LoginConfig.from_home(home, db_url=db_url, **overrides)
+    return replace(config, trusted_proxies=trusted_proxies(config.trusted_proxies))
+
+
+def trusted_proxies(configured: Sequence[str]) -> tuple[str, ...]:
+    """login.json's ``trusted_proxies`` plus the supervisor's front (``cps-admin serve``
+    without a role sets ``CPS_TRUSTED_FRONT`` for its broker and patient children): without
+    it every client behind the front shares the front's address (one sign-in bucket)."""
+    front = os.environ.get("CPS_TRUSTED_FRONT", "")     # pki.roles.supervisor.TRUSTED_FRONT_ENV
+    extra = [part.strip() for part in front.split(",") if part.strip()]
+    return (*configured, *(e for e in extra if e not in configured))
 
 
 def refuse_key_holders(config: LoginConfig, role: str) -> None:

@@ -56,6 +56,7 @@ def create_broker_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     ``build_broker_services`` (``fetcher=``, ``challenges=``, ``token_hsm=``)."""
     from cps_login.services import build_broker_services
     from cps_login.web import broker, records
+    from cps_login.web.proxy import TrustedProxies
 
     if services is None:
         services = build_broker_services(config, clock=clock, **service_options)
@@ -63,6 +64,9 @@ def create_broker_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     app.extensions[EXTENSION] = services
     app.register_blueprint(broker.bp)
     app.register_blueprint(records.bp)
+    # The client's address (sign-in throttling, challenge bounds) behind the configured proxies
+    # (the supervisor's front among them), as in the patient app.
+    app.wsgi_app = TrustedProxies(app.wsgi_app, config.trusted_proxies)  # type: ignore[method-assign]
     return app
 
 

@@ -15,6 +15,7 @@ once (its port refuses), one that answers garbage 502, one that hangs 504 — ne
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -85,11 +86,18 @@ class BackendError(Exception):
 
 
 class Front:
-    """Routes requests to ``backends`` (role -> loopback port); answers ``/health`` itself."""
+    """Routes requests to ``backends`` (role -> loopback port); answers ``/health`` itself.
+
+    Forwarding fields: the roles trust the front (the supervisor tells them), so what it sets
+    is what they believe. ``X-Forwarded-For`` is the front's peer; ``X-Forwarded-Proto`` the
+    front's own scheme (http). Only from a peer in ``trusted_proxies`` (login.json's, a proxy
+    before the front) are that peer's ``X-Forwarded-For`` (the peer appended) and
+    ``X-Forwarded-Proto`` passed on; anyone else's are dropped, being the client's own words."""
 
     def __init__(self, backends: Mapping[str, int], waiting: Callable[[], Sequence[str]],
-                 limits: FrontLimits | None = None) -> None:
+                 limits: FrontLimits | None = None, trusted_proxies: Sequence[str] = ()) -> None:
         self.backends = backends
+        self.trusted = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.waiting = waiting              # roles not ready yet: /health is ok when empty
         self.limits = limits or FrontLimits()
         self.connections = 0
@@ -179,9 +187,13 @@ class Front:
             return keep
         role = route(head.path)
         listed = head.headers.get("connection", "").encode("latin-1").lower()
-        upstream = _upstream_head(raw, head.method, head.target, remote, listed,
+        chain, proto = remote, "http"
+        if self._trusted(remote):
+            chain, proto = _forwarded(head.headers, remote)
+        upstream = _upstream_head(raw, head.method, head.target, chain, listed,
                                   host=head.headers.get("host"),
-                                  length=len(body) if head.chunked else None) + body
+                                  length=len(body) if head.chunked else None,
+                                  proto=proto) + body
         try:
             return await self._forward(role, upstream, writer, head.method,
                                        head.version == "HTTP/1.0", keep)
@@ -193,6 +205,17 @@ class Front:
                                  retry=exc.status == 503, head_only=head.method == "HEAD"))
             await writer.drain()
             return keep
+
+    def _trusted(self, remote: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted)
 
     async def _read_head(self, reader: asyncio.StreamReader) -> bytes:
         """The next request head, blank lines before it skipped (RFC 9112 §2.2)."""
@@ -290,12 +313,22 @@ class Front:
         return keep
 
 
+def _forwarded(headers: Mapping[str, str], remote: str) -> tuple[str, str]:
+    """(X-Forwarded-For, X-Forwarded-Proto) to pass on for a trusted proxy ``remote``: its
+    chain with itself appended, and the scheme it reports (http when none or unreadable)."""
+    chain = headers.get("x-forwarded-for", "").strip()
+    proto = headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+    return (f"{chain}, {remote}" if chain else remote,
+            proto if proto in ("http", "https") else "http")
+
+
 def _upstream_head(raw: bytes, method: str, target: str, remote: str,
                    connection: bytes = b"", *, host: str | None = None,
-                   length: int | None = None) -> bytes:
+                   length: int | None = None, proto: str = "http") -> bytes:
     """The request head for a role: the client's fields minus hop-by-hop ones (fixed, and those
-    its Connection field names), plus the forwarding fields. ``host``: the parsed Host (an
-    absolute-form target's authority replaces the field); ``length``: a de-chunked body's."""
+    its Connection field names), plus the forwarding fields (``remote``: X-Forwarded-For,
+    ``proto``: X-Forwarded-Proto). ``host``: the parsed Host (an absolute-form target's
+    authority replaces the field); ``length``: a de-chunked body's."""
     drop = _DROP_REQUEST | {name.strip() for name in connection.split(b",")}
     lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
     for line in raw[:-4].split(b"\r\n")[1:]:
@@ -310,7 +343,7 @@ def _upstream_head(raw: bytes, method: str, target: str, remote: str,
     if length is not None:
         lines.append(b"Content-Length: %d" % length)
     lines += [b"X-Forwarded-For: " + remote.encode("ascii", "replace"),
-              b"X-Forwarded-Proto: http", b"Connection: close"]
+              b"X-Forwarded-Proto: " + proto.encode("ascii"), b"Connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 

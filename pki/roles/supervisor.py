@@ -7,6 +7,11 @@ dies is restarted with a backoff; one that keeps failing before it ever became r
 whole server with an error. SIGINT/SIGTERM stop everything: SIGTERM to each child, SIGKILL to
 its process group after a timeout, so no child or grandchild (gunicorn workers) is left.
 
+The broker and patient children are told (``TRUSTED_FRONT_ENV``) to trust the front's address
+(127.0.0.1) as a proxy, so that each client keeps its own address there (sign-in throttling,
+challenge bounds) instead of all sharing the front's; the front passes a client's
+``X-Forwarded-*`` on only from login.json's ``trusted_proxies``.
+
 The supervisor itself opens no token, reads no PIN and imports nothing of PKCS#11; children run
 in their own sessions (Ctrl-C reaches only the supervisor, which stops them in order) and ask
 the kernel for SIGKILL should the supervisor die (``pki.cli.serve.die_with_supervisor``).
@@ -15,6 +20,7 @@ the kernel for SIGKILL should the supervisor die (``pki.cli.serve.die_with_super
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -38,6 +44,9 @@ BASE_BACKOFF = 0.5          # first restart delay, doubled per consecutive failu
 MAX_BACKOFF = 10.0
 STABLE_AFTER = 30.0          # a child up this long has its backoff reset
 MAX_START_FAILURES = 5       # consecutive deaths before ever being ready: give up
+# Read by cps_login.roles: proxies the broker/patient child trusts besides login.json's.
+TRUSTED_FRONT_ENV = "CPS_TRUSTED_FRONT"
+FRONT_ADDRESS = "127.0.0.1"  # the front reaches every child from here
 
 
 class SupervisorFailed(PkiError):
@@ -104,7 +113,8 @@ def plan(home: Path, db_url: str | None, options: RoleOptions, *, web: bool) -> 
 
 
 class Supervisor:
-    def __init__(self, children: list[Child], options: RoleOptions) -> None:
+    def __init__(self, children: list[Child], options: RoleOptions,
+                 trusted_proxies: tuple[str, ...] = ()) -> None:
         self.children = children
         self.options = options
         self.stopping = False
@@ -115,7 +125,8 @@ class Supervisor:
             if child.port is not None:
                 self.backends[child.role] = child.port
         self.front = Front(self.backends,
-                           waiting=lambda: [c.role for c in self.children if not c.ready])
+                           waiting=lambda: [c.role for c in self.children if not c.ready],
+                           trusted_proxies=trusted_proxies)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,6 +156,8 @@ class Supervisor:
 
     async def spawn(self, child: Child) -> None:
         env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        if child.role in ("broker", "patient"):
+            env[TRUSTED_FRONT_ENV] = FRONT_ADDRESS
         address = ["--host", "127.0.0.1", "--port", str(child.port)] if child.port else []
         child.proc = await asyncio.create_subprocess_exec(
             *child.argv, *address, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -270,8 +283,21 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def login_trusted_proxies(home: Path) -> tuple[str, ...]:
+    """``trusted_proxies`` of HOME/login.json (proxies before the front), read as plain JSON:
+    the supervisor imports nothing of cps_login. A bad value is the front's error at start."""
+    path = home / "login.json"
+    try:
+        raw = json.loads(path.read_text("utf-8")) if path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise SupervisorFailed(f"{path}: cannot read ({exc})") from None
+    values = raw.get("trusted_proxies", ()) if isinstance(raw, dict) else ()
+    return tuple(str(v) for v in values)
+
+
 def run_supervisor(home: Path, db_url: str | None, options: RoleOptions, *, web: bool) -> None:
     """Run every role behind ``options.host``:``options.port`` until SIGINT/SIGTERM."""
     logging.getLogger("cps.front").setLevel(logging.WARNING)
     children = plan(home.resolve(), db_url, options, web=web)
-    asyncio.run(Supervisor(children, options).run())
+    trusted = login_trusted_proxies(home) if web else ()
+    asyncio.run(Supervisor(children, options, trusted).run())

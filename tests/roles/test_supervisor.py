@@ -84,17 +84,18 @@ else:
 '''
 
 RUNNER = r'''
-import sys
+import os, sys
 from pathlib import Path
 from pki.cli.serve import RoleOptions
 from pki.roles import supervisor as sup
 sup.STOP_TIMEOUT = 2.0
 sup.BASE_BACKOFF = 0.1
 standin, tmp, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+trusted = tuple(n for n in os.environ.get("STANDIN_TRUSTED", "").split(",") if n)
 children = []
 for role in ("signer", "status", "broker", "patient"):
     child = sup.Child(role, [], f"stand-in {role}")
-    child.argv = [sys.executable, standin, role]
+    child.argv = [sys.executable, os.environ.get("STANDIN_" + role.upper(), standin), role]
     if role == "signer":
         child.socket_path = tmp / "signer.sock"
         child.argv.append(str(child.socket_path))
@@ -103,10 +104,50 @@ for role in ("signer", "status", "broker", "patient"):
     children.append(child)
 try:
     import asyncio
-    asyncio.run(sup.Supervisor(children, RoleOptions(port=port)).run())
+    asyncio.run(sup.Supervisor(children, RoleOptions(port=port), trusted).run())
 except sup.SupervisorFailed as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(1)
+'''
+
+# A patient stand-in with the real pieces that name a client: the trusted list as run_patient
+# builds it (login.json's, here STANDIN_TRUSTED, plus the supervisor's front), TrustedProxies,
+# and the sign-in throttle keyed by the address they give. Answers "client scheme".
+PATIENT = r'''
+import os, sys
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from cps_login.errors import RateLimited
+from cps_login.ratelimit import MemoryFailureCounts, SigninThrottle, ThrottlePolicy
+from cps_login.roles import trusted_proxies
+from cps_login.web.proxy import TrustedProxies
+from pki.cli.serve import die_with_supervisor
+from pki.clock import SYSTEM_CLOCK
+die_with_supervisor()
+port = int(sys.argv[sys.argv.index("--port") + 1])
+configured = [n for n in os.environ.get("STANDIN_TRUSTED", "").split(",") if n]
+throttle = SigninThrottle(MemoryFailureCounts(SYSTEM_CLOCK), SYSTEM_CLOCK, ThrottlePolicy())
+
+def app(environ, start_response):
+    status = "200 OK"
+    if environ["PATH_INFO"] != "/health":      # every sign-in fails: a wrong password
+        client, account = environ["REMOTE_ADDR"], environ.get("QUERY_STRING", "")
+        try:
+            throttle.check(account, client)
+            throttle.failed(account, client)
+            status = "401 Unauthorized"
+        except RateLimited:
+            status = "429 Too Many Requests"
+    body = ("%s %s" % (environ["REMOTE_ADDR"], environ["wsgi.url_scheme"])).encode()
+    start_response(status, [("Content-Length", str(len(body)))])
+    return [body]
+
+class Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args): pass
+make_server("127.0.0.1", port, TrustedProxies(app, trusted_proxies(configured)),
+            server_class=Server, handler_class=Quiet).serve_forever()
 '''
 
 
@@ -176,6 +217,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
     started: list[Running] = []
     (tmp_path / "standin.py").write_text(STANDIN)
     (tmp_path / "runner.py").write_text(RUNNER)
+    (tmp_path / "patient.py").write_text(PATIENT)
 
     def _start(**env: str) -> Running:
         port = _free_port()
@@ -230,6 +272,38 @@ def test_routes_every_path_to_its_role_and_keeps_the_connection(start: Start) ->
     conn.close()
     status, body, _ = _request(run.port, "GET", "/health")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+def _sign_in(port: int, source: str, account: str,
+             headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """A failing sign-in through the front from the loopback address ``source``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                      source_address=(source, 0))
+    try:
+        conn.request("POST", f"/patient/signin?{account}", body=b"", headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_clients_behind_the_front_keep_their_own_sign_in_bucket(start: Start,
+                                                                 tmp_path: Path) -> None:
+    """Issue 13 #3: the patient child trusts the front, so 30 failures from one client no
+    longer lock every client out (before: all were 127.0.0.1, one bucket)."""
+    run = start(STANDIN_PATIENT=str(tmp_path / "patient.py"), STANDIN_TRUSTED="127.0.0.9")
+    _wait_ready(run)
+    for i in range(30):                       # client_max_failures, on as many accounts
+        assert _sign_in(run.port, "127.0.0.2", f"a{i}") == (401, "127.0.0.2 http")
+    assert _sign_in(run.port, "127.0.0.2", "a99")[0] == 429
+    # Another client: its own bucket. Its own X-Forwarded-* are not believed (it is no proxy).
+    assert _sign_in(run.port, "127.0.0.3", "a99",
+                    {"X-Forwarded-For": "127.0.0.2", "X-Forwarded-Proto": "https"}) == \
+        (401, "127.0.0.3 http")
+    # A proxy before the front (login.json's trusted_proxies): its client and scheme pass.
+    assert _sign_in(run.port, "127.0.0.9", "a99",
+                    {"X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}) == \
+        (401, "198.51.100.7 https")
 
 
 def test_a_killed_child_is_restarted_and_its_urls_answer_again(start: Start) -> None:
@@ -415,6 +489,34 @@ def test_upstream_head_drops_hop_by_hop_fields_and_sets_forwarding() -> None:
     assert out == (b"GET /api/x HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\n"
                    b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n"
                    b"Connection: close\r\n\r\n")
+
+
+def test_front_passes_forwarding_fields_of_trusted_proxies_only() -> None:
+    from pki.roles.front import _forwarded
+
+    front = Front({}, list, trusted_proxies=("10.1.0.0/16",))
+    assert front._trusted("10.1.2.3") and front._trusted("::ffff:10.1.2.3")
+    assert not front._trusted("10.2.0.1") and not front._trusted("unix")
+    assert not Front({}, list)._trusted("127.0.0.1")
+    assert _forwarded({"x-forwarded-for": "1.2.3.4", "x-forwarded-proto": "https"},
+                      "10.1.2.3") == ("1.2.3.4, 10.1.2.3", "https")
+    assert _forwarded({"x-forwarded-proto": "gopher"}, "10.1.2.3") == ("10.1.2.3", "http")
+
+
+def test_supervisor_tells_web_children_to_trust_the_front(tmp_path: Path) -> None:
+    from pki.roles import supervisor as sup
+
+    assert sup.login_trusted_proxies(tmp_path) == ()
+    (tmp_path / "login.json").write_text(json.dumps({"trusted_proxies": ["10.0.0.0/8"]}))
+    assert sup.login_trusted_proxies(tmp_path) == ("10.0.0.0/8",)
+    from cps_login.roles import trusted_proxies
+
+    os.environ[sup.TRUSTED_FRONT_ENV] = sup.FRONT_ADDRESS
+    try:
+        assert trusted_proxies(("10.0.0.0/8",)) == ("10.0.0.0/8", "127.0.0.1")
+    finally:
+        del os.environ[sup.TRUSTED_FRONT_ENV]
+    assert trusted_proxies(()) == ()
 
 
 def test_route_table() -> None:
