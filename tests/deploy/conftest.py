@@ -9,6 +9,7 @@ brokers use to check revocation) goes through the front to the status replicas.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
 import socket
@@ -184,6 +185,9 @@ def deployment(deploy_db: str, tmp_path_factory: pytest.TempPathFactory
         stack.callback(kids.close)
         dep = Deployment(home, deploy_db, redis_url, front_port, kids, tmp)
         dep.admin("init", "--key-type", "p256", "--base-url", dep.front, timeout=300)
+        # The brokers see HAProxy's address on every request; trusting it for
+        # X-Forwarded-For gives their per-client limits the real client (docs/deployment.md).
+        (home / "login.json").write_text(json.dumps({"trusted_proxies": [HOST]}))
         dep.start_role("signer", 0, "signer")
         for n in (1, 2):
             dep.start_role("status", free_port(), f"status{n}")

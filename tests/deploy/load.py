@@ -51,13 +51,18 @@ def _one(conn: http.client.HTTPConnection, call: Call) -> str | None:
 
 
 def run_load(host: str, port: int, calls: list[Call], *, threads: int, per_thread: int,
-             pause: float, result: LoadResult) -> None:
+             pause: float, result: LoadResult, sources: list[str] | None = None) -> None:
     """``threads`` keep-alive clients, each sending ``per_thread`` calls (cycling ``calls``)
-    with ``pause`` seconds between them. A failed request is counted, never retried: what the
-    front does not absorb, the client sees."""
+    with ``pause`` seconds between them, thread n from source address ``sources[n]`` when
+    given (distinct clients, as the broker's per-client limits see them). A failed request is
+    counted, never retried: what the front does not absorb, the client sees."""
 
-    def worker(offset: int) -> None:
-        conn = http.client.HTTPConnection(host, port, timeout=15)
+    def worker(offset: int, source: str | None) -> None:
+        def connect() -> http.client.HTTPConnection:
+            return http.client.HTTPConnection(host, port, timeout=15, source_address=(
+                (source, 0) if source else None))
+
+        conn = connect()
         for i in range(per_thread):
             call = calls[(offset + i) % len(calls)]
             try:
@@ -65,13 +70,14 @@ def run_load(host: str, port: int, calls: list[Call], *, threads: int, per_threa
             except (OSError, http.client.HTTPException) as exc:
                 error = f"{call.method} {call.path[:40]}: {type(exc).__name__}: {exc}"
                 conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=15)
+                conn = connect()
             result.add(error)
             time.sleep(pause)
         conn.close()
 
     started = time.monotonic()
-    pool = [threading.Thread(target=worker, args=(n * 7,), name=f"load-{n}")
+    pool = [threading.Thread(target=worker, name=f"load-{n}",
+                             args=(n * 7, sources[n] if sources else None))
             for n in range(threads)]
     for t in pool:
         t.start()

@@ -237,11 +237,14 @@ def test_kill_9_of_a_status_and_a_broker_replica_loses_no_request(
         deployment: Deployment, holders: dict[str, Holder]) -> None:
     calls = load_calls(holders)
     result = LoadResult()
-    threads, per_thread = 4, 300
+    threads, per_thread = 6, 200
     total = threads * per_thread
+    # Six clients with their own addresses (one third of their requests are challenges: ~67
+    # live each, under the broker's per-client limit of 100).
+    sources = [f"127.0.0.{11 + n}" for n in range(threads)]
     load = threading.Thread(target=run_load, args=(HOST, deployment.front_port, calls),
                             kwargs={"threads": threads, "per_thread": per_thread,
-                                    "pause": 0.02, "result": result})
+                                    "pause": 0.03, "result": result, "sources": sources})
     load.start()
     while result.sent < total // 3 and load.is_alive():
         time.sleep(0.01)
