@@ -76,6 +76,7 @@ class AdminGroup(click.Group):
         "pro": ("pki.cli.directory", None), "structure": ("pki.cli.directory", None),
         "cert": ("pki.cli.certs", None), "bench-populate": ("pki.cli.bench", None),
         "broker": ("pki.cli.broker", "broker"), "root": ("pki.cli.root", "root"),
+        "db": ("pki.cli.db", "db"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
