@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pki.store.grants import ROLES
 from tests.deploy.haproxy import haproxy_config
 from tests.reliability.helpers import CPS_ADMIN, Children, admin, free_port
 
@@ -53,7 +54,8 @@ def deploy_db() -> Iterator[str]:
         pytest.fail("the deployment test needs haproxy (apt-get install haproxy)")
     from sqlalchemy import create_engine, text
 
-    name = f"cps_deploy_{secrets.token_hex(4)}"
+    token = secrets.token_hex(4)
+    name = f"cps_deploy_{token}"
     engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -62,7 +64,15 @@ def deploy_db() -> Iterator[str]:
     finally:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for role in ROLES:   # the per-role users `db grants` made (cluster-wide)
+                conn.execute(text(f'DROP ROLE IF EXISTS "{role_prefix(name)}_{role}"'))
         engine.dispose()
+
+
+def role_prefix(db_url: str) -> str:
+    """The database users' prefix of one deployment (users are cluster-wide; the database
+    name makes them unique to it)."""
+    return "cpsd" + db_url.rsplit("_", 1)[-1]
 
 
 @dataclass
@@ -77,6 +87,12 @@ class Replica:
         return f"http://{HOST}:{self.port}"
 
 
+def _client_net() -> str:
+    """A loopback /24 of this run's own (127.a.b.x): the brokers keep per-client challenge
+    counters in the shared Redis, so clients of an earlier run must not be this run's."""
+    return f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}"
+
+
 @dataclass
 class Deployment:
     home: Path
@@ -87,6 +103,11 @@ class Deployment:
     tmp: Path
     replicas: dict[str, list[Replica]] = field(default_factory=dict)
     haproxy: subprocess.Popen[Any] | None = None
+    client_net: str = field(default_factory=_client_net)
+
+    def client(self, n: int) -> str:
+        """Source address of client ``n`` (1-254) of this run."""
+        return f"{self.client_net}.{n}"
 
     @property
     def front(self) -> str:
@@ -95,9 +116,15 @@ class Deployment:
     def admin(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return admin(self.home, "--db", self.db_url, *args, timeout=timeout)
 
+    def role_db_url(self, role: str) -> str:
+        """The store as ``role``'s own database user (``cps-admin db grants``)."""
+        user = f"{role_prefix(self.db_url)}_{role}"
+        return self.db_url.replace("//postgres@", f"//{user}@", 1)
+
     def start_role(self, role: str, port: int, name: str) -> Replica:
         log = self.tmp / f"{name}.log"
-        args = [CPS_ADMIN, "--home", str(self.home), "--db", self.db_url, "serve", "--role",
+        args = [CPS_ADMIN, "--home", str(self.home), "--db", self.role_db_url(role), "serve",
+                "--role",
                 role, "--redis", self.redis_url]
         if role != "signer":
             args += ["--port", str(port)]
@@ -188,6 +215,8 @@ def deployment(deploy_db: str, tmp_path_factory: pytest.TempPathFactory
         # The brokers see HAProxy's address on every request; trusting it for
         # X-Forwarded-For gives their per-client limits the real client (docs/deployment.md).
         (home / "login.json").write_text(json.dumps({"trusted_proxies": [HOST]}))
+        # Each role connects as its own user, granted only what it uses (docs/deployment.md).
+        dep.admin("db", "grants", "--role-prefix", role_prefix(deploy_db))
         dep.start_role("signer", 0, "signer")
         for n in (1, 2):
             dep.start_role("status", free_port(), f"status{n}")

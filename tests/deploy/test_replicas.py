@@ -19,9 +19,9 @@ import base64
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
+from http.client import HTTPConnection
 from typing import Any
 
 import pytest
@@ -64,15 +64,19 @@ class Holder:
 
 
 def http(url: str, data: bytes | None = None, content_type: str = "application/json",
-         timeout: float = 10) -> tuple[int, bytes]:
-    headers = {"Content-Type": content_type} if data is not None else {}
-    req = urllib.request.Request(url, data=data, headers=headers,
-                                 method="POST" if data is not None else "GET")
+         timeout: float = 10, source: str | None = None) -> tuple[int, bytes]:
+    """One request, from the address ``source`` when given (a client of this run)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = HTTPConnection(parts.hostname or HOST, parts.port, timeout=timeout,
+                          source_address=(source, 0) if source else None)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        headers = {"Content-Type": content_type} if data is not None else {}
+        conn.request("POST" if data is not None else "GET", parts.path, body=data,
+                     headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def ocsp_status(url: str, request: bytes) -> str:
@@ -134,17 +138,18 @@ def test_challenge_from_one_broker_is_accepted_by_the_other(
         deployment: Deployment, holders: dict[str, Holder]) -> None:
     broker1, broker2 = deployment.replicas["broker"]
     holder = holders["login"]
-    code, body = http(broker1.url + "/login/challenge", b"{}")
+    me = deployment.client(1)
+    code, body = http(broker1.url + "/login/challenge", b"{}", source=me)
     assert code == 200, body
     challenge = json.loads(body)["challenge"]
     # The audience is the broker's issuer URL: the public (HAProxy) address, same on both.
     proof = login_body(holder, challenge, deployment.front)
-    code, body = http(broker2.url + "/login", proof)
+    code, body = http(broker2.url + "/login", proof, source=me)
     assert reason_of(body) not in CHALLENGE_PROBLEMS, body
     assert code == 200, f"login at broker 2 refused: HTTP {code} {body[:300]!r}"
     assert json.loads(body)["access_token"]
     # Used once, used everywhere: broker 1 (which issued it) now refuses it as a replay.
-    code, body = http(broker1.url + "/login", proof)
+    code, body = http(broker1.url + "/login", proof, source=me)
     assert code == 401 and reason_of(body) == CHALLENGE_ERROR, body
     assert last_refusal(deployment)["reason"] == "challenge_replayed"
 
@@ -206,9 +211,11 @@ def test_revocation_reaches_every_status_replica_within_a_second(
             f"{replica.url}: {after_return[replica.port]:.2f} s after the command returned"
     # The brokers check through the front: the revoked card no longer logs in.
     broker = deployment.replicas["broker"][0]
-    code, body = http(broker.url + "/login/challenge", b"{}")
+    me = deployment.client(2)
+    code, body = http(broker.url + "/login/challenge", b"{}", source=me)
     challenge = json.loads(body)["challenge"]
-    code, body = http(broker.url + "/login", login_body(holder, challenge, deployment.front))
+    code, body = http(broker.url + "/login", login_body(holder, challenge, deployment.front),
+                      source=me)
     assert code != 200 and "revoked" in body.decode(errors="replace"), body
 
 
@@ -241,7 +248,7 @@ def test_kill_9_of_a_status_and_a_broker_replica_loses_no_request(
     total = threads * per_thread
     # Six clients with their own addresses (one third of their requests are challenges: ~67
     # live each, under the broker's per-client limit of 100).
-    sources = [f"127.0.0.{11 + n}" for n in range(threads)]
+    sources = [deployment.client(11 + n) for n in range(threads)]
     load = threading.Thread(target=run_load, args=(HOST, deployment.front_port, calls),
                             kwargs={"threads": threads, "per_thread": per_thread,
                                     "pause": 0.03, "result": result, "sources": sources})
@@ -278,3 +285,37 @@ def test_a_replica_started_again_serves_the_current_status(
     assert ocsp_status(again.url, holders["login"].ocsp_request()) == "good"
 
 
+
+
+def test_public_roles_cannot_write_the_status_tables(deployment: Deployment) -> None:
+    """The pen test's attack (issue 13), as each public role's database user: refused by
+    PostgreSQL itself. Every role above already ran as its own user, so these grants are
+    enough for the whole deployment."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import ProgrammingError
+
+    from pki.store.grants import PROTECTED
+
+    attack = [
+        "UPDATE certificate SET status = 'active', reason = NULL, revoked_at = NULL",
+        "INSERT INTO status_event (certificate_id, ca_id, event, at) "
+        "VALUES (1, 1, 'release', now())",
+        "UPDATE ocsp_record SET seq = seq + 1", "DELETE FROM crl", "UPDATE ca SET crl_number = 0",
+    ]
+    for role in ("broker", "patient", "status"):
+        engine = create_engine(deployment.role_db_url(role))
+        try:
+            for statement in attack:
+                with engine.begin() as conn, pytest.raises(ProgrammingError,
+                                                           match="permission denied"):
+                    conn.execute(text(statement))
+            with engine.connect() as conn:
+                writable = set(conn.execute(text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND "
+                    "has_table_privilege(current_user, format('%I.%I', schemaname, tablename), "
+                    "'INSERT, UPDATE, DELETE, TRUNCATE')")).scalars())
+        finally:
+            engine.dispose()
+        assert not writable & set(PROTECTED), f"{role} may write {writable & set(PROTECTED)}"
+        if role == "status":
+            assert writable == set(), f"the status role may write {writable}"
