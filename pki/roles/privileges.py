@@ -32,6 +32,7 @@ separation then comes from each role's own user (docs/deployment.md), and the ro
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import sys
@@ -134,7 +135,11 @@ def _drop_bounding(libc: ctypes.CDLL, keep: tuple[int, ...]) -> None:
     for cap in range(last + 1):
         if cap not in keep and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             err = ctypes.get_errno()
-            if err != 22:          # EINVAL: no such capability on this kernel
+            if err == errno.EPERM:
+                # No CAP_SETPCAP (a unit that bounded root): still safe, as no_new_privs keeps
+                # an execve from getting more than the (emptied) permitted set.
+                return
+            if err != errno.EINVAL:          # EINVAL: no such capability on this kernel
                 raise OSError(err, f"cannot drop capability {cap}: {os.strerror(err)}")
 
 

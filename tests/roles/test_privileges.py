@@ -242,3 +242,32 @@ def test_after_harden_the_role_reads_its_files_and_writes_the_store(tmp_path: Pa
     assert seen["ca.pin"] == ("READABLE" if role == "signer" else hidden)
     assert seen["sqlite"] == "True"
     assert not (copy / "ca" / "x.pem").exists()
+
+
+WITHOUT_SETPCAP = """
+import ctypes, sys
+from pathlib import Path
+from pki.config import Config
+from pki.roles import privileges as p
+libc = ctypes.CDLL(None, use_errno=True)
+def status():
+    lines = open("/proc/self/status").read().splitlines()
+    return dict(line.split(":\\t", 1) for line in lines if ":\\t" in line)
+# Root bounded by its unit: what it has but CAP_SETPCAP (8), so no bounding-set drop.
+held = int(status()["CapPrm"], 16)
+p._capset(libc, tuple(c for c in range(64) if held >> c & 1 and c != 8))
+result = p.harden("status", Config.load(Path(sys.argv[1])), confined=False)
+after = status()
+print(result.applied, int(after["CapEff"], 16), int(after["CapPrm"], 16), after["NoNewPrivs"],
+      int(after["CapBnd"], 16) != 0)
+"""
+
+
+def test_root_without_setpcap_still_ends_with_no_capability(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    init_home(home, key_type="p256")
+    done = subprocess.run([sys.executable, "-c", WITHOUT_SETPCAP, str(home)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    # The bounding set stays (no CAP_SETPCAP to drop it); no_new_privs keeps execve from using it.
+    assert done.stdout.split() == ["True", "0", "0", "1", "True"]
