@@ -191,20 +191,27 @@ def recent_changes(session: Session, ca_id: int, since: dt.datetime) -> list[Cha
 HOLD_CODE = 6
 REMOVE_CODE = 8
 _REASON_OID_TLV = b"\x06\x03\x55\x1d\x15"
+_FLOOR_CHUNK = 5_000       # serials per lookup (well under SQLite's 32,766 variables)
 _REASON_NAMES = {code: name for name, code in crl_der.REASON_CODES.items()}
 
 
 @dataclass(frozen=True)
 class Listed:
-    """One entry of a published CRL."""
+    """One entry of a published CRL (its time parsed only when the entry is used)."""
 
     serial: str                 # canonical hex, as ``certificate.serial``
-    revoked_at: dt.datetime
+    time_tag: int               # 0x17 UTCTime, 0x18 GeneralizedTime
+    time: bytes
     code: int                   # CRLReason (0 when the entry has no reason)
 
     @property
     def permanent(self) -> bool:
         return self.code not in (HOLD_CODE, REMOVE_CODE)
+
+    @property
+    def revoked_at(self) -> dt.datetime:
+        fmt = "%y%m%d%H%M%SZ" if self.time_tag == 0x17 else "%Y%m%d%H%M%SZ"
+        return dt.datetime.strptime(self.time.decode(), fmt).replace(tzinfo=dt.UTC)
 
     def row(self) -> Row:
         return (self.serial, self.revoked_at, _REASON_NAMES.get(self.code, "unspecified"), None,
@@ -214,12 +221,6 @@ class Listed:
 def _hex(content: bytes) -> str:
     text = f"{int.from_bytes(content, 'big', signed=True):X}"
     return text if len(text) % 2 == 0 else "0" + text
-
-
-def _time(tag: int, text: bytes) -> dt.datetime:
-    s = text.decode()
-    fmt = "%y%m%d%H%M%SZ" if tag == 0x17 else "%Y%m%d%H%M%SZ"
-    return dt.datetime.strptime(s, fmt).replace(tzinfo=dt.UTC)
 
 
 def _entry(buf: bytes, start: int, end: int) -> Listed:
@@ -232,7 +233,7 @@ def _entry(buf: bytes, start: int, end: int) -> Listed:
         if enum < 0 or enum + 2 >= end:
             raise der.DerError("CRL entry: reasonCode without an ENUMERATED value")
         code = buf[enum + 2]
-    return Listed(_hex(buf[s_start:s_end]), _time(tag, buf[t_start:t_end]), code)
+    return Listed(_hex(buf[s_start:s_end]), tag, buf[t_start:t_end], code)
 
 
 def _entries_bounds(buf: bytes) -> tuple[int, int] | None:
@@ -247,18 +248,6 @@ def _entries_bounds(buf: bytes) -> tuple[int, int] | None:
                     return start, end
             return None
     return None
-
-
-def listed_entries(buf: bytes) -> Iterator[Listed]:
-    """Every entry of a stored CRL (a walk of its DER: no object per field)."""
-    bounds = _entries_bounds(buf)
-    if bounds is None:
-        return
-    pos, end = bounds
-    while pos < end:
-        _, start, stop = der.read_tlv(buf, pos, end)
-        yield _entry(buf, start, stop)
-        pos = stop
 
 
 def find_entry(buf: bytes, serial: str) -> Listed | None:
@@ -306,26 +295,54 @@ def previous_entry(published: list[bytes], serial: str) -> Listed | None:
     return None
 
 
+def permanent_entries(buf: bytes) -> Iterator[tuple[str, int, int]]:
+    """(serial hex, entry start, entry end) of every permanent entry of a stored CRL: the hot
+    loop of a floor check at 10^6 entries, so it reads the short forms our builder writes
+    (one-byte lengths, a reasonCode without the critical flag) and falls back to ``_entry``."""
+    bounds = _entries_bounds(buf)
+    if bounds is None:
+        return
+    pos, end = bounds
+    reason_oid, reason_value = _REASON_OID_TLV, b"\x04\x03\x0a\x01"
+    while pos < end:
+        if buf[pos + 1] < 0x80 and buf[pos + 3] < 0x80:
+            start, stop = pos + 2, pos + 2 + buf[pos + 1]
+            serial_end = start + 2 + buf[start + 1]
+            at = buf.find(reason_oid, serial_end, stop)
+            if at < 0:
+                code = 0
+            elif buf[at + 5:at + 9] == reason_value:
+                code = buf[at + 9]
+            else:
+                code = _entry(buf, start, stop).code
+            if code != HOLD_CODE and code != REMOVE_CODE:
+                yield _hex(buf[start + 2:serial_end]), start, stop
+        else:
+            _, start, stop = der.read_tlv(buf, pos, end)
+            entry = _entry(buf, start, stop)
+            if entry.permanent:
+                yield entry.serial, start, stop
+        pos = stop
+
+
 def undone_revocations(session: Session, ca_id: int, shard: int | None) -> dict[str, Listed]:
     """Permanent revocations of the previous publication whose row no longer says so: the floor
     entries a full CRL must keep (empty unless the store was written around the lifecycle)."""
     out: dict[str, Listed] = {}
-    published = published_bases(session, ca_id, shard)
-    chunk: dict[str, Listed] = {}
+    chunk: dict[str, tuple[bytes, int, int]] = {}
 
     def check() -> None:
         rows = session.execute(select(_cert.serial, _cert.status, _cert.reason).where(
             _cert.ca_id == ca_id, _cert.serial.in_(list(chunk)))).all()
         kept = {r.serial for r in rows if r.status == "revoked" and r.reason != "certificateHold"}
-        out.update({s: e for s, e in chunk.items() if s not in kept})
+        out.update({s: _entry(*where) for s, where in chunk.items() if s not in kept})
         chunk.clear()
 
-    for buf in reversed(published):        # the base, then the delta's newer entries
-        for entry in listed_entries(buf):
-            if entry.permanent:
-                chunk[entry.serial] = entry
-                if len(chunk) >= _IN_CHUNK:
-                    check()
+    for buf in reversed(published_bases(session, ca_id, shard)):   # the base, then its delta
+        for serial, start, stop in permanent_entries(buf):
+            chunk[serial] = (buf, start, stop)
+            if len(chunk) >= _FLOOR_CHUNK:
+                check()
     if chunk:
         check()
     return out

@@ -155,3 +155,31 @@ def test_legit_hold_release_end_to_end(env: Env) -> None:
         [x509.ReasonFlags.remove_from_crl]
     full = publisher.publish_full(env.auth, env.slug)[0]
     assert all(e.serial_number != int(serial, 16) for e in x509.load_der_x509_crl(full.der))
+
+
+def test_floor_walk_reads_every_entry_shape(env: Env) -> None:
+    """The fast DER walk the floor uses agrees with cryptography's parse: reasons present or
+    absent, invalidity dates, holds left out, a serial needing a leading zero octet."""
+    from pki.crl import builder, source
+    from pki.crl.builder import CrlFields, EntryBuffer
+
+    when = "2026-01-02 03:04:05.000000"
+    rows: list[builder.Row] = [
+        ("7F01", when, None, None, "revoked"), ("80FF", when, "keyCompromise", when, "revoked"),
+        ("0102", when, "certificateHold", None, "hold"), ("55AA", when, "superseded", None,
+                                                          "revoked"),
+        ("3C3C", when, "unspecified", None, "revoked")]
+    entries = EntryBuffer()
+    entries.extend(rows)
+    ca = next(c for c in env.auth.issuing_cas() if c.slug == env.slug)
+    start = dt.datetime(2026, 1, 3, tzinfo=dt.UTC)
+    der = builder.sign(CrlFields(ca.certificate, start, start + dt.timedelta(days=1), 9),
+                       entries, env.auth.signer(env.slug))
+    walked = {serial: source.find_entry(der, serial) for serial, *_ in
+              source.permanent_entries(der)}
+    parsed = {f"{e.serial_number:02X}": _reason(e) for e in x509.load_der_x509_crl(der)
+              if _reason(e) != x509.ReasonFlags.certificate_hold}
+    assert set(walked) == set(parsed) == {"7F01", "80FF", "55AA", "3C3C"}
+    key_compromise = walked["80FF"]
+    assert key_compromise is not None and key_compromise.code == KEY_COMPROMISE
+    assert key_compromise.revoked_at == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
