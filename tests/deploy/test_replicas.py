@@ -35,6 +35,7 @@ from cps_login.proof import login_message
 from pki import ids
 from tests.deploy.conftest import HOST, Deployment, health
 from tests.deploy.load import Call, LoadResult, run_load
+from tests.reliability.helpers import free_port
 
 pytestmark = [pytest.mark.deploy, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -319,3 +320,23 @@ def test_public_roles_cannot_write_the_status_tables(deployment: Deployment) -> 
         assert not writable & set(PROTECTED), f"{role} may write {writable & set(PROTECTED)}"
         if role == "status":
             assert writable == set(), f"the status role may write {writable}"
+
+
+def test_patient_role_runs_as_its_own_user(deployment: Deployment) -> None:
+    """The patient space under ``cps_patient``: ready, and a refused sign-in reads the patient
+    tables and appends to the audit chain (its only writes outside its own tables)."""
+    from sqlalchemy import create_engine, text
+
+    patient = deployment.start_role("patient", free_port(), "patient1")
+    deployment.wait_healthy(patient)
+    code, body = http(patient.url + "/patient/signin", json.dumps(
+        {"ins": "299999999999999", "password": "x" * 12, "totp": "000000"}).encode())
+    assert code in (401, 403), (code, body)
+    engine = create_engine(deployment.db_url)
+    try:
+        with engine.connect() as conn:
+            refused = conn.execute(text("SELECT count(*) FROM audit_log WHERE action = "
+                                        "'patient.signin_refused'")).scalar_one()
+    finally:
+        engine.dispose()
+    assert refused == 1
