@@ -8,6 +8,10 @@ PKCS#11: one class signs everything, and no private key ever exists outside the 
 python-pkcs11 sessions are not safe for concurrent use from several threads (SoftHSM crashes), so
 each ``Hsm`` serialises calls on its session with a lock; throughput scales with processes, each
 of which opens its own session (see ``pki.ca.batch``).
+
+The lock has two levels (issue 13): a thread inside ``background()`` (the signer's live OCSP
+answers to anonymous clients) waits while any other caller (status-change pre-signing, CRLs,
+issuance) waits, so a flood of live requests cannot queue ahead of a revocation's records.
 """
 
 from __future__ import annotations
@@ -52,6 +56,49 @@ _LOGGED_IN: dict[tuple[str, str], bytes] = {}
 # a public role can refuse to start in a process that could reach a CA key (docs/roles.md).
 _OPEN_TOKENS: dict[str, int] = {}
 _OPEN_LOCK = threading.Lock()
+_PRIORITY = threading.local()      # .background: this thread's HSM calls yield to the others
+
+
+@contextmanager
+def background() -> Iterator[None]:
+    """HSM calls made by this thread inside the block go after every other waiting caller."""
+    before = getattr(_PRIORITY, "background", False)
+    _PRIORITY.background = True
+    try:
+        yield
+    finally:
+        _PRIORITY.background = before
+
+
+class PriorityLock:
+    """A lock whose background holders wait for every waiting foreground one (then FIFO-ish:
+    whoever the condition wakes). Not re-entrant, like the lock it replaces."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._waiting = 0           # foreground callers waiting
+
+    @contextmanager
+    def hold(self, background: bool = False) -> Iterator[None]:
+        with self._cond:
+            if background:
+                while self._held or self._waiting:
+                    self._cond.wait()
+            else:
+                self._waiting += 1
+                try:
+                    while self._held:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
 
 
 def open_tokens() -> list[str]:
@@ -139,7 +186,7 @@ class Hsm:
             except pkcs11.PKCS11Error as exc:
                 raise HsmError(f"cannot log in to token {token_label!r}: "
                                f"{type(exc).__name__}") from None
-        self._lock = threading.Lock()
+        self._lock = PriorityLock()
         self._closed = False
         with _OPEN_LOCK:
             _OPEN_TOKENS[token_label] = _OPEN_TOKENS.get(token_label, 0) + 1
@@ -227,7 +274,7 @@ class Hsm:
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
-        with self._lock:
+        with self._lock.hold(getattr(_PRIORITY, "background", False)):
             if self._closed:
                 raise HsmError(f"HSM {what} failed: the session is closed")
             try:
@@ -236,7 +283,7 @@ class Hsm:
                 raise HsmError(f"HSM {what} failed: {type(exc).__name__}") from None
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock.hold():
             if self._closed:
                 return
             self._closed = True

@@ -5,6 +5,10 @@ the signer's own ``OcspService`` (``lookup``, then ``sign_live`` for a LiveJob, 
 bounded by ``MAX_PENDING_LIVE``: beyond it, tryLater), with ``X-OCSP-Kind``,
 ``X-OCSP-This-Update`` and ``X-OCSP-Next-Update`` so the replica can cache and label it.
 Served on the signer's unix socket only (pki.roles.signer).
+
+Live signatures are background HSM work (``pki.hsm.background``): the signer's status-change
+pre-signing and CRLs take the HSM session before any queued live request, so a nonce flood
+cannot delay a revocation (issue 13).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 
+from pki.hsm import background
 from pki.http import Request, Response
 from pki.ocsp import response as resp
 from pki.ocsp.endpoint import REQUEST_TYPE
@@ -53,7 +58,7 @@ class LiveEndpoint:
         service.live_pending += 1
         try:
             loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(self.executor, service.sign_live, job)
+            answer = await loop.run_in_executor(self.executor, _sign_in_background, service, job)
         except Exception:
             answer = Answer(resp.INTERNAL_ERROR, "internalerror")
         finally:
@@ -62,6 +67,11 @@ class LiveEndpoint:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _sign_in_background(service: OcspService, job: LiveJob) -> Answer:
+    with background():
+        return service.sign_live(job)
 
 
 def _reply(answer: Answer) -> Response:
