@@ -9,7 +9,9 @@ answers with: same bytes.
 
 A request that needs a signature now (nonce, SHA-256 CertID, several CertIDs, unknown serial,
 stale record) is forwarded as is to the signer's ``POST /ocsp-live`` on its unix socket; the
-signer unreachable or busy → tryLater, and pre-signed answers keep flowing.
+signer unreachable or busy → tryLater, and pre-signed answers keep flowing. Each client address
+has a small budget of forwarded requests (``LiveBudget``, a token bucket): beyond it tryLater,
+so no one client keeps the signer busy (issue 13); pre-signed answers are not budgeted.
 
 The store unreachable: the records held keep being served until their nextUpdate; the outage is
 logged once (and its end), and polling resumes by itself.
@@ -22,14 +24,17 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from pki.clock import SYSTEM_CLOCK, Clock
 from pki.crl.reader import StoreCas
 from pki.crl.scope import ROOT_ROLE
+from pki.http import Request, Response
 from pki.ocsp import records as rec
 from pki.ocsp import recordstore
 from pki.ocsp import response as resp
+from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.lookup import Answer, LiveJob, RecordIndex
 from pki.store.db import Store
 
@@ -40,6 +45,68 @@ KIND_HEADER = "X-OCSP-Kind"
 THIS_UPDATE_HEADER = "X-OCSP-This-Update"
 NEXT_UPDATE_HEADER = "X-OCSP-Next-Update"
 SCAN_INTERVAL = 300.0          # seconds between scans for the oldest thisUpdate (metrics)
+LIVE_RATE = 5.0                # live requests forwarded per second per client address...
+LIVE_BURST = 20                # ...after a burst of this many
+LIVE_CLIENTS = 65_536          # addresses tracked; beyond, the full buckets are forgotten
+
+
+class LiveBudget:
+    """A token bucket per client address for the requests forwarded to the signer."""
+
+    def __init__(self, rate: float = LIVE_RATE, burst: int = LIVE_BURST,
+                 max_clients: int = LIVE_CLIENTS) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}     # address -> (tokens, at)
+        self.refused = 0
+
+    def take(self, client: str, now: float | None = None) -> bool:
+        """One forwarded request for ``client`` now, or False (answer tryLater)."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[client] = (tokens, now)
+            self.refused += 1
+            return False
+        if client not in self._buckets and len(self._buckets) >= self.max_clients:
+            self._forget_full(now)
+        self._buckets[client] = (tokens - 1.0, now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled (they hold nothing); if none, the oldest half."""
+        full = [c for c, (t, at) in self._buckets.items()
+                if t + (now - at) * self.rate >= self.burst]
+        for client in full or list(self._buckets)[: len(self._buckets) // 2]:
+            del self._buckets[client]
+
+
+def client_address(req: Request, trusted: Collection[str]) -> str:
+    """The client of ``req``: its peer, or from a peer in ``trusted`` (the supervisor's
+    front) the rightmost ``X-Forwarded-For`` hop."""
+    if req.remote in trusted:
+        hop = req.headers.get("x-forwarded-for", "").rsplit(",", 1)[-1].strip()
+        if hop:
+            return hop
+    return req.remote
+
+
+class ForwardingEndpoint(OcspEndpoint):
+    """``/ocsp`` of a status replica: a live request over its client's budget is tryLater."""
+
+    def __init__(self, service: RecordIndex, *, budget: LiveBudget | None = None,
+                 trusted: Collection[str] = (), **options: object) -> None:
+        super().__init__(service, **options)  # type: ignore[arg-type]
+        self.budget = budget or LiveBudget()
+        self.trusted = frozenset(trusted)
+
+    async def _live(self, job: LiveJob, der: bytes, req: Request, started: float,
+                    key: bytes | str | None) -> Response:
+        if not self.budget.take(client_address(req, self.trusted)):
+            return self._finish(Answer(resp.TRY_LATER, "trylater"), started, req)
+        return await super()._live(job, der, req, started, key)
 
 
 class Outage:

@@ -29,8 +29,7 @@ from pki.config import Config
 from pki.crl.reader import StoreCas, StoreCrls
 from pki.errors import InvalidInput
 from pki.http.server import serve
-from pki.ocsp.endpoint import OcspEndpoint
-from pki.ocsp.mirror import OcspMirror, Outage, SignerClient
+from pki.ocsp.mirror import ForwardingEndpoint, OcspMirror, Outage, SignerClient
 from pki.roles import signer_socket as default_signer_socket
 from pki.store.db import Store
 
@@ -91,7 +90,10 @@ def run_status(home: Path, db_url: str | None, *, host: str, port: int, redis_ur
     crls = StoreCrls(cas)
     socket_path = signer_socket or default_signer_socket(home)
     mirror = OcspMirror(store, cas, signer=SignerClient(socket_path))
-    endpoint = OcspEndpoint(mirror, executor=ThreadPoolExecutor(
+    # Each client address has a budget of live requests forwarded to the signer; behind the
+    # supervisor's front (TRUSTED_FRONT_ENV), the client is the front's X-Forwarded-For.
+    front = [a.strip() for a in os.environ.get("CPS_TRUSTED_FRONT", "").split(",") if a.strip()]
+    endpoint = ForwardingEndpoint(mirror, trusted=front, executor=ThreadPoolExecutor(
         max_workers=FORWARD_THREADS, thread_name_prefix="ocsp-forward"))
     stop = threading.Event()
     poller = crl_poller(crls, stop)

@@ -156,7 +156,7 @@ class Supervisor:
 
     async def spawn(self, child: Child) -> None:
         env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
-        if child.role in ("broker", "patient"):
+        if child.role in ("status", "broker", "patient"):
             env[TRUSTED_FRONT_ENV] = FRONT_ADDRESS
         address = ["--host", "127.0.0.1", "--port", str(child.port)] if child.port else []
         child.proc = await asyncio.create_subprocess_exec(
