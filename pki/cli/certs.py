@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,6 @@ from pki.cli.context import (
     json_flag,
     pass_admin,
 )
-from pki.config import write_private
 from pki.errors import BadCsr, InvalidInput, NotFound
 from pki.store.models import Certificate, CertificateAuthority, Professional, Structure
 
@@ -102,11 +104,48 @@ def _csr_public_key(path: Path) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     return key
 
 
-def _write_cert(out: Path | None, issued: IssuedCertificate) -> None:
-    if out is not None:
-        write_private(out, issued.pem.decode("ascii"), mode=0o644)
-    click.echo(f"issued {issued.profile} certificate serial {issued.serial} "
-               f"by {issued.ca_slug}" + (f" -> {out}" if out else ""))
+@contextlib.contextmanager
+def _reserved_out(out: Path | None) -> Iterator[Callable[[IssuedCertificate], None]]:
+    """Make sure ``out`` can be written BEFORE anything is signed or stored.
+
+    A temporary file is created beside ``out`` first (the directory exists, is writable and
+    has room for a file); the certificate is written into it and renamed over ``out`` once
+    issued. A command that cannot write its output so fails before the CA signs anything.
+    """
+    if out is None:
+        def echo_only(issued: IssuedCertificate) -> None:
+            click.echo(f"issued {issued.profile} certificate serial {issued.serial} "
+                       f"by {issued.ca_slug}")
+
+        yield echo_only
+        return
+    if out.is_dir():
+        raise InvalidInput(f"--out {out} is a directory; give a file name")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp",
+                                        dir=out.parent if str(out.parent) else ".")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write --out {out}: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
+
+    def write(issued: IssuedCertificate) -> None:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(issued.pem.decode("ascii"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+        click.echo(f"issued {issued.profile} certificate serial {issued.serial} "
+                   f"by {issued.ca_slug} -> {out}")
+
+    try:
+        yield write
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @cert.command("issue")
@@ -133,9 +172,10 @@ def cert_issue(obj: AdminContext, csr_file: Path, rpps: str | None, structure_id
     elif rpps is None or structure_id is not None:
         raise click.UsageError(f"--usage {usage} needs --rpps (and no --structure)")
     data = csr_file.read_bytes()
-    issued = obj.authority().issue_from_csr(data, usage, rpps=rpps, structure_id=structure_id,
-                                            key_storage=key_storage)  # type: ignore[arg-type]
-    _write_cert(out, issued)
+    with _reserved_out(out) as write:
+        write(obj.authority().issue_from_csr(
+            data, usage, rpps=rpps, structure_id=structure_id,
+            key_storage=key_storage))  # type: ignore[arg-type]
 
 
 @cert.command("list")
@@ -248,8 +288,8 @@ def cert_renew(obj: AdminContext, serial: str, csr_file: Path | None, revoke_old
                out: Path | None) -> None:
     """Issue a successor certificate for the same holder and usage."""
     key = _csr_public_key(csr_file) if csr_file is not None else None
-    issued = lifecycle.renew(obj.authority(), serial, public_key=key, revoke_old=revoke_old)
-    _write_cert(out, issued)
+    with _reserved_out(out) as write:
+        write(lifecycle.renew(obj.authority(), serial, public_key=key, revoke_old=revoke_old))
 
 
 def register(main: click.Group) -> None:
