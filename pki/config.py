@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,15 @@ class Config:
         return None if self.hsm.softhsm_conf is None else self.home / self.hsm.softhsm_conf
 
     def read_secret(self, relative: str) -> str:
+        """A PIN file's content; refused when others than its owner may read it."""
         path = self.home / relative
         try:
-            return path.read_text("utf-8").strip()
+            with path.open("r", encoding="utf-8") as fh:
+                mode = os.fstat(fh.fileno()).st_mode
+                if stat.S_ISREG(mode) and mode & 0o077:
+                    raise ConfigError(f"secret file {path} is readable by others (mode "
+                                      f"{stat.S_IMODE(mode):o}); chmod 600 it")
+                return fh.read().strip()
         except FileNotFoundError:
             raise ConfigError(f"secret file {path} is missing") from None
 

@@ -78,3 +78,27 @@ def test_a_failed_init_leaves_nothing(tmp_path: Path) -> None:
             init_home(home, key_type="p256", base_url="http://x")
     assert not (tmp_path / "new" / "cps").exists()
     assert list(existing.iterdir()) == []
+
+
+def test_a_pin_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    """Issue 13 #7: a secret others may read is refused, by officer commands and roles alike."""
+    import subprocess
+    import sys
+
+    from pki.config import Config
+    from pki.errors import ConfigError
+
+    home = tmp_path / "home"
+    init_home(home, key_type="p256")
+    pin = home / "secrets" / "ca.pin"
+    os.chmod(pin, 0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        Config.load(home).read_secret("secrets/ca.pin")
+    admin = str(Path(sys.executable).parent / "cps-admin")
+    done = subprocess.run([admin, "--home", str(home), "crl", "publish"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode != 0
+    assert done.stderr.startswith("error: ") and "readable by others" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    os.chmod(pin, 0o600)
+    assert Config.load(home).read_secret("secrets/ca.pin")
