@@ -1,6 +1,8 @@
 """A signer and a status replica as two real processes on one home (SoftHSM, SQLite or
 PostgreSQL), for tests/roles: started with ``.venv/bin/python -c "from pki.roles... import"``,
-stopped with SIGTERM (or killed), output captured in files under the test's tmp dir."""
+stopped with SIGTERM (or killed), output captured in files under the test's tmp dir.
+Also ``cps-admin serve`` as a user runs it (:func:`serve`), and the /proc walks that look at
+its role processes (tests/roles, tests/serve)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 SIGNER = ("import sys; from pathlib import Path; from pki.roles.signer import run_signer; "
           "run_signer(Path(sys.argv[1]), sys.argv[2] or None, redis_url=None)")
@@ -150,3 +154,64 @@ def ask(port: int, der: bytes) -> ocsp.OCSPResponse:
                                  headers={"Content-Type": "application/ocsp-request"})
     with urllib.request.urlopen(req, timeout=10) as reply:
         return ocsp.load_der_ocsp_response(reply.read())
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (gunicorn workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += [child for child, parent in parents.items() if parent == current]
+    return found
+
+
+def serve_pids(log: Path) -> dict[str, int]:
+    """The latest pid of each role (and the supervisor's), from ``serve``'s start-up lines."""
+    out = {}
+    for line in log.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[1] == "pid" and not line.startswith("["):
+            out[parts[0]] = int(parts[2].rstrip(":"))
+    return out
+
+
+def wait_health(base: str, proc: subprocess.Popen[bytes], log: Path,
+                timeout: float = 120) -> None:
+    """Until ``base``/health answers 200; fails with ``serve``'s output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text()
+        with contextlib.suppress(OSError), \
+                urllib.request.urlopen(base + "/health", timeout=2) as reply:
+            if reply.status == 200:
+                return
+        assert time.monotonic() < deadline, "server never became ready\n" + log.read_text()
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serve(home: Path, log: Path) -> Iterator[dict[str, int]]:
+    """``cps-admin serve`` on a free port, every role started; role -> pid. SIGTERM after."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN / "cps-admin"), "--home", str(home), "serve",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_health(f"http://127.0.0.1:{port}", proc, log)
+        yield serve_pids(log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -10,47 +10,19 @@ checks), so nothing here depends on what this pytest process has imported.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pki.ca.hierarchy import init_home
+from tests.roles.processes import descendants, serve
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 KEY_LIBRARIES = ("softhsm", "pkcs11")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (gunicorn workers), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += [child for child, parent in parents.items() if parent == current]
-    return found
 
 
 def _key_libraries(pid: int) -> set[str]:
@@ -76,41 +48,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     """``cps-admin serve`` running; the pid of each role from its start-up lines."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("iso-log") / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(BIN / "cps-admin"), "--home", str(home), "serve",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        pids = {}
-        for line in log.read_text().splitlines():
-            parts = line.split()
-            if len(parts) > 2 and parts[1] == "pid" and not line.startswith("["):
-                pids[parts[0]] = int(parts[2].rstrip(":"))
+    with serve(home, tmp_path_factory.mktemp("iso-log") / "serve.log") as pids:
         yield pids
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_status_and_patient_processes_map_no_pkcs11_library(served: dict[str, int]) -> None:
     for role in ("status", "patient"):
-        for pid in _descendants(served[role]):
+        for pid in descendants(served[role]):
             assert _key_libraries(pid) == set(), (role, pid)
     # The check sees a token library where there is one: the signer maps libsofthsm2.
     assert any("libsofthsm2" in p for p in _key_libraries(served["signer"]))
@@ -120,7 +64,7 @@ def test_status_and_patient_processes_map_no_pkcs11_library(served: dict[str, in
 
 def test_the_broker_maps_softhsm_for_its_own_token_and_cannot_open_a_ca_token(
         served: dict[str, int], home: Path) -> None:
-    workers = _descendants(served["broker"])[1:]
+    workers = descendants(served["broker"])[1:]
     assert workers and all(any("libsofthsm2" in p for p in _key_libraries(w)) for w in workers)
     # What the broker role holds (its PIN, the shared SoftHSM configuration) opens no CA token.
     script = """

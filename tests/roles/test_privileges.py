@@ -11,17 +11,15 @@ control, which must succeed, so the test can fail) and with it (which must be re
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pki.ca.hierarchy import init_home
+from tests.roles.processes import descendants, serve
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="capabilities and a mount namespace need root (CI is)")
@@ -73,32 +71,6 @@ print("setns", outcome(lambda: check(libc.setns(held, 0x00020000))))
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (gunicorn workers), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += [child for child, parent in parents.items() if parent == current]
-    return found
-
-
 def _status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as fh:
         return dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
@@ -115,41 +87,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     """``cps-admin serve`` (every role, as the supervisor starts them); role -> pid."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("priv-log") / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(BIN / "cps-admin"), "--home", str(home), "serve",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        pids = {}
-        for line in log.read_text().splitlines():
-            parts = line.split()
-            if len(parts) > 2 and parts[1] == "pid" and not line.startswith("["):
-                pids[parts[0]] = int(parts[2].rstrip(":"))
+    with serve(home, tmp_path_factory.mktemp("priv-log") / "serve.log") as pids:
         yield pids
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_every_role_process_and_worker_holds_no_capability(served: dict[str, int]) -> None:
     for role in ("signer", "status", "broker", "patient"):
-        pids = _descendants(served[role])
+        pids = descendants(served[role])
         if role in ("broker", "patient"):
             assert len(pids) > 1, f"{role}: no gunicorn worker found"
         for pid in pids:
