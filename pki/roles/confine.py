@@ -76,7 +76,7 @@ def plan(role: str, config: Config) -> tuple[list[Path], list[Path]]:
     if role in ("status", "patient"):
         dirs.append(home / "tokens")
         conf = config.softhsm_conf_path()
-        if conf is not None:
+        if conf is not None and conf.is_file():   # a role's own home may have none
             files.append(conf)
     return files, [d for d in dirs if d.is_dir()]
 

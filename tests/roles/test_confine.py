@@ -111,3 +111,17 @@ def test_a_running_status_role_has_secrets_covered(home: Path, tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_home_without_softhsm_conf_confines_fine(tmp_path: Path) -> None:
+    """A status replica's own home (docs/deployment.md) may hold no SoftHSM configuration."""
+    from pki.config import Config
+    from pki.roles.confine import plan
+
+    home = tmp_path / "home"
+    init_home(home, key_type="p256")
+    (home / "softhsm2.conf").unlink()
+    files, _ = plan("status", Config.load(home))
+    assert all(p.exists() for p in files)
+    seen = _probe(home, "status")
+    assert seen["applied"] == "True" and seen["ca.pin"] == "absent"
