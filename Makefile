@@ -29,6 +29,8 @@ bench: venv
 	$(PY) bench/issuance.py
 	$(PY) bench/crl.py
 	$(PY) bench/ocsp.py
+	$(PY) bench/status_servers.py
+	$(PY) bench/ready.py --count 2000000 --populate direct
 	$(PY) bench/cards.py
 	$(PY) bench/login.py
 
