@@ -174,6 +174,15 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def serve_pids(log: Path) -> dict[str, int]:
     """The latest pid of each role (and the supervisor's), from ``serve``'s start-up lines."""
     out = {}

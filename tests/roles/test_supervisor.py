@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from pki.roles.front import Front, FrontLimits, route
+from tests.roles.processes import alive, free_port, serve_pids
 
 STANDIN = r'''
 import http.server, os, signal, socketserver, sys, time
@@ -163,21 +164,10 @@ class Running:
 
     def pids(self) -> dict[str, int]:
         """The latest pid of each role, from the supervisor's start-up lines."""
-        out: dict[str, int] = {}
-        for line in self.text().splitlines():
-            parts = line.split()
-            if len(parts) > 2 and parts[1] == "pid" and not line.startswith("["):
-                out[parts[0]] = int(parts[2].rstrip(":"))
-        return out
+        return serve_pids(self.log)
 
 
 Start = Callable[..., Running]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None,
@@ -204,14 +194,6 @@ def _wait_ready(run: Running, timeout: float = 30) -> None:
     raise AssertionError("supervisor never ready:\n" + run.text())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Start]:
     started: list[Running] = []
@@ -220,7 +202,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
     (tmp_path / "patient.py").write_text(PATIENT)
 
     def _start(**env: str) -> Running:
-        port = _free_port()
+        port = free_port()
         log = tmp_path / f"supervisor-{len(started)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -238,7 +220,7 @@ def start(tmp_path: Path) -> Iterator[Start]:
             run.proc.kill()
             run.proc.wait()
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -321,7 +303,7 @@ def test_a_killed_child_is_restarted_and_its_urls_answer_again(start: Start) -> 
     _wait_ready(run)
     status, body, _ = _request(run.port, "GET", "/ocsp/abc")
     assert status == 200 and body.split()[:2] == [b"status", str(new).encode()]
-    assert not _alive(old)
+    assert not alive(old)
 
 
 def test_sigterm_stops_every_child_even_one_that_ignores_it(start: Start) -> None:
@@ -332,7 +314,7 @@ def test_sigterm_stops_every_child_even_one_that_ignores_it(start: Start) -> Non
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(timeout=20) == 0, run.text()
     assert "role(s) still running after" in run.text()       # the broker needed SIGKILL
-    assert [role for role, pid in pids.items() if _alive(pid)] == []
+    assert [role for role, pid in pids.items() if alive(pid)] == []
 
 
 def test_children_die_with_a_killed_supervisor(start: Start) -> None:
@@ -342,9 +324,9 @@ def test_children_die_with_a_killed_supervisor(start: Start) -> None:
     run.proc.kill()
     run.proc.wait()
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert [role for role, pid in pids.items() if _alive(pid)] == []
+    assert [role for role, pid in pids.items() if alive(pid)] == []
 
 
 def test_a_role_that_never_starts_stops_the_server_with_one_error(start: Start) -> None:
@@ -353,7 +335,7 @@ def test_a_role_that_never_starts_stops_the_server_with_one_error(start: Start) 
     errors = [line for line in run.text().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "patient role exited 5 times" in errors[0], run.text()
     assert errors[0].endswith("(last status 3)")
-    assert [role for role, pid in run.pids().items() if _alive(pid)] == []
+    assert [role for role, pid in run.pids().items() if alive(pid)] == []
 
 
 def test_a_role_that_failed_to_start_gets_a_fresh_port(start: Start, tmp_path: Path) -> None:
@@ -429,7 +411,7 @@ def _listener(behaviour: str) -> tuple[socket.socket, threading.Thread]:
 
 
 def test_front_answers_503_at_once_for_a_dead_role_and_502_504_for_broken_ones() -> None:
-    dead = _free_port()
+    dead = free_port()
     closing, _ = _listener("close")
     hanging, _ = _listener("hang")
     loop, port = _front({"status": dead, "broker": closing.getsockname()[1],

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,15 +24,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from pki.ca.hierarchy import init_home
+from tests.roles.processes import alive, descendants, free_port, serve_pids, wait_health
 
 BIN = Path(sys.executable).parent
 CA = "ac-igc-sante-fort-personnes"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, data: bytes | None = None,
@@ -46,55 +40,6 @@ def _get(url: str, data: bytes | None = None,
             return resp.status, resp.read(), resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), exc.headers.get("Content-Type", "")
-
-
-def _wait_health(base: str, proc: subprocess.Popen[bytes], log: Path,
-                 timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if _get(base + "/health")[0] == 200:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "server never became ready\n" + log.read_text()
-        time.sleep(0.2)
-
-
-def _pids(log: Path) -> dict[str, int]:
-    """The latest pid of each role, from the supervisor's lines."""
-    out = {}
-    for line in log.read_text(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) > 2 and parts[1] == "pid" and not line.startswith("["):
-            out[parts[0]] = int(parts[2].rstrip(":"))
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += [child for child, parent in parents.items() if parent == current]
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _ocsp_requests(home: Path) -> tuple[bytes, bytes]:
@@ -149,7 +94,7 @@ def _check_every_url(base: str, home: Path) -> None:
 
 def test_serve_routes_every_url_restarts_a_killed_role_and_stops_on_sigterm(
         tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     home = tmp_path / "home"
     init_home(home, key_type="p256", base_url=base)
@@ -166,7 +111,7 @@ def test_serve_routes_every_url_restarts_a_killed_role_and_stops_on_sigterm(
                                 env={**os.environ, "CPS_HOME": str(home)})
     everything: list[int] = []
     try:
-        _wait_health(base, proc, log_path)
+        wait_health(base, proc, log_path)
         lines = log_path.read_text().splitlines()
         assert lines[0].startswith(f"supervisor pid {proc.pid}: front on {base}")
         assert [line.split()[0] for line in lines[1:5]] == ["signer", "status", "broker",
@@ -175,28 +120,28 @@ def test_serve_routes_every_url_restarts_a_killed_role_and_stops_on_sigterm(
         _check_every_url(base, home)
 
         for role, url in (("status", f"/ca/{CA}.crt"), ("broker", "/openapi.json")):
-            old = _pids(log_path)[role]
-            everything += _descendants(old)
+            old = serve_pids(log_path)[role]
+            everything += descendants(old)
             os.kill(old, signal.SIGKILL)
             deadline = time.monotonic() + 60
-            while _pids(log_path)[role] == old or _get(base + url)[0] != 200:
+            while serve_pids(log_path)[role] == old or _get(base + url)[0] != 200:
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.2)
             assert f"{role} pid {old} exited with status -9" in log_path.read_text()
-        _wait_health(base, proc, log_path)
+        wait_health(base, proc, log_path)
         _check_every_url(base, home)
 
-        everything += _descendants(proc.pid)
+        everything += descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=40)
         assert proc.returncode in (0, -signal.SIGTERM)
-        assert [pid for pid in everything if _alive(pid)] == []
+        assert [pid for pid in everything if alive(pid)] == []
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for pid in everything:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -208,7 +153,7 @@ def test_several_web_workers_without_redis_are_refused_before_anything_starts(
     init_home(home, key_type="p256")
     for role in ([], ["--role", "broker"], ["--role", "patient"]):
         done = subprocess.run([str(BIN / "cps-admin"), "--home", str(home), "serve", *role,
-                               "--workers", "2", "--port", str(_free_port())],
+                               "--workers", "2", "--port", str(free_port())],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 2, (role, done.stderr)
         assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
