@@ -1,10 +1,9 @@
 """Servers for the HTTP tests: in-process (protocol behaviour) or a child process (its
-descriptors, RSS and log are measured), and a raw client."""
+descriptors, RSS and log are measured); the raw client is tests.servers.Conn."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from pki.http.server import HttpServer
 from tests.httpd.app import echo
-from tests.servers import Running, run_server
+from tests.servers import Conn, Running, run_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,45 +73,6 @@ def child(tmp_path: Path) -> Iterator[object]:
         except subprocess.TimeoutExpired:
             c.proc.kill()
             c.proc.wait()
-
-
-class Conn:
-    """A raw HTTP/1.1 client: send bytes, read whole responses (Content-Length framed)."""
-
-    def __init__(self, port: int, timeout: float = 10) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed before a response")
-            self.buf += chunk
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(self.buf) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed mid-body")
-            self.buf += chunk
-        body, self.buf = self.buf[:length], self.buf[length:]
-        return status, headers, body
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except (ConnectionResetError, TimeoutError):
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def ask(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:

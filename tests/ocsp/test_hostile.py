@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Iterator
 
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from pki.http.server import HttpServer, Limits
 from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.request import MalformedRequest, fast_single_sha1, parse_request
+from tests.servers import Conn as RawConn
 
 from .conftest import Env, Running, run_server
 
@@ -38,47 +38,12 @@ def _valid(env: Env) -> bytes:
         .public_bytes(serialization.Encoding.DER)
 
 
-class Conn:
-    """A raw keep-alive HTTP/1.1 client."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+class Conn(RawConn):
+    """A raw keep-alive HTTP/1.1 client that posts OCSP requests."""
 
     def post(self, body: bytes, ctype: bytes = b"application/ocsp-request") -> None:
         self.send(b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Type: " + ctype +
                   b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed before a response")
-            self.buf += chunk
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-        length = int(headers.get("content-length", "0"))
-        while len(self.buf) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed mid-body")
-            self.buf += chunk
-        body, self.buf = self.buf[:length], self.buf[length:]
-        return status, headers, body
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except (ConnectionResetError, TimeoutError):
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _still_answers(env: Env, port: int | None = None) -> None:
