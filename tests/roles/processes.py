@@ -23,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from pki.roles import signer_socket
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -93,6 +95,18 @@ class Roles:
 
     def status(self, port: int) -> Role:
         return self.start(f"status-{port}", STATUS, str(port))
+
+    def signer_and_status(self) -> tuple[Role, Role, int]:
+        """A signer, then a status replica on a free port, each answering /health."""
+        signer = self.signer()
+        sock = signer_socket(self.home)
+        wait_for(lambda: sock.exists() and unix_get(sock, "/health") == 200, "signer healthy",
+                 role=signer)
+        port = free_port()
+        status = self.status(port)
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200,
+                 "status healthy", role=status)
+        return signer, status, port
 
     def close(self) -> None:
         for role in self.started:

@@ -29,8 +29,7 @@ from cryptography.x509 import ocsp
 from pki.ca import lifecycle
 from pki.ca.authority import Authority, IssueRequest
 from pki.ca.hierarchy import init_home
-from pki.roles import signer_socket
-from tests.roles.processes import Role, Roles, free_port, http_get, ocsp_request, unix_get, wait_for
+from tests.roles.processes import Role, Roles, ocsp_request
 
 FLOOD_THREADS = 16
 
@@ -58,14 +57,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
     issuer = auth.issuing_ca("PERSONNES").certificate
     roles = Roles(home, tmp)
     try:
-        signer = roles.signer()
-        sock = signer_socket(home)
-        wait_for(lambda: sock.exists() and unix_get(sock, "/health") == 200, "signer healthy",
-                 role=signer)
-        port = free_port()
-        status = roles.status(port)
-        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200,
-                 "status healthy", role=status)
+        signer, _, port = roles.signer_and_status()
         yield Split(auth, signer, port, issuer, certs)
     finally:
         roles.close()

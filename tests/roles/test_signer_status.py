@@ -35,7 +35,6 @@ from tests.roles.processes import (
     Role,
     Roles,
     ask,
-    free_port,
     http_get,
     ocsp_request,
     unix_get,
@@ -78,14 +77,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
     issuer = auth.issuing_ca("PERSONNES").certificate
     roles = Roles(home, tmp)
     try:
-        signer = roles.signer()
-        sock = signer_socket(home)
-        wait_for(lambda: sock.exists() and unix_get(sock, "/health") == 200, "signer healthy",
-                 role=signer)
-        port = free_port()
-        status = roles.status(port)
-        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200,
-                 "status healthy", role=status)
+        signer, status, port = roles.signer_and_status()
         yield Split(home, auth, roles, signer, status, port, issuer, certs)
     finally:
         roles.close()
@@ -236,14 +228,8 @@ def test_postgresql_signer_and_status(tmp_path: Path, pg_url: str) -> None:
         rpps = add_professional(auth)
         cert = _issue(auth, rpps)
         issuer = auth.issuing_ca("PERSONNES").certificate
-        signer = roles.signer()
+        signer, status, port = roles.signer_and_status()
         sock = signer_socket(home)
-        wait_for(lambda: sock.exists() and unix_get(sock, "/health") == 200, "signer healthy",
-                 role=signer)
-        port = free_port()
-        status = roles.status(port)
-        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200,
-                 "status healthy", role=status)
         der = ocsp_request(cert, issuer)
         assert ask(port, der).certificate_status == ocsp.OCSPCertStatus.GOOD
         lifecycle.revoke(auth, _serial(cert), "superseded")
