@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from flask import Flask
+from sqlalchemy import select
 
 from cps_login.config import LoginConfig
 from cps_login.proof import login_message
@@ -42,7 +43,7 @@ from pki.crl.service import CrlService
 from pki.http.server import HttpServer
 from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.service import OcspService
-from pki.store.models import Professional, Structure
+from pki.store.models import AuditRecord, Professional, Structure
 from pki.store.patient_models import ProfessionalActivity
 from tests.servers import Running, run_server
 
@@ -211,6 +212,14 @@ def login_body(card_key: PrivateKey, cert: x509.Certificate, challenge_b64: str,
     signature = card_signature(card_key, login_message(challenge, broker))
     return {"certificate": base64.b64encode(der(cert)).decode(), "challenge": challenge_b64,
             "signature": base64.b64encode(signature).decode(), **extra}
+
+
+def last_login_audit(env: Env) -> dict[str, Any]:
+    """The newest ``login.*`` audit record: action, target and its details."""
+    with env.auth.store.read() as session:
+        rec = session.execute(select(AuditRecord).where(AuditRecord.action.like("login.%"))
+                              .order_by(AuditRecord.seq.desc()).limit(1)).scalar_one()
+        return {"action": rec.action, "target": rec.target, **json.loads(rec.details)}
 
 
 FOREIGN_SCRIPT = r"""

@@ -15,7 +15,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from sqlalchemy import select
 
 from cps_login.config import LoginConfig
 from cps_login.revocation import FetchError
@@ -25,17 +24,9 @@ from cps_login.web import create_broker_app, services_of
 from pki import audit
 from pki.ca import lifecycle
 from pki.clock import FixedClock
-from pki.store.models import AuditRecord
-from tests.login.conftest import Env, Foreign, der, login_body
+from tests.login.conftest import Env, Foreign, der, last_login_audit, login_body
 
 GENERIC = {"error": "invalid_credentials"}
-
-
-def last_login_audit(env: Env) -> dict[str, Any]:
-    with env.auth.store.read() as session:
-        rec = session.execute(select(AuditRecord).where(AuditRecord.action.like("login.%"))
-                              .order_by(AuditRecord.seq.desc()).limit(1)).scalar_one()
-        return {"action": rec.action, "target": rec.target, **json.loads(rec.details)}
 
 
 def challenge(env: Env) -> str:

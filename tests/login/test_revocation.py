@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 import threading
 import time
@@ -31,16 +30,9 @@ from pki import audit
 from pki.ca import lifecycle
 from pki.clock import SYSTEM_CLOCK, FixedClock
 from pki.store.models import AuditRecord
-from tests.login.conftest import Env, SoftCard, login_body
+from tests.login.conftest import Env, SoftCard, last_login_audit, login_body
 
 GENERIC = {"error": "invalid_credentials"}
-
-
-def last_login_audit(env: Env) -> dict[str, Any]:
-    with env.auth.store.read() as session:
-        rec = session.execute(select(AuditRecord).where(AuditRecord.action.like("login.%"))
-                              .order_by(AuditRecord.seq.desc()).limit(1)).scalar_one()
-        return {"action": rec.action, "target": rec.target, **json.loads(rec.details)}
 
 
 def broker(env: Env, fetcher: Any, clock: Any = None, **overrides: Any) -> Any:
