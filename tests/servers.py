@@ -11,6 +11,13 @@ from dataclasses import dataclass
 from pki.http.server import HttpServer
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class Running:
     server: HttpServer

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.servers import free_port
+
 from .conftest import ROOT
 
 NOFILE = 256
@@ -27,14 +29,8 @@ _serve(lambda: app, _options("probe", "127.0.0.1", int(sys.argv[1]), 1))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_gunicorn_role_survives_idle_sockets_beyond_the_descriptor_limit(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", APP.format(nofile=NOFILE), str(port)],

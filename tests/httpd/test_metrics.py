@@ -4,7 +4,6 @@ address (``--metrics-port``, 127.0.0.1) or behind a bearer token from a secret f
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,9 @@ import pytest
 
 from pki.ca.hierarchy import init_home
 from pki.http.server import HttpServer
-from tests.servers import run_server
+from tests.servers import free_port, run_server
 
 from .conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, token: str | None = None) -> int:
@@ -51,7 +44,7 @@ def status_role(home: Path, tmp_path: Path) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*extra: str) -> int:
-        port = _free_port()
+        port = free_port()
         log = (tmp_path / f"status-{len(procs)}.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "pki.cli.admin", "--home", str(home),
                                  "serve", "--role", "status", "--port", str(port), *extra],
@@ -79,7 +72,7 @@ def status_role(home: Path, tmp_path: Path) -> Iterator[object]:
 
 
 def test_status_role_serves_metrics_on_its_private_port_only(status_role: object) -> None:
-    metrics = _free_port()
+    metrics = free_port()
     port = status_role("--metrics-port", str(metrics))  # type: ignore[operator]
     assert _get(f"http://127.0.0.1:{port}/metrics") == 404
     assert _get(f"http://127.0.0.1:{metrics}/metrics") == 200
@@ -103,7 +96,7 @@ def test_status_role_without_metrics_options_serves_no_metrics(status_role: obje
 
 def test_an_unreadable_token_file_is_one_error_line(home: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pki.cli.admin", "--home", str(home), "serve",
-                           "--role", "status", "--port", str(_free_port()),
+                           "--role", "status", "--port", str(free_port()),
                            "--metrics-token-file", str(tmp_path / "missing")],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode != 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -45,15 +44,9 @@ from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.service import OcspService
 from pki.store.models import AuditRecord, Professional, Structure
 from pki.store.patient_models import ProfessionalActivity
-from tests.servers import Running, run_server
+from tests.servers import Running, free_port, run_server
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from pki.roles import signer_socket
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -33,12 +34,6 @@ SIGNER = ("import sys; from pathlib import Path; from pki.roles.signer import ru
 STATUS = ("import sys; from pathlib import Path; from pki.roles.status import run_status; "
           "run_status(Path(sys.argv[1]), sys.argv[2] or None, host='127.0.0.1', "
           "port=int(sys.argv[3]), redis_url=None)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
