@@ -198,8 +198,6 @@ class Hsm:
         """Generate a key pair inside the token: private half sensitive, non-extractable and
         sign-only: CKA_DECRYPT, CKA_UNWRAP and CKA_DERIVE false, so whoever holds the session
         can make the token do nothing with a CA or responder key but sign."""
-        if self._find_private(label) is not None:
-            raise HsmError(f"HSM already holds a key labelled {label!r}")
         key_id = hashlib.sha256(label.encode()).digest()[:16]
         private_template = {
             Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
@@ -210,6 +208,10 @@ class Hsm:
         public_template = {Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ID: key_id,
                            Attribute.LABEL: label}
         with self._guard("generate key"):
+            # Under the session lock like every other call: an unguarded object search beside
+            # another thread's C_Sign on the same session crashes SoftHSM.
+            if self._find_private(label) is not None:
+                raise HsmError(f"HSM already holds a key labelled {label!r}")
             if key_type.is_rsa:
                 self._session.generate_keypair(
                     P11KeyType.RSA, key_type.rsa_bits, store=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,10 @@ class Authority:
         self.store = store
         self.clock = clock
         self._hsm: Hsm | None = None
+        # The signer's threads (OCSP pre-signing, CRLs, live answers) ask for the token at once
+        # when it starts: one session, opened once — a second C_OpenSession/C_Login racing the
+        # first session's calls aborts SoftHSM.
+        self._hsm_lock = threading.Lock()
         self._cas: dict[str, CaInfo] | None = None
 
     @classmethod
@@ -161,11 +166,12 @@ class Authority:
     @property
     def hsm(self) -> Hsm:
         """The CA token (issuing CAs, OCSP responders): never the root token."""
-        if self._hsm is None:
-            c = self.config
-            self._hsm = Hsm(c.hsm.module, c.hsm.token_label, c.read_secret(c.hsm.user_pin_file),
-                            c.softhsm_conf_path())
-        return self._hsm
+        with self._hsm_lock:
+            if self._hsm is None:
+                c = self.config
+                self._hsm = Hsm(c.hsm.module, c.hsm.token_label,
+                                c.read_secret(c.hsm.user_pin_file), c.softhsm_conf_path())
+            return self._hsm
 
     def _key(self, ca: CaInfo) -> HsmRsaKey | HsmEcKey:
         return self.hsm.key(ca.key_label)
@@ -185,9 +191,10 @@ class Authority:
         return TbsSigner(self.hsm.key(label), certificate)
 
     def close(self) -> None:
-        if self._hsm is not None:
-            self._hsm.close()
-            self._hsm = None
+        with self._hsm_lock:
+            if self._hsm is not None:
+                self._hsm.close()
+                self._hsm = None
         self.store.dispose()
 
     # --- CAs ---------------------------------------------------------------------------
