@@ -117,8 +117,13 @@ class Store:
         path = self.engine.url.database
         if self.dialect != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
             return
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        if not os.path.exists(path):
+            # Only while the file does not exist, so no SQLite connection of this process can
+            # hold locks on it: closing any descriptor of a database file drops every POSIX
+            # lock this process holds on it, and another process would then take itself for
+            # the last connection and checkpoint away the WAL under ours (a "malformed" image).
+            with suppress(FileExistsError):     # another process made it meanwhile
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         for name in (path, f"{path}-wal", f"{path}-shm"):
             with suppress(FileNotFoundError):
                 os.chmod(name, 0o600)
