@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,12 +111,10 @@ def _key_lock(home: Path) -> Iterator[None]:
     """Serialise "is the key there? no: generate it" across the processes of one home."""
     path = home / KEY_LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    from pki.hsm import file_lock  # here: importing this module must not load PKCS#11
+
+    with file_lock(path):
         yield
-    finally:
-        os.close(fd)     # releases the lock
 
 
 def token_key(hsm: Hsm, clock: Clock, label: str = DEFAULT_LABEL,

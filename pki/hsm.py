@@ -147,8 +147,14 @@ def _softhsm_open_lock(softhsm_conf: Path | None) -> Iterator[None]:
     if softhsm_conf is None:
         yield
         return
-    lock_path = softhsm_conf.parent / ".softhsm-open.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    with file_lock(softhsm_conf.parent / ".softhsm-open.lock"):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created 0600) for the block: across processes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
