@@ -23,12 +23,12 @@ from typing import Any
 
 from cps_login.trust import Trust
 from cps_login.web.broker import PEER_CERT_ENVIRON
-from pki.config import write_private
+from pki.config import BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE, write_private
 from pki.errors import ConfigError
 
 MTLS_PATHS = ("/introspect", "/.well-known/jwks.json", "/health")
-TLS_CERT_FILE = "secrets/broker-tls.crt"
-TLS_KEY_FILE = "secrets/broker-tls.key"
+TLS_CERT_FILE = BROKER_TLS_CERT_FILE
+TLS_KEY_FILE = BROKER_TLS_KEY_FILE
 CLIENT_CAS_FILE = "run/broker-client-cas.pem"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

@@ -25,6 +25,10 @@ from typing import Any
 from pki.errors import ConfigError, HomeNotFound
 
 CONFIG_NAME = "config.json"
+# The broker's mTLS server credentials: written by `cps-admin broker tls-cert` (the officer),
+# read by the broker role, hidden from every other role.
+BROKER_TLS_CERT_FILE = "secrets/broker-tls.crt"
+BROKER_TLS_KEY_FILE = "secrets/broker-tls.key"
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",

@@ -19,14 +19,14 @@ from sqlalchemy import select
 
 from pki import ids
 from pki.cli.context import AdminContext, pass_admin
-from pki.config import write_private
+from pki.config import BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE, write_private
 from pki.errors import InvalidInput
 from pki.store.models import Structure
 
 OPERATOR_SIREN = "187512751"       # the broker's operator, as in the OU of the CA names
 LOOPBACK_NAME = "mtls.localhost"
-TLS_CERT_FILE = "secrets/broker-tls.crt"   # cps_login.mtls reads these two
-TLS_KEY_FILE = "secrets/broker-tls.key"
+TLS_CERT_FILE = BROKER_TLS_CERT_FILE
+TLS_KEY_FILE = BROKER_TLS_KEY_FILE
 
 
 def dns_name(host: str) -> str:

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pki.config import Config
+from pki.config import BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE, Config
 
 log = logging.getLogger("cps.confine")
 
@@ -54,8 +54,7 @@ def allowed_secrets(role: str, config: Config) -> frozenset[str] | None:
     if role == "signer":
         return frozenset({hsm.user_pin_file})
     if role == "broker":
-        return frozenset({hsm.broker_pin_file, "secrets/broker-tls.key",
-                          "secrets/broker-tls.crt"})
+        return frozenset({hsm.broker_pin_file, BROKER_TLS_KEY_FILE, BROKER_TLS_CERT_FILE})
     if role == "patient":
         return frozenset(PATIENT_KEYS)
     raise ValueError(f"unknown role {role!r}")
