@@ -93,7 +93,11 @@ class Store:
             session.close()
 
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revisions.
+
+        ``heads``: features add their tables as branches off the same parent revision, so a store
+        is brought to every branch's head (Alembic applies each revision once).
+        """
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
@@ -103,7 +107,7 @@ class Store:
         cfg.attributes["engine"] = self.engine
         self._private_sqlite_file()
         try:
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, "heads")
         except OperationalError as exc:
             raise StoreUnavailable(f"database unavailable: {_short(exc)}") from None
         self._private_sqlite_file()
