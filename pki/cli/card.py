@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from pki.ca import cards as card_service
 from pki.cards.errors import CardError
 from pki.cli.context import AdminContext, emit_json, emit_table, json_flag, pass_admin
+from pki.issuance import cards as card_service
 
 
 def _read_secret(path: Path | None, prompt: str) -> str:

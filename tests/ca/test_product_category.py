@@ -21,10 +21,10 @@ from cryptography.x509.oid import ObjectIdentifier
 
 from pki.ca import lifecycle
 from pki.ca.authority import Authority
-from pki.ca.cards import issue_card
 from pki.cards.card import HolderData
 from pki.cli.admin import main
 from pki.errors import InvalidInput
+from pki.issuance.cards import issue_card
 from tests.conftest import add_professional
 
 from .pkihelpers import make_csr

@@ -38,8 +38,8 @@ from cps_login.proof import login_message
 from cps_login.services import build_broker_services
 from cps_login.tokens import TokenValidator
 from cps_login.web import create_broker_app, services_of
-from pki.ca.cards import issue_card
 from pki.clock import FixedClock
+from pki.issuance.cards import issue_card
 from pki.store.models import AuditRecord
 from tests.ca.pkihelpers import make_csr
 from tests.ca.test_product_category import MemoryCard

@@ -1,4 +1,4 @@
-"""Card personalisation and card-level lifecycle, on the CA side.
+"""Card personalisation and card-level lifecycle: the CA certifies what the card generated.
 
 The card generates its keys; the CA certifies the public halves with the auth and sign profiles
 (``pki.cards.personalise`` checks each certificate certifies the key the card made). Blocking a
