@@ -1,5 +1,10 @@
 """The directory of professionals and structures: single additions and CSV imports.
 
+An extract may also carry the structure columns of the RPPS extract (one row per activity: FINESS /
+SIRET / SIREN site, raison sociale, role): each such row adds an exercise situation
+(``pki.situations``), and a professional may then appear on several rows, with the same name.
+Comma, semicolon and ``|`` (the RPPS extract's own separator) are accepted.
+
 A CSV import is all-or-nothing by default: every row is validated first (identifiers, profession
 code, names, duplicates inside the file and against the store), every bad row is reported with
 its line number, and nothing is written unless the whole file is clean — or the caller asks to
@@ -19,6 +24,9 @@ from sqlalchemy import func, insert, select
 from pki import audit, ids
 from pki.clock import SYSTEM_CLOCK, Clock
 from pki.errors import Duplicate, InvalidInput, NotFound, PkiError
+from pki.situations import ExerciseSituation as ExerciseSituation  # re-exported
+from pki.situations import SituationEntry, situation_entry, write_situations
+from pki.situations import situations_for as situations_for  # re-exported
 from pki.store.db import Store
 from pki.store.models import Professional, Structure
 
@@ -29,7 +37,21 @@ _COLUMN_ALIASES = {
     "profession": "profession", "profession_code": "profession", "code_profession": "profession",
     "given_name": "given_name", "prenom": "given_name", "prénom": "given_name",
     "surname": "surname", "nom": "surname", "family_name": "surname",
+    # The RPPS extract (PS_LibreAcces_Personne_activite), accents removed.
+    "identifiant_pp": "rpps", "nom_d'exercice": "surname", "prenom_d'exercice": "given_name",
+    "numero_finess_site": "finess", "finess": "finess",
+    "numero_siret_site": "siret", "siret": "siret",
+    "numero_siren_site": "siren", "siren": "siren",
+    "raison_sociale_site": "structure_name", "raison_sociale": "structure_name",
+    "structure_name": "structure_name", "enseigne_commerciale_site": "trade_name",
+    "code_role": "role", "role": "role", "role_code": "role",
+    "libelle_departement_(coord._structure)": "state", "departement": "state", "state": "state",
+    "emergency_centre": "emergency_centre", "centre_urgence": "emergency_centre",
 }
+# A header with any of these columns describes situations, one per row.
+STRUCTURE_COLUMNS = ("finess", "siret", "siren")
+_TRUE = frozenset({"1", "true", "yes", "oui", "o", "y", "x"})
+_FALSE = frozenset({"", "0", "false", "no", "non", "n"})
 NAME_MAX = 128            # width of the store columns
 INSERT_BATCH = 500
 
@@ -71,12 +93,14 @@ class RowError:
 class ParsedCsv:
     entries: list[tuple[int, ProfessionalEntry]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
+    situations: list[tuple[int, SituationEntry]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ImportResult:
     imported: int
     skipped: tuple[RowError, ...]
+    situations: int = 0
 
 
 # --- validation -------------------------------------------------------------------------
@@ -118,10 +142,24 @@ def decode_csv(data: bytes) -> str:
         raise InvalidInput(f"CSV is not UTF-8 (byte {exc.start})") from None
 
 
+def _column_key(raw: str) -> str:
+    text = unicodedata.normalize("NFKD", raw.strip().lower().replace("\u2019", "'"))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return text.replace(" ", "_").replace("-", "_")
+
+
+def _delimiter(text: str) -> str:
+    """The separator of the header line: ',' unless ';' or '|' (the RPPS extract) is used more."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return max((",", ";", "|"), key=first.count) if first else ","
+
+
 def _header_map(header: Sequence[str]) -> dict[str, int]:
     positions: dict[str, int] = {}
     for index, raw in enumerate(header):
-        key = _COLUMN_ALIASES.get(raw.strip().lower().replace(" ", "_").replace("-", "_"))
+        if not raw.strip():
+            continue                          # the RPPS extract ends each line with '|'
+        key = _COLUMN_ALIASES.get(_column_key(raw))
         if key is None:
             continue
         if key in positions:
@@ -141,7 +179,7 @@ def parse_csv(text: str, *, progress: Callable[[int], None] | None = None) -> Pa
     that cannot be read as CSV at all (no header, broken quoting) raises InvalidInput.
     """
     parsed = ParsedCsv()
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=_delimiter(text))
     try:
         header = next(reader, None)
         while header is not None and not any(cell.strip() for cell in header):
@@ -149,8 +187,11 @@ def parse_csv(text: str, *, progress: Callable[[int], None] | None = None) -> Pa
         if header is None:
             raise InvalidInput("CSV file is empty (no header line)")
         columns = _header_map(header)
+        with_structures = any(c in columns for c in STRUCTURE_COLUMNS)
         width = max(columns.values()) + 1
         seen: dict[str, int] = {}
+        first: dict[str, ProfessionalEntry] = {}
+        seen_situations: dict[tuple[str, str, int], int] = {}
         line = reader.line_num
         for row in reader:
             start, line = line + 1, reader.line_num
@@ -165,18 +206,60 @@ def parse_csv(text: str, *, progress: Callable[[int], None] | None = None) -> Pa
             try:
                 entry = professional_entry(row[columns["rpps"]], row[columns["profession"]],
                                            row[columns["given_name"]], row[columns["surname"]])
+                situation = (_row_situation(row, columns, entry) if with_structures
+                             else None)
             except PkiError as exc:
                 parsed.errors.append(RowError(start, exc.message))
                 continue
             if entry.rpps in seen:
-                parsed.errors.append(RowError(start, f"RPPS {entry.rpps} duplicates line "
-                                                     f"{seen[entry.rpps]}"))
-                continue
-            seen[entry.rpps] = start
-            parsed.entries.append((start, entry))
+                earlier = first[entry.rpps]
+                if not with_structures:
+                    parsed.errors.append(RowError(start, f"RPPS {entry.rpps} duplicates line "
+                                                         f"{seen[entry.rpps]}"))
+                    continue
+                if (earlier.given_name, earlier.surname) != (entry.given_name, entry.surname):
+                    parsed.errors.append(RowError(
+                        start, f"RPPS {entry.rpps} is named {entry.given_name} {entry.surname} "
+                               f"here but {earlier.given_name} {earlier.surname} on line "
+                               f"{seen[entry.rpps]}"))
+                    continue
+            else:
+                seen[entry.rpps] = start
+                first[entry.rpps] = entry
+                parsed.entries.append((start, entry))
+            if situation is not None:
+                key = (situation.rpps, situation.structure_id, situation.profession_code)
+                if key in seen_situations:
+                    parsed.errors.append(RowError(
+                        start, f"situation of RPPS {entry.rpps} at {situation.structure_id} "
+                               f"duplicates line {seen_situations[key]}"))
+                    continue
+                seen_situations[key] = start
+                parsed.situations.append((start, situation))
     except csv.Error as exc:
         raise InvalidInput(f"line {reader.line_num}: not valid CSV ({exc})") from None
     return parsed
+
+
+def _row_situation(row: Sequence[str], columns: dict[str, int],
+                   entry: ProfessionalEntry) -> SituationEntry | None:
+    """The situation a row of an extract describes: its FINESS site if any, else its SIRET,
+    else its SIREN; None for a row without any structure number."""
+    def cell(name: str) -> str:
+        return row[columns[name]].strip() if name in columns else ""
+
+    register = next((r for r in STRUCTURE_COLUMNS if cell(r)), None)
+    if register is None:
+        return None
+    flag = cell("emergency_centre").lower()
+    if flag not in _TRUE | _FALSE:
+        raise InvalidInput(f"emergency_centre {flag!r}: expected 1/0, oui/non or true/false")
+    name = cell("structure_name") or cell("trade_name")
+    if not name:
+        raise InvalidInput(f"{register.upper()} {cell(register)} has no raison sociale")
+    return situation_entry(entry.rpps, structure_type=register, structure_number=cell(register),
+                           name=name, profession=entry.profession_code, role=cell("role"),
+                           state=cell("state"), emergency_centre=flag in _TRUE)
 
 
 def existing_rpps(store: Store, rpps: Iterable[str], chunk: int = 900) -> set[str]:
@@ -203,10 +286,13 @@ def import_csv(store: Store, data: bytes, *, skip_invalid: bool = False,
     entries = parsed.entries
     errors = list(parsed.errors)
     existing = existing_rpps(store, (e.rpps for _, e in entries))
+    situations = parsed.situations
     if existing:
         errors += [RowError(line, f"RPPS {e.rpps} is already in the directory")
                    for line, e in entries if e.rpps in existing]
         entries = [(line, e) for line, e in entries if e.rpps not in existing]
+    kept = {e.rpps for _, e in entries}
+    situations = [(line, s) for line, s in situations if s.rpps in kept]
     errors.sort(key=lambda err: err.line)
     if errors and not skip_invalid:
         raise InvalidInput(f"{len(errors)} invalid row(s), nothing imported: "
@@ -220,7 +306,11 @@ def import_csv(store: Store, data: bytes, *, skip_invalid: bool = False,
                               action="pro.import", actor=actor, clock=clock)
         if progress is not None:
             progress(len(entries[i:i + INSERT_BATCH]))
-    return ImportResult(len(entries), tuple(errors))
+    for i in range(0, len(situations), INSERT_BATCH):
+        with store.session() as session:
+            write_situations(session, [s for _, s in situations[i:i + INSERT_BATCH]],
+                             action="situation.import", actor=actor, clock=clock)
+    return ImportResult(len(entries), tuple(errors), len(situations))
 
 
 def _insert_professionals(store: Store, entries: Sequence[ProfessionalEntry], *, action: str,

@@ -10,7 +10,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from pki import directory, ids
+from pki import directory, ids, situations
 from pki.cli.context import (
     AdminContext,
     emit_json,
@@ -57,6 +57,11 @@ def pro_add(obj: AdminContext, rpps: str, profession: str, given_name: str,
 def pro_import(obj: AdminContext, csv_file: Path, skip_invalid: bool) -> None:
     """Import a directory extract (CSV with header rpps,profession,given_name,surname).
 
+    The RPPS extract's own columns are read too ('|'-separated, "Identifiant PP", "Code
+    profession", "Nom d'exercice", ...): with structure columns ("Numéro FINESS site", "Numéro
+    SIRET site", "Numéro SIREN site", "Raison sociale site", "Code rôle", optional
+    emergency_centre) each row also adds an exercise situation, one professional per RPPS.
+
     Every row is validated first; if any row is bad, all bad rows are reported with their line
     numbers and nothing is imported, unless --skip-invalid is given. Duplicates inside the file
     or with the directory are errors.
@@ -82,6 +87,7 @@ def pro_import(obj: AdminContext, csv_file: Path, skip_invalid: bool) -> None:
     for err in result.skipped:
         click.echo(f"skipped {err}", err=True)
     click.echo(f"imported {result.imported} professional(s)"
+               + (f", {result.situations} exercise situation(s)" if result.situations else "")
                + (f", skipped {len(result.skipped)} invalid row(s)" if result.skipped else ""))
 
 
@@ -118,6 +124,73 @@ def pro_show(obj: AdminContext, rpps: str) -> None:
         for cert in data["certificates"]:
             click.echo(f"  {cert['usage']:5} {cert['serial']}  {cert['status']}  "
                        f"until {cert['not_after']}")
+
+
+@pro.group("situation")
+def situation() -> None:
+    """Exercise situations: the structures a professional practises for (SubjectRefPro)."""
+
+
+def _situation_dict(s: situations.ExerciseSituation) -> dict[str, Any]:
+    return asdict(s) | {"structure_number": s.structure_number}
+
+
+@situation.command("add")
+@click.argument("rpps")
+@click.option("--structure-id", "number", required=True,
+              help="FINESS, SIRET or SIREN number of the site (Luhn check digit).")
+@click.option("--structure-type", required=True,
+              type=click.Choice(situations.REGISTERS, case_sensitive=False))
+@click.option("--name", required=True, help="Raison sociale of the site.")
+@click.option("--profession", default=None,
+              help="Profession code in this situation (default: the professional's).")
+@click.option("--role", default=None, help="Role (fonction) code, e.g. FON-01.")
+@click.option("--state", default="", help="Département / region of a new structure.")
+@click.option("--emergency-centre", is_flag=True,
+              help="The site is an emergency call centre (SAMU/SAS): grants emergency access.")
+@json_flag
+@pass_admin
+def situation_add(obj: AdminContext, rpps: str, number: str, structure_type: str, name: str,
+                  profession: str | None, role: str | None, state: str,
+                  emergency_centre: bool) -> None:
+    """Add one exercise situation to a professional (the structure is created if new)."""
+    store = obj.store()
+    pro_entry = directory.get_professional(store, rpps)
+    entry = situations.situation_entry(
+        pro_entry.rpps, structure_type=structure_type, structure_number=number, name=name,
+        profession=profession if profession is not None else pro_entry.profession_code,
+        role=role, state=state, emergency_centre=emergency_centre)
+    added = situations.add_situation(store, entry)
+    if obj.json_output:
+        emit_json(_situation_dict(added))
+    else:
+        click.echo(f"added situation {added.situation_id}: {pro_entry.national_id} at "
+                   f"{added.structure_id} {added.structure_name}"
+                   + (" (emergency centre)" if added.emergency_centre else ""))
+
+
+@situation.command("list")
+@click.argument("rpps")
+@json_flag
+@pass_admin
+def situation_list(obj: AdminContext, rpps: str) -> None:
+    """A professional's exercise situations."""
+    rows = [_situation_dict(s) for s in situations.list_situations(obj.store(), rpps)]
+    if obj.json_output:
+        emit_json(rows)
+    else:
+        emit_table(rows, ["situation_id", "structure_id", "structure_id_type", "structure_name",
+                          "profession_code", "role_code", "emergency_centre"])
+
+
+@situation.command("remove")
+@click.argument("rpps")
+@click.argument("situation_id")
+@pass_admin
+def situation_remove(obj: AdminContext, rpps: str, situation_id: str) -> None:
+    """Remove one exercise situation (by the id 'situation list' shows)."""
+    situations.remove_situation(obj.store(), rpps, situation_id)
+    click.echo(f"removed situation {situation_id}")
 
 
 @click.group()
