@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 import itertools
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -155,6 +155,9 @@ class Authority:
         # first session's calls aborts SoftHSM.
         self._hsm_lock = threading.Lock()
         self._cas: dict[str, CaInfo] | None = None
+        # Called with the serials of every committed status change made through this
+        # authority (pki.ca.lifecycle.add_listener): the signer's OCSP re-signing.
+        self.status_listeners: list[Callable[[list[str]], object]] = []
 
     @classmethod
     def open(cls, home: Path | None = None, db_url: str | None = None,

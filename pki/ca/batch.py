@@ -1,8 +1,8 @@
 """`bench-populate`: a synthetic population issued through the real batched issuance path.
 
 N certificates for ceil(N/2) synthetic professionals (an authentication and a signature
-certificate each), optionally a fraction of them revoked through a batched equivalent of the
-lifecycle path (row update + ``status_event`` + audit link, one transaction per batch).
+certificate each), optionally a fraction of them revoked through the lifecycle's batched path
+(``lifecycle.change_many``: row update + ``status_event`` + one audit record per batch).
 
 Subject keys come from a small pool of pre-generated RSA-2048 public keys: on a real card the key
 is generated on the card, and generating 100k RSA keys here would take hours of CPU that says
@@ -29,11 +29,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
-from pki import audit, directory, ids
+from pki import directory, ids
+from pki.ca import lifecycle
 from pki.ca.authority import Authority, IssueRequest
 from pki.ca.lint import lint_certificate
 from pki.errors import InvalidInput, PkiError
-from pki.store.models import Certificate, StatusEvent
+from pki.store.models import Certificate
 
 ACTOR = "bench-populate"
 KEY_POOL_SIZE = 8
@@ -100,34 +101,33 @@ def requests_for(rpps: Sequence[str], keys: Sequence[rsa.RSAPublicKey],
 
 def revoke_batch(auth: Authority, serials: Sequence[str], *, actor: str = ACTOR,
                  reasons: Sequence[str] = REVOCATION_MIX) -> tuple[int, int]:
-    """Revoke/hold active certificates in batches; returns (revoked, held).
+    """Revoke/hold active certificates, a mix of reasons; returns (revoked, held).
 
-    The batched equivalent of ``lifecycle.revoke``: same row changes, one ``status_event`` and
-    one audit link per certificate, one transaction per batch. Only active certificates are
-    touched (the state machine's rule for a first revocation).
+    Through the lifecycle (``lifecycle.change_many``: its transition rules, one ``status_event``
+    per certificate, one audit record per batch, the listeners), one reason at a time. Only
+    active certificates change: a second pass over the same serials changes nothing.
     """
+    by_reason: dict[str, list[str]] = {}
+    for i, serial in enumerate(serials):
+        by_reason.setdefault(reasons[i % len(reasons)], []).append(serial)
     revoked = held = 0
-    for start in range(0, len(serials), REVOKE_BATCH):
-        part = list(serials[start:start + REVOKE_BATCH])
-        now = auth.clock.now()
-        with auth.store.session() as session:
-            rows = session.execute(select(Certificate).where(Certificate.serial.in_(part),
-                                                             Certificate.status == "active")
-                                   .order_by(Certificate.id).with_for_update()).scalars().all()
-            for i, cert in enumerate(rows):
-                reason = reasons[(start + i) % len(reasons)]
-                event = "hold" if reason == "certificateHold" else "revoke"
-                cert.status = "hold" if event == "hold" else "revoked"
-                cert.reason, cert.revoked_at, cert.status_changed_at = reason, now, now
-                session.add(StatusEvent(certificate_id=cert.id, ca_id=cert.ca_id, event=event,
-                                        reason=reason, at=now))
-                audit.append(session, f"cert.{event}", cert.serial,
-                             {"event": event, "reason": reason, "profile": cert.profile},
-                             actor=actor, clock=auth.clock)
-                if event == "hold":
-                    held += 1
-                else:
-                    revoked += 1
+    for reason, part in by_reason.items():
+        event, reason = lifecycle.event_of(reason)
+        # Only active ones: a certificate on hold is not revoked again by the synthetic mix.
+        active: set[str] = set()
+        with auth.store.read() as session:
+            for i in range(0, len(part), REVOKE_BATCH):
+                active.update(session.execute(select(Certificate.serial).where(
+                    Certificate.serial.in_(part[i:i + REVOKE_BATCH]),
+                    Certificate.status == "active")).scalars())
+        wanted = [s for s in part if s in active]
+        outcome = lifecycle.change_many(auth, wanted, event, reason, actor=actor,
+                                        selection={"bench": "revoked-fraction"},
+                                        batch_size=REVOKE_BATCH, skip_ineligible=True)
+        if event == "hold":
+            held += outcome.changed
+        else:
+            revoked += outcome.changed
     return revoked, held
 
 

@@ -6,16 +6,25 @@
 
 Each change is one transaction: the row (locked), a ``status_event`` for the publishers, and an
 audit link. Listeners registered on the Authority (OCSP, CRL) hear of it after the commit.
+
+Many certificates at once (an incident: ``change_many``) go through the same transition rules,
+one transaction per batch — the rows, one ``status_event`` per certificate and ONE audit record
+naming the selection and the SHA-256 of the batch's serial list — and the listeners hear of each
+batch after its commit. A certificate already in the wanted state is skipped, so a run killed
+half-way and started again finishes the job without a second event or audit record for what
+was done.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 
 from pki import audit
 from pki.ca.authority import Authority, IssuedCertificate, IssueRequest, parse_serial
@@ -29,18 +38,21 @@ REASONS = ("unspecified", "keyCompromise", "cACompromise", "affiliationChanged",
 REASON_CODES = {"unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3,
                 "superseded": 4, "cessationOfOperation": 5, "certificateHold": 6,
                 "removeFromCRL": 8, "privilegeWithdrawn": 9, "aACompromise": 10}
+# Certificates changed per transaction (and per audit record) by ``change_many``.
+BATCH = 5000
 
 StatusListener = Callable[[list[str]], object]
-_LISTENERS: dict[int, list[StatusListener]] = {}
+_STATUS_EVENT = StatusEvent.metadata.tables[StatusEvent.__tablename__]
+_CERTIFICATE = Certificate.metadata.tables[Certificate.__tablename__]
 
 
 def add_listener(auth: Authority, listener: StatusListener) -> None:
     """Call ``listener(serials)`` after every committed status change made through ``auth``."""
-    _LISTENERS.setdefault(id(auth), []).append(listener)
+    auth.status_listeners.append(listener)
 
 
 def _notify(auth: Authority, serials: list[str]) -> None:
-    for listener in _LISTENERS.get(id(auth), []):
+    for listener in list(auth.status_listeners):
         listener(serials)
 
 
@@ -112,18 +124,247 @@ def _change(auth: Authority, serial: str, event: str, reason: str | None,
 
 
 def _check_transition(cert: Certificate, event: str, now: dt.datetime) -> None:
-    status = cert.status
+    problem = transition_problem(cert.serial, cert.status, cert.reason, cert.not_after,
+                                 event, now)
+    if problem is not None:
+        raise InvalidTransition(problem)
+
+
+def transition_problem(serial: str, status: str, reason: str | None, not_after: dt.datetime,
+                       event: str, now: dt.datetime) -> str | None:
+    """Why ``event`` (hold | release | revoke) cannot happen to this certificate, or None."""
     if status == "revoked":
-        raise InvalidTransition(f"certificate {cert.serial} is already revoked "
-                                f"({cert.reason}); revocation is final")
+        return (f"certificate {serial} is already revoked ({reason}); revocation is final")
     if event == "hold" and status == "hold":
-        raise InvalidTransition(f"certificate {cert.serial} is already on hold")
+        return f"certificate {serial} is already on hold"
     if event == "release" and status != "hold":
-        raise InvalidTransition(f"certificate {cert.serial} is not on hold (status {status}); "
-                                f"only a hold can be released")
-    if event in ("hold", "release") and cert.not_after <= now:
-        raise InvalidTransition(f"certificate {cert.serial} expired on "
-                                f"{cert.not_after.isoformat()}; it can only be revoked")
+        return (f"certificate {serial} is not on hold (status {status}); "
+                f"only a hold can be released")
+    if event in ("hold", "release") and not_after <= now:
+        return (f"certificate {serial} expired on {not_after.isoformat()}; "
+                f"it can only be revoked")
+    return None
+
+
+# --- many at once (an incident) -------------------------------------------------------------
+
+def event_of(reason: str) -> tuple[str, str]:
+    """(event, reason) of a revocation reason: certificateHold suspends, the rest revoke."""
+    reason = parse_reason(reason)
+    return ("hold" if reason == "certificateHold" else "revoke"), reason
+
+
+def _target(event: str, reason: str | None) -> tuple[str, str | None]:
+    return {"hold": ("hold", "certificateHold"), "release": ("active", None)}.get(
+        event, ("revoked", reason))
+
+
+def serials_sha256(serials: Iterable[str]) -> str:
+    """SHA-256 of a serial list: canonical hex serials, one per line, each line ended."""
+    digest = hashlib.sha256()
+    for serial in serials:
+        digest.update(serial.encode("ascii") + b"\n")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``change_many`` would do with a serial list, read before anything is applied."""
+
+    event: str
+    reason: str | None
+    to_change: list[str]          # canonical serials, in the order given, duplicates dropped
+    already: int                  # already in the wanted state (a run started again)
+    problems: list[str]           # unknown serials, impossible transitions: apply nothing
+    sha256: str                   # of the whole list (canonical, duplicates dropped)
+
+
+def plan(auth: Authority, serials: Iterable[str], event: str, reason: str | None = None,
+         *, batch_size: int = BATCH) -> Plan:
+    """Check every serial against the store and the state machine (read-only)."""
+    canonical = list(dict.fromkeys(parse_serial(s) for s in serials))
+    target = _target(event, reason)
+    now = auth.clock.now()
+    to_change: list[str] = []
+    problems: list[str] = []
+    already = 0
+    for start in range(0, len(canonical), batch_size):
+        part = canonical[start:start + batch_size]
+        with auth.store.read() as session:
+            rows = {r.serial: r for r in session.execute(
+                select(Certificate.serial, Certificate.status, Certificate.reason,
+                       Certificate.not_after).where(Certificate.serial.in_(part)))}
+        for serial in part:
+            row = rows.get(serial)
+            if row is None:
+                problems.append(f"no certificate with serial {serial}")
+            elif (row.status, row.reason if event != "hold" else "certificateHold") == target \
+                    or (event == "hold" and row.status == "hold"):
+                already += 1
+            else:
+                problem = transition_problem(serial, row.status, row.reason, row.not_after,
+                                             event, now)
+                if problem is None:
+                    to_change.append(serial)
+                else:
+                    problems.append(problem)
+    return Plan(event, reason, to_change, already, problems, serials_sha256(canonical))
+
+
+@dataclass
+class BatchOutcome:
+    changed: int = 0
+    already: int = 0              # skipped: in the wanted state already
+    skipped: int = 0              # skipped: unknown or not eligible (``skip_ineligible``)
+    batches: int = 0              # transactions that changed something (one audit record each)
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def change_many(auth: Authority, serials: Sequence[str], event: str, reason: str | None = None,
+                *, selection: Mapping[str, Any], actor: str = "cps-admin",
+                invalidity_date: dt.datetime | None = None, batch_size: int = BATCH,
+                skip_ineligible: bool = False,
+                progress: Callable[[int], object] | None = None) -> BatchOutcome:
+    """Apply ``event`` (hold | revoke | release) to many certificates, ``batch_size`` per
+    transaction, through the same transition rules as one ``revoke``/``hold``/``release``.
+
+    Each batch that changes something is one transaction: the rows, a ``status_event`` per
+    certificate, one ``cert.<event>.batch`` audit record (``selection``, the SHA-256 of the
+    batch's serial list and of the whole list, counts); listeners hear of it after the commit.
+    A certificate already in the wanted state is skipped (a rerun after a kill adds nothing).
+    An unknown serial or an impossible transition raises — the batches before it stay applied,
+    which is why callers ``plan`` first — unless ``skip_ineligible`` (bench-populate's mix).
+    """
+    if event not in ("hold", "revoke", "release"):
+        raise InvalidInput(f"unknown status event {event!r}")
+    if event == "hold":
+        reason = "certificateHold"
+    elif event == "release":
+        reason = None
+    elif reason is None or parse_reason(reason) == "certificateHold":
+        raise InvalidInput("a revocation needs a reason other than certificateHold")
+    if invalidity_date is not None and (invalidity_date.tzinfo is None
+                                        or invalidity_date > auth.clock.now()):
+        raise InvalidInput("invalidity date needs a timezone and may not be in the future")
+    whole = serials_sha256(serials)
+    batches = max(1, -(-len(serials) // batch_size))
+    outcome = BatchOutcome()
+    for index, start in enumerate(range(0, len(serials), batch_size)):
+        part = list(serials[start:start + batch_size])
+        changed = _apply_batch(auth, part, event, reason, invalidity_date, outcome,
+                               skip_ineligible, {
+                                   "selection": dict(selection), "batch": index + 1,
+                                   "batches": batches, "selection_sha256": whole,
+                                   "selection_count": len(serials)}, actor)
+        if changed:
+            _notify(auth, changed)
+        if progress is not None:
+            progress(len(part))
+    return outcome
+
+
+def _apply_batch(auth: Authority, part: list[str], event: str, reason: str | None,
+                 invalidity_date: dt.datetime | None, outcome: BatchOutcome,
+                 skip_ineligible: bool, details: dict[str, Any], actor: str) -> list[str]:
+    status, target_reason = _target(event, reason)
+    now = auth.clock.now()
+    with auth.store.session() as session:
+        rows = {r.serial: r for r in session.execute(
+            select(Certificate.id, Certificate.serial, Certificate.ca_id, Certificate.status,
+                   Certificate.reason, Certificate.not_after)
+            .where(Certificate.serial.in_(part)).with_for_update())}
+        todo = []
+        for serial in part:
+            row = rows.get(serial)
+            if row is None:
+                if not skip_ineligible:
+                    raise NotFound(f"no certificate with serial {serial}")
+                outcome.skipped += 1
+            elif row.status == status and (event == "hold" or row.reason == target_reason):
+                outcome.already += 1
+            elif (problem := transition_problem(serial, row.status, row.reason, row.not_after,
+                                                event, now)) is not None:
+                if not skip_ineligible:
+                    raise InvalidTransition(problem)
+                outcome.skipped += 1
+            else:
+                todo.append(row)
+        if not todo:
+            return []
+        ids = [r.id for r in todo]
+        changing = {"status": status, "reason": target_reason, "status_changed_at": now,
+                    "revoked_at": None if event == "release" else now,
+                    "invalidity_date": invalidity_date}
+        for i in range(0, len(ids), 900):        # bound the IN list (SQLite variables)
+            session.execute(update(_CERTIFICATE).where(_CERTIFICATE.c.id.in_(ids[i:i + 900]))
+                            .values(**changing))
+        session.execute(insert(_STATUS_EVENT), [
+            {"certificate_id": r.id, "ca_id": r.ca_id, "event": event, "reason": reason,
+             "at": now} for r in todo])
+        changed = [r.serial for r in todo]
+        batch_sha = serials_sha256(changed)
+        audit.append(session, f"cert.{event}.batch", f"sha256:{batch_sha}",
+                     {**details, "event": event, "reason": reason, "count": len(changed),
+                      "already": len(part) - len(changed), "serials_sha256": batch_sha,
+                      "first": changed[0], "last": changed[-1],
+                      **({"invalidity_date": invalidity_date.isoformat()}
+                         if invalidity_date is not None else {})},
+                     actor=actor, clock=auth.clock)
+    outcome.changed += len(changed)
+    outcome.batches += 1
+    if reason is not None:
+        outcome.by_reason[reason] = outcome.by_reason.get(reason, 0) + len(changed)
+    return changed
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What an incident knows: the chip model, an issuance date, the issuing CA."""
+
+    card_model: str | None = None
+    issued_before: dt.datetime | None = None
+    issuer: str | None = None           # CA slug
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.card_model is not None:
+            out["card_model"] = self.card_model
+        if self.issued_before is not None:
+            out["issued_before"] = self.issued_before.isoformat()
+        if self.issuer is not None:
+            out["issuer"] = self.issuer
+        return out
+
+
+def select_serials(auth: Authority, selection: Selection, event: str) -> list[str]:
+    """Serials the selection names that ``event`` would still change (in id order).
+
+    Never the OCSP responder certificates (the CA's own infrastructure); already-changed
+    certificates drop out, so the same selection run again picks up what is left."""
+    from pki.store.models import Card
+
+    if not selection.describe():
+        raise InvalidInput("an incident selection needs at least one of --card-model, "
+                           "--issued-before, --issuer")
+    now = auth.clock.now()
+    query = select(Certificate.serial).where(Certificate.profile != "ocsp")
+    if selection.card_model is not None:
+        query = query.join(Card, Certificate.card_id == Card.id).where(
+            Card.model == selection.card_model)
+    if selection.issued_before is not None:
+        if selection.issued_before.tzinfo is None:
+            raise InvalidInput("--issued-before needs a timezone (use UTC)")
+        query = query.where(Certificate.not_before < selection.issued_before)
+    if selection.issuer is not None:
+        query = query.where(Certificate.ca_id == auth.ca(selection.issuer).id)
+    if event == "hold":
+        query = query.where(Certificate.status == "active", Certificate.not_after > now)
+    elif event == "release":
+        query = query.where(Certificate.status == "hold", Certificate.not_after > now)
+    else:
+        query = query.where(Certificate.status != "revoked")
+    with auth.store.read() as session:
+        return list(session.execute(query.order_by(Certificate.id)).scalars())
 
 
 def renew(auth: Authority, serial: str, *, public_key: object | None = None,

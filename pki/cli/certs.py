@@ -1,10 +1,12 @@
-"""`cps-admin cert ...`: issue from a CSR, list, show, revoke, hold/release, renew."""
+"""`cps-admin cert ...`: issue from a CSR, list, show, revoke (one, a file, an incident's
+selection), hold/release, renew."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +17,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
+from tqdm import tqdm
 
 from pki import ids
 from pki.ca import lifecycle
-from pki.ca.authority import IssuedCertificate, load_csr, parse_serial
+from pki.ca.authority import Authority, IssuedCertificate, load_csr, parse_serial
 from pki.ca.profiles import key_storage_of
 from pki.cli.context import (
     AdminContext,
@@ -252,18 +255,136 @@ def _parse_when(value: str | None) -> dt.datetime | None:
 
 
 @cert.command("revoke")
-@click.argument("serial")
+@click.argument("serial", required=False)
 @click.option("--reason", required=True, metavar="|".join(lifecycle.REASONS),
               help="RFC 5280 reason; certificateHold suspends (see `cert release`).")
 @click.option("--invalidity-date", default=None, metavar="ISO",
               help="When the key is known or suspected to have been compromised.")
+@click.option("--from-file", "from_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Many at once: one serial per line (blank lines and # comments skipped). "
+                   "Every line is checked first; nothing is applied if one is bad.")
+@click.option("--card-model", default=None, metavar="M",
+              help="Select the certificates of every card of this model (as recorded at "
+                   "personalisation: the ATR hex, or the PKCS#11 token's manufacturer / model).")
+@click.option("--issued-before", default=None, metavar="DATE",
+              help="Select certificates whose notBefore is before DATE (ISO 8601; a date "
+                   "alone means midnight UTC).")
+@click.option("--issuer", default=None, metavar="CA",
+              help="Select certificates of this issuing CA (slug or name).")
+@click.option("--dry-run", is_flag=True,
+              help="Print how many certificates would change; change nothing.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=50_000), default=lifecycle.BATCH,
+              show_default=True, help="Certificates per transaction and audit record.")
+@json_flag
 @pass_admin
-def cert_revoke(obj: AdminContext, serial: str, reason: str,
-                invalidity_date: str | None) -> None:
-    """Revoke (or hold, with --reason certificateHold) a certificate."""
+def cert_revoke(obj: AdminContext, serial: str | None, reason: str,
+                invalidity_date: str | None, from_file: Path | None, card_model: str | None,
+                issued_before: str | None, issuer: str | None, dry_run: bool,
+                batch_size: int) -> None:
+    """Revoke (or hold, with --reason certificateHold) one certificate, a list, or a selection.
+
+    \b
+    cps-admin cert revoke SERIAL --reason keyCompromise
+    cps-admin cert revoke --from-file serials.txt --reason certificateHold
+    cps-admin cert revoke --card-model 3BAC00...9000 --issued-before 2026-01-01 \\
+        --reason certificateHold [--dry-run]
+    """
     reason = lifecycle.parse_reason(reason)
-    change = lifecycle.revoke(obj.authority(), serial, reason, _parse_when(invalidity_date))
-    click.echo(f"{change.serial}: {change.status} ({change.reason}) at {change.at.isoformat()}")
+    when = _parse_when(invalidity_date)
+    selecting = any(v is not None for v in (card_model, issued_before, issuer))
+    if sum((serial is not None, from_file is not None, selecting)) != 1:
+        raise click.UsageError("give one SERIAL, --from-file FILE, or a selection "
+                               "(--card-model, --issued-before, --issuer)")
+    if serial is not None:
+        if dry_run:
+            raise click.UsageError("--dry-run is for --from-file and selections")
+        change = lifecycle.revoke(obj.authority(), serial, reason, when)
+        click.echo(f"{change.serial}: {change.status} ({change.reason}) "
+                   f"at {change.at.isoformat()}")
+        return
+    auth = obj.authority()
+    event, reason = lifecycle.event_of(reason)
+    if from_file is not None:
+        serials = read_serial_file(from_file)
+        planned = lifecycle.plan(auth, serials, event, reason, batch_size=batch_size)
+        if planned.problems:
+            shown = "; ".join(planned.problems[:5])
+            raise InvalidInput(f"{len(planned.problems)} of {len(serials)} serial(s) in "
+                               f"{from_file} cannot be changed, nothing applied: {shown}"
+                               + (" ..." if len(planned.problems) > 5 else ""))
+        todo, already = planned.to_change, planned.already
+        selection: dict[str, Any] = {"from_file": from_file.name, "lines": len(serials),
+                                     "sha256": planned.sha256}
+    else:
+        chosen = lifecycle.Selection(
+            card_model=card_model, issued_before=_parse_date(issued_before),
+            issuer=issuer_slug(auth, issuer) if issuer is not None else None)
+        todo, already = lifecycle.select_serials(auth, chosen, event), 0
+        selection = chosen.describe()
+    verb = {"hold": "suspend", "revoke": "revoke"}[event]
+    if dry_run:
+        if obj.json_output:
+            emit_json({"dry_run": True, "event": event, "reason": reason, "count": len(todo),
+                       "already": already, "selection": selection})
+        else:
+            click.echo(f"would {verb} {len(todo)} certificate(s) ({reason})"
+                       + (f"; {already} already done" if already else ""))
+        return
+    with tqdm(total=len(todo), desc=verb, unit="cert", file=sys.stderr, leave=False,
+              dynamic_ncols=True, mininterval=0.5, disable=None) as bar:
+        outcome = lifecycle.change_many(auth, todo, event, reason, selection=selection,
+                                        invalidity_date=when, batch_size=batch_size,
+                                        progress=bar.update)
+    already += outcome.already
+    if obj.json_output:
+        emit_json({"event": event, "reason": reason, "changed": outcome.changed,
+                   "already": already, "batches": outcome.batches, "selection": selection})
+    else:
+        click.echo(f"{'suspended' if event == 'hold' else 'revoked'} {outcome.changed} "
+                   f"certificate(s) ({reason}) in {outcome.batches} batch(es)"
+                   + (f"; {already} already done" if already else ""))
+
+
+def read_serial_file(path: Path) -> list[str]:
+    """Every serial of a file, checked: all bad lines are reported and nothing is returned."""
+    serials: list[str] = []
+    bad: list[str] = []
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                serials.append(parse_serial(text))
+            except InvalidInput as exc:
+                bad.append(f"line {number}: {exc.message}")
+    if bad:
+        raise InvalidInput(f"{len(bad)} bad line(s) in {path}, nothing applied: "
+                           + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    if not serials:
+        raise InvalidInput(f"no serial in {path}")
+    return serials
+
+
+def issuer_slug(auth: Authority, name: str) -> str:
+    """An issuing CA named by slug or common name (any case)."""
+    for ca in auth.issuing_cas():
+        if name in (ca.slug, ca.name) or name.lower() == ca.name.lower():
+            return ca.slug
+    raise NotFound(f"no issuing CA {name!r}; known: "
+                   f"{', '.join(c.slug for c in auth.issuing_cas())}")
+
+
+def _parse_date(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"--issued-before {value!r} is not an ISO 8601 date "
+                           f"(e.g. 2026-01-31 or 2026-01-31T10:00:00Z)") from None
+    return (when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when).astimezone(dt.UTC)
 
 
 @cert.command("release")

@@ -97,6 +97,9 @@ class Card(Base):
     location: Mapped[str] = mapped_column(String(256))      # reader name or token label
     status: Mapped[str] = mapped_column(String(16))         # active | blocked | revoked
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # The chip as personalisation saw it: ATR hex (PC/SC) or "manufacturer / model" (PKCS#11
+    # token); NULL for cards personalised before it was recorded (migration 0050).
+    model: Mapped[str | None] = mapped_column(String(128), index=True)
 
 
 class Certificate(Base):
