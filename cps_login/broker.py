@@ -10,7 +10,9 @@ Order of the checks, each refusal with its own audited reason:
 3. the certificate parses (``malformed``) and the signature over
    ``proof.login_message(challenge, issuer)`` verifies with its key (``bad_signature``) —
    proof of possession comes first, so that nothing below is ever told to someone who merely
-   holds a (public) certificate;
+   holds a (public) certificate; a signature that verifies over the broker URL the client says
+   it used (``"broker"`` in the body) but not over our issuer is ``wrong_issuer``, told with
+   both URLs (the broker was reached under another name than its issuer URL);
 4. the certificate's validity window (``expired`` / ``not_yet_valid``), its path to one of the
    home's roots (``other_ca``), its usage: digitalSignature + authentication policy
    (``wrong_usage``, e.g. the signature certificate);
@@ -18,8 +20,9 @@ Order of the checks, each refusal with its own audited reason:
    or refused when ``accept_software_keys`` is false (``software_key_refused``);
 6. live revocation status: OCSP, CRL fallback (``revoked`` / ``hold`` / ``status_unknown`` /
    ``revocation_unavailable`` when both are unreachable: fail closed);
-7. the requested organisation is one of the professional's practices
-   (``unknown_organisation``).
+7. the requested organisation is one of the professional's exercise situations
+   (``unknown_organisation``): its national structure id, or its bare FINESS/SIRET/SIREN
+   number; without one, the only structure of a professional who has one.
 
 Memory and audit stay bounded whatever is sent: only certificates whose path reached our roots
 are cached (``ByteLru``, bounded in bytes), and an audit record names a certificate by its
@@ -42,8 +45,6 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from cps_login.auditsink import AuditSink
 from cps_login.challenges import Challenge, ChallengeStore
@@ -62,9 +63,8 @@ from cps_login.proof import login_message, verify_login_signature
 from cps_login.revocation import RevocationChecker
 from cps_login.tokens import ASSURANCE_BY_KEY_STORAGE, Assurance, IssuedToken, TokenIssuer
 from pki.clock import Clock
+from pki.situations import ExerciseSituation, pick, situations_for
 from pki.store.db import Store
-from pki.store.models import Professional, Structure
-from pki.store.patient_models import ProfessionalActivity
 
 MAX_CHAIN = 4
 # A CPS authentication certificate is about 1.5 KB and a signature at most 512 bytes (RSA-4096):
@@ -83,6 +83,7 @@ class LoginRequest:
     signature: bytes
     organisation_id: str | None = None
     client: str = ""                      # remote address, for the audit record
+    broker: str | None = None             # the issuer URL the client signed for (diagnosis)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any], client: str = "") -> LoginRequest:
@@ -100,13 +101,16 @@ class LoginRequest:
         chain = body.get("chain", [])
         if not isinstance(chain, list) or len(chain) > MAX_CHAIN:
             raise CredentialRefused("malformed", "chain must be a list of at most 4")
-        org = body.get("organisation_id")
-        if org is not None and not isinstance(org, str):
+        org = body.get("organisation_id", body.get("organisation"))
+        if org is not None and (not isinstance(org, str) or len(org) > 64):
             raise CredentialRefused("malformed", "organisation_id must be a string")
+        broker = body.get("broker")
+        if broker is not None and (not isinstance(broker, str) or len(broker) > 512):
+            raise CredentialRefused("malformed", "broker must be a URL string")
         return cls(certificate=b64(body.get("certificate")),
                    chain=tuple(b64(c) for c in chain), challenge=b64(body.get("challenge")),
                    signature=b64(body.get("signature"), MAX_SIGNATURE_BYTES),
-                   organisation_id=org, client=client)
+                   organisation_id=org, client=client, broker=broker)
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,12 @@ class LoginResult:
     token: IssuedToken
     holder: Holder
     serial: str
+    key_storage: str = "software"         # where the certificate's key lives (card|hsm|software)
+    organisation: ExerciseSituation | None = None
+
+    @property
+    def auth_time(self) -> int:
+        return int(self.token.claims["auth_time"])
 
 
 class LoginService:
@@ -158,7 +168,7 @@ class LoginService:
         self._practice_ttl = practice_ttl_seconds
         self._accept_software = accept_software_keys
         # Both filled only for certificates of our CAs, both bounded in bytes.
-        self._practices: ByteLru[str, tuple[float, Sequence[str]]] = ByteLru(
+        self._practices: ByteLru[str, tuple[float, Sequence[ExerciseSituation]]] = ByteLru(
             cache_max_bytes, _MEMO_SIZE)
         self._known: ByteLru[bytes, _Known] = ByteLru(cache_max_bytes, _MEMO_SIZE)
 
@@ -208,7 +218,7 @@ class LoginService:
         facts["serial"] = leaf.serial
         message = login_message(request.challenge, self.issuer)
         if not verify_login_signature(leaf.public_key, message, request.signature):
-            raise CredentialRefused("bad_signature")
+            raise self._signature_refusal(request, leaf)
         path = self._paths.validate(leaf.certificate, presented, self._clock.now())
         if known is None:
             known = self._trusted(leaf, path.issuer)
@@ -224,13 +234,33 @@ class LoginService:
         if status.status != "good":
             raise CredentialRefused(status.status, status.reason or "")
         organisation = self._organisation(holder, request.organisation_id)
-        if organisation:
-            facts["organisation_id"] = organisation
+        extra: dict[str, Any] = {"cnf": {"x5t#S256": leaf.thumbprint},
+                                 "cps_key_location": known.key_storage}
+        if organisation is not None:
+            facts["organisation_id"] = organisation.structure_id
+            extra["SubjectOrganization"] = organisation.structure_name
         token = self._tokens.issue(subject=holder.national_id, audience=self.audience,
                                    profession_code=holder.profession_code,
-                                   organisation_id=organisation, assurance=assurance,
-                                   extra={"cnf": {"x5t#S256": leaf.thumbprint}})
-        return LoginResult(token, holder, leaf.serial)
+                                   organisation_id=organisation.structure_id
+                                   if organisation is not None else None,
+                                   assurance=assurance, extra=extra)
+        return LoginResult(token, holder, leaf.serial, known.key_storage, organisation)
+
+    def _signature_refusal(self, request: LoginRequest, leaf: _Leaf) -> CredentialRefused:
+        """``wrong_issuer`` when the card signed for the broker URL the client says it used and
+        that is not our issuer (proven by the signature itself); ``bad_signature`` otherwise."""
+        claimed = request.broker
+        if claimed and claimed.rstrip("/") != self.issuer.rstrip("/"):
+            try:
+                other = login_message(request.challenge, claimed.rstrip("/"))
+            except ValueError:
+                return CredentialRefused("bad_signature")
+            if verify_login_signature(leaf.public_key, other, request.signature):
+                return CredentialRefused(
+                    "wrong_issuer", f"the card signed for broker {claimed.rstrip('/')!r} but "
+                                    f"this broker's issuer URL is {self.issuer!r}: log in with "
+                                    f"--broker {self.issuer}")
+        return CredentialRefused("bad_signature")
 
     def _trusted(self, leaf: _Leaf, issuer: x509.Certificate) -> _Known:
         """Usage checks and holder of a leaf whose path reached our roots."""
@@ -244,7 +274,7 @@ class LoginService:
             raise CredentialRefused("software_key_refused", f"key storage {key_storage}")
         return ASSURANCE_BY_KEY_STORAGE.get(key_storage, ASSURANCE_BY_KEY_STORAGE["software"])
 
-    def _organisation(self, holder: Holder, wanted: str | None) -> str | None:
+    def _organisation(self, holder: Holder, wanted: str | None) -> ExerciseSituation | None:
         rpps = holder.national_id[1:]
         now = time.monotonic()
         cached = self._practices.get(rpps)
@@ -252,23 +282,13 @@ class LoginService:
             practices = cached[1]
         else:
             with self._store.read() as session:
-                practices = _practices(session, rpps)
-            weight = 256 + sum(64 + len(p) for p in practices)
+                practices = situations_for(session, rpps)
+            weight = 256 + sum(256 + len(p.structure_name) for p in practices)
             self._practices.put(rpps, (now + self._practice_ttl, practices), weight)
-        if wanted is None:
-            return practices[0] if len(practices) == 1 else None
-        if wanted not in practices:
-            raise CredentialRefused("unknown_organisation", wanted)
-        return wanted
-
-
-def _practices(session: Session, rpps: str) -> Sequence[str]:
-    rows = session.execute(
-        select(Structure.structure_id)
-        .join(ProfessionalActivity, ProfessionalActivity.structure_id == Structure.id)
-        .join(Professional, Professional.id == ProfessionalActivity.professional_id)
-        .where(Professional.rpps == rpps).order_by(Structure.structure_id)).scalars().all()
-    return list(rows)
+        try:
+            return pick(practices, wanted)
+        except ValueError:
+            raise CredentialRefused("unknown_organisation", str(wanted)) from None
 
 
 # cryptography parses lazily and raises more than ValueError on a hostile DER (an issuer

@@ -24,7 +24,9 @@ from pki.cards.card import Card
 class BrokerRefused(Exception):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         reason = f" ({body['reason']})" if "reason" in body else ""
-        super().__init__(f"broker refused the login: {body.get('error', status)}{reason}")
+        message = f": {body['message']}" if isinstance(body.get("message"), str) else ""
+        super().__init__(f"broker refused the login: {body.get('error', status)}{reason}"
+                         f"{message}")
         self.status = status
         self.body = body
 
@@ -66,9 +68,11 @@ def card_login(card: Card, pin: str, broker: str, *, organisation_id: str | None
     challenge_b64 = _post(base + "/login/challenge", None, timeout)["challenge"]
     challenge = base64.b64decode(challenge_b64)
     signature = card.sign("auth", login_message(challenge, base))
+    # "broker": the URL signed for, so that a broker known under another name can say so.
     body: dict[str, Any] = {
         "certificate": base64.b64encode(certificate.public_bytes(Encoding.DER)).decode(),
-        "challenge": challenge_b64, "signature": base64.b64encode(signature).decode()}
+        "challenge": challenge_b64, "signature": base64.b64encode(signature).decode(),
+        "broker": base}
     if organisation_id:
         body["organisation_id"] = organisation_id
     answer = _post(base + "/login", body, timeout)

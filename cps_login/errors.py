@@ -13,7 +13,9 @@ from pki.errors import PkiError
 # Reasons that may be told to the caller: each is only reached after the caller proved
 # possession of the certificate's private key over a fresh challenge of ours.
 DISCLOSED_REASONS = frozenset({"revoked", "hold", "expired", "not_yet_valid", "wrong_usage",
-                               "status_unknown", "unknown_organisation"})
+                               "status_unknown", "unknown_organisation", "wrong_issuer"})
+# Reasons whose detail is told too: it names nothing the caller does not know already.
+DETAILED_REASONS = frozenset({"wrong_issuer"})
 
 
 class CredentialRefused(PkiError):

@@ -8,6 +8,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from cps_login.errors import (
+    DETAILED_REASONS,
     ChallengeRefused,
     CredentialRefused,
     PatientAuthFailed,
@@ -26,6 +27,8 @@ def register(app: Flask) -> None:
         headers: dict[str, str] = {}
         if isinstance(exc, CredentialRefused) and exc.disclose:
             body["reason"] = exc.reason
+            if exc.reason in DETAILED_REASONS:
+                body["message"] = exc.detail
         elif isinstance(exc, TokenInvalid):
             body["reason"] = exc.reason
             headers["WWW-Authenticate"] = f'Bearer error="invalid_token", ' \
