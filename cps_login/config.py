@@ -71,6 +71,8 @@ class LoginConfig:
     # Peers (CIDRs) whose X-Forwarded-For / X-Forwarded-Proto the patient role believes.
     trusted_proxies: tuple[str, ...] = ()
     totp_key_file: str = "secrets/totp.key"
+    # AES-256-GCM key of the secure messages at rest (patient and broker roles only).
+    message_key_file: str = "secrets/messages.key"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -123,6 +125,23 @@ class LoginConfig:
             raise ConfigError(f"{path}: not a hex key") from None
         if len(key) != 32:
             raise ConfigError(f"{path}: the TOTP key must be 32 bytes (64 hex digits)")
+        return key
+
+
+    def message_key(self) -> bytes:
+        """The AES-256-GCM key sealing secure messages at rest; generated (0600) the first
+        time, shared by the patient and broker roles of the home."""
+        path = self.home / self.message_key_file
+        text = secret_once(path)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(f"{path}: readable by others (mode {mode:o}); chmod 600")
+        try:
+            key = bytes.fromhex(text.strip())
+        except ValueError:
+            raise ConfigError(f"{path}: not a hex key") from None
+        if len(key) != 32:
+            raise ConfigError(f"{path}: the message key must be 32 bytes (64 hex digits)")
         return key
 
 

@@ -4,8 +4,9 @@ The patient role holds no token and loads no PKCS#11 module: it reads and writes
 counts sign-in failures and records signed-out sessions (in Redis when ``redis_url`` is set,
 else in memory and in the store respectively, so replicas agree), signs patient sessions with
 the HMAC key in ``secrets/login-session.key`` and seals TOTP seeds with ``secrets/totp.key``,
-both shared by every replica of the home. Clear seeds from before migration 0007 are sealed
-here, before the role answers anyone.
+both shared by every replica of the home, and seals secure messages with
+``secrets/messages.key`` (``message_key_file``; the broker role reads it too). Clear seeds
+from before migration 0007 are sealed here, before the role answers anyone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cps_login.patient_auth import (
     SessionRevocations,
     StoreRevocations,
 )
+from cps_login.patient_space import MessageBox, PatientSpace
 from cps_login.patients import PatientService
 from cps_login.ratelimit import (
     FailureCounts,
@@ -42,6 +44,7 @@ class PatientServices:
     store: Store
     patients: PatientService
     patient_auth: PatientAuth
+    space: PatientSpace
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -67,8 +70,9 @@ def build_patient_services(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
                                totp.SeedBox(config.totp_key()), revocations,
                                config.patient_session_ttl_seconds)
     patient_auth.seal_clear_seeds()
+    space = PatientSpace(patients, MessageBox(config.message_key()))
     return PatientServices(config=config, clock=clock, store=store, patients=patients,
-                           patient_auth=patient_auth, closers=closers)
+                           patient_auth=patient_auth, space=space, closers=closers)
 
 
 def _redis(url: str) -> Any:

@@ -19,7 +19,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cps_login import access
-from cps_login.access import AccessRequest, Actor, Decision, DocumentState, Matrix, RecordState
+from cps_login.access import (
+    AccessRequest,
+    Actor,
+    Decision,
+    DocumentState,
+    Matrix,
+    RecordState,
+    SpaceActions,
+)
 from pki import audit, ids
 from pki.clock import Clock
 from pki.errors import Duplicate, InvalidInput, NotAuthorised, NotFound
@@ -30,9 +38,11 @@ from pki.store.patient_models import (
     CareTeamMember,
     Consent,
     Document,
+    DocumentHiddenFrom,
     LegalRepresentative,
     Patient,
     PatientBlock,
+    ProfileShare,
 )
 
 ACTIVATION_DAYS = 30
@@ -73,6 +83,14 @@ def _hash_code(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
+def hidden_from(kind: str, doc_id: int, session: Session) -> frozenset[str]:
+    """The national ids a document (``document`` or ``upload``) is hidden from, one by one."""
+    rows = session.execute(select(Professional.rpps).join(
+        DocumentHiddenFrom, DocumentHiddenFrom.professional_id == Professional.id)
+        .where(DocumentHiddenFrom.kind == kind, DocumentHiddenFrom.document_id == doc_id))
+    return frozenset("8" + r for r in rows.scalars())
+
+
 def document_json(doc: Document, author: str, with_content: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": doc.id, "category": doc.category, "title": doc.title, "author": author,
@@ -88,15 +106,35 @@ def document_json(doc: Document, author: str, with_content: bool) -> dict[str, A
 
 class PatientService:
     def __init__(self, store: Store, clock: Clock, *, matrix: Matrix | None = None,
-                 emergency_centres: Sequence[str] = ()) -> None:
+                 emergency_centres: Sequence[str] = (),
+                 actions: SpaceActions | None = None) -> None:
         self._store = store
         self._clock = clock
         self._matrix = matrix or access.default_matrix()
+        self._actions = actions or access.default_actions()
         self._centres = frozenset(emergency_centres)
 
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def matrix(self) -> Matrix:
+        return self._matrix
+
+    def patient(self, session: Session, ins: str) -> Patient:
+        """The record of ``ins`` (NotFound if none; InvalidInput if not an INS)."""
+        return self._patient(session, ins)
+
+    def professional(self, session: Session, national_id: str) -> Professional:
+        return self._professional(session, national_id)
+
+    def actor_name(self, session: Session, actor: Actor) -> str:
+        return self._actor_name(session, actor)
 
     # --- loading ------------------------------------------------------------------------
     @staticmethod
@@ -132,7 +170,15 @@ class PatientService:
         reps = frozenset(session.execute(select(Patient.ins).join(
             LegalRepresentative, LegalRepresentative.representative_id == Patient.id)
             .where(LegalRepresentative.child_id == patient.id)).scalars())
+        shares: dict[str, dt.datetime] = {}
+        for rpps, end in session.execute(
+                select(Professional.rpps, ProfileShare.expires_at).join(
+                    ProfileShare, ProfileShare.professional_id == Professional.id)
+                .where(ProfileShare.patient_id == patient.id,
+                       ProfileShare.revoked_at.is_(None), ProfileShare.expires_at > at)):
+            shares["8" + rpps] = max(end, shares.get("8" + rpps, end))
         return RecordState(
+            shares=shares,
             patient_id=patient.ins,
             is_minor=_age_years(patient.birth_date, at.date()) < MAJORITY_YEARS,
             care_team=national_ids(CareTeamMember), consents=consents,
@@ -144,7 +190,8 @@ class PatientService:
         author = session.get(Professional, doc.author_id)
         assert author is not None
         return DocumentState(doc.id, doc.category, "8" + author.rpps, doc.hidden_by_patient,
-                             doc.hidden_from_patient_until, doc.hidden_from_representatives)
+                             doc.hidden_from_patient_until, doc.hidden_from_representatives,
+                             hidden_from("document", doc.id, session))
 
     @staticmethod
     def _document(session: Session, patient: Patient, doc_id: int) -> Document:
@@ -157,22 +204,38 @@ class PatientService:
     def _decide(self, session: Session, patient: Patient, actor: Actor, action: str,
                 doc: Document | None = None, mode: str = "normal",
                 reason: str | None = None) -> Decision:
+        doc_state = self._doc_state(session, doc) if doc is not None else None
+        return self.decide_and_record(session, patient, actor, action, doc_state=doc_state,
+                                      document_id=doc.id if doc is not None else None,
+                                      mode=mode, reason=reason)
+
+    def decide_and_record(self, session: Session, patient: Patient, actor: Actor, action: str,
+                          *, doc_state: DocumentState | None = None,
+                          document_id: int | None = None, mode: str = "normal",
+                          reason: str | None = None, subject: str | None = None,
+                          label: str | None = None) -> Decision:
+        """The one decision path: ask the rules, then record the decision (audit chain and
+        access history) in ``session``. ``subject`` names what else was reached
+        (``upload:5``, ``message:3``, ...); ``label`` the action as the history shows it
+        (``view``, ``download``) when it differs from the rule's action."""
         at = self._clock.now()
         state = self._state(session, patient, at)
-        doc_state = self._doc_state(session, doc) if doc is not None else None
         request = AccessRequest(actor, action, at, doc_state, mode, reason)  # type: ignore[arg-type]
-        decision = access.decide(request, state, self._matrix)
-        self._record(session, patient, actor, action, doc, decision, reason, at)
+        decision = access.decide(request, state, self._matrix, self._actions)
+        self._record(session, patient, actor, label or action, document_id, decision, reason,
+                     at, subject)
         return decision
 
     def _record(self, session: Session, patient: Patient, actor: Actor, action: str,
-                doc: Document | None, decision: Decision, reason: str | None,
-                at: dt.datetime) -> None:
+                document_id: int | None, decision: Decision, reason: str | None,
+                at: dt.datetime, subject: str | None = None) -> None:
         details: dict[str, Any] = {"patient": patient.ins, "action": action,
                                    "granted": decision.granted, "rule": decision.rule,
                                    "mode": decision.mode}
-        if doc is not None:
-            details["document"] = doc.id
+        if document_id is not None:
+            details["document"] = document_id
+        if subject is not None:
+            details["subject"] = subject
         if reason:
             details["reason"] = reason[:500]
         if decision.flagged:
@@ -183,9 +246,9 @@ class PatientService:
             patient_id=patient.id, at=at, actor_kind=actor.kind, actor_id=actor.id,
             actor_name=self._actor_name(session, actor), profession_code=actor.profession_code,
             organisation_id=actor.organisation_id, action=action,
-            document_id=doc.id if doc is not None else None, mode=decision.mode,
+            document_id=document_id, mode=decision.mode,
             granted=decision.granted, rule=decision.rule, reason=(reason or None),
-            flagged=decision.flagged, audit_seq=record.seq))
+            flagged=decision.flagged, audit_seq=record.seq, subject=subject))
 
     @staticmethod
     def _actor_name(session: Session, actor: Actor) -> str:

@@ -1,4 +1,5 @@
-"""Tables of the login broker and the patient record (migrations 0004_patient_access, 0007).
+"""Tables of the login broker and the patient record (migrations 0004_patient_access, 0007,
+0030_patient_space).
 
 Professionals' practices (which structure they work for), patients, their legal
 representatives, care teams, consents, blocks, documents with their visibility flags, and the
@@ -141,7 +142,7 @@ class AccessEvent(Base):
     actor_name: Mapped[str] = mapped_column(String(256))
     profession_code: Mapped[int | None] = mapped_column(Integer)
     organisation_id: Mapped[str | None] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))          # 16 before 0030
     document_id: Mapped[int | None] = mapped_column(Integer)
     mode: Mapped[str] = mapped_column(String(16))            # normal | break_glass | emergency
     granted: Mapped[bool] = mapped_column(Boolean)
@@ -149,3 +150,99 @@ class AccessEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)         # the stated emergency
     flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     audit_seq: Mapped[int] = mapped_column(BigInteger)       # the link in the audit chain
+    # what else was reached (0030): "upload:5", "health", "message:3", "share:2", "summary"
+    subject: Mapped[str | None] = mapped_column(String(32))
+
+
+# --- the patient space's own content (migration 0030_patient_space) ---------------------------
+class DocumentHiddenFrom(Base):
+    """A document (a professional's or the patient's own) hidden from one professional."""
+
+    __tablename__ = "document_hidden_from"
+    __table_args__ = (UniqueConstraint("kind", "document_id", "professional_id",
+                                       name="uq_document_hidden_from"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))            # document | upload
+    document_id: Mapped[int] = mapped_column(Integer)
+    professional_id: Mapped[int] = mapped_column(ForeignKey("professional.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class PatientUpload(Base):
+    """A document the patient (or a legal representative) added: PDF or image, checked."""
+
+    __tablename__ = "patient_upload"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    title: Mapped[str] = mapped_column(String(256))
+    media_type: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(128))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    written_by: Mapped[str] = mapped_column(String(32))      # INS of the patient or representative
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    hidden_by_patient: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class HealthEntry(Base):
+    """Structured data written by the patient: an allergy, a vaccination or a measure."""
+
+    __tablename__ = "health_entry"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))            # allergy | vaccination | measure
+    name: Mapped[str] = mapped_column(String(128))           # substance, vaccine, measure code
+    value: Mapped[float | None] = mapped_column()
+    value2: Mapped[float | None] = mapped_column()            # diastolic pressure
+    unit: Mapped[str | None] = mapped_column(String(16))
+    on_date: Mapped[dt.date] = mapped_column(Date)
+    note: Mapped[str | None] = mapped_column(String(512))
+    written_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Conversation(Base):
+    """A secure conversation, opened by a professional of the care team."""
+
+    __tablename__ = "conversation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    professional_id: Mapped[int] = mapped_column(ForeignKey("professional.id"))
+    subject: Mapped[bytes] = mapped_column(LargeBinary)      # sealed (cps_login.patient_space)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Message(Base):
+    __tablename__ = "message"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"), index=True)
+    author_kind: Mapped[str] = mapped_column(String(16))     # professional | patient
+    author_id: Mapped[str] = mapped_column(String(32))
+    author_name: Mapped[str] = mapped_column(String(256))
+    body: Mapped[bytes] = mapped_column(LargeBinary)         # sealed
+    attachment_name: Mapped[str | None] = mapped_column(String(128))
+    attachment_type: Mapped[str | None] = mapped_column(String(64))
+    attachment_size: Mapped[int | None] = mapped_column(Integer)
+    attachment: Mapped[bytes | None] = mapped_column(LargeBinary)   # sealed
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class ProfileShare(Base):
+    """The patient's summary shared with one professional until ``expires_at`` (or revoked)."""
+
+    __tablename__ = "profile_share"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    professional_id: Mapped[int] = mapped_column(ForeignKey("professional.id"))
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)

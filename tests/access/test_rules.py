@@ -20,7 +20,9 @@ from cps_login.access import (
     DocumentState,
     Matrix,
     RecordState,
+    SpaceActions,
     decide,
+    default_actions,
     default_matrix,
 )
 
@@ -33,6 +35,7 @@ NURSE = Actor("professional", "810001234561", 60)
 PHARMACIST = Actor("professional", "810009999991", 21)
 SAMU_DOC = Actor("professional", "810005555550", 10, organisation_id="1750000019")
 OTHER_DOC = Actor("professional", "810007777774", 10, organisation_id="1750000027")
+UNLISTED = Actor("professional", "810008888883", 99)   # a profession the matrix lists not
 ME = Actor("patient", CHILD)
 MY_PARENT = Actor("patient", PARENT)
 SOMEONE = Actor("patient", STRANGER_PATIENT)
@@ -42,6 +45,9 @@ MENTAL = DocumentState(2, "mental_health", PHYSICIAN.id)
 HIDDEN = replace(REPORT, id=3, hidden_by_patient=True)
 LATER = replace(REPORT, id=4, hidden_from_patient_until=NOW + dt.timedelta(days=30))
 NOT_FOR_PARENTS = replace(REPORT, id=5, hidden_from_representatives=True)
+ONLY_NOT_NURSE = replace(REPORT, id=6, category="lab", hidden_from=frozenset({NURSE.id}))
+UPLOAD_NOT_NURSE = DocumentState(7, "patient_document", CHILD,
+                                 hidden_from=frozenset({NURSE.id}))
 
 BASE = RecordState(patient_id=CHILD, is_minor=True, care_team=frozenset({PHYSICIAN.id}),
                    consents={NURSE.id: NOW + dt.timedelta(days=1)},
@@ -183,6 +189,66 @@ CASES = [
      "legal_representative", "not_minor"),
     ("patient-cannot-write-pro-can", req(PHYSICIAN, action="write"), BASE, True, "care_team",
      "patient_cannot_write"),
+    # 11. the patient space's actions (cps_login/data/access_actions.json)
+    ("hidden-from-one-pro-refused", req(NURSE, doc=ONLY_NOT_NURSE), BASE, False,
+     "hidden_from_professional", "hidden_from_professional"),
+    ("hidden-from-one-pro-other-granted", req(PHYSICIAN, doc=replace(
+        ONLY_NOT_NURSE, author_id=OTHER_DOC.id)), BASE, True, "care_team",
+     "hidden_from_professional"),
+    ("upload-hidden-from-one-pro", req(NURSE, "read_upload", doc=UPLOAD_NOT_NURSE), BASE,
+     False, "hidden_from_professional", "hidden_from_professional"),
+    ("care-team-opens-conversation", req(PHYSICIAN, "open_conversation", None), BASE, True,
+     "care_team", "not_care_team"),
+    ("consented-cannot-open-conversation", req(NURSE, "open_conversation", None), BASE, False,
+     "not_care_team", "not_care_team"),
+    ("blocked-cannot-open-conversation", req(PHYSICIAN, "open_conversation", None),
+     replace(BASE, blocked=frozenset({PHYSICIAN.id})), False, "patient_blocked",
+     "patient_blocked"),
+    ("no-conversation-in-break-glass", req(OTHER_DOC, "open_conversation", None,
+                                           mode="break_glass", reason="arrest"), BASE, False,
+     "mode_not_allowed", "mode_not_allowed"),
+    ("patient-cannot-open-conversation", req(ME, "open_conversation", None), BASE, False,
+     "professional_only", "professional_only"),
+    ("patient-replies", req(ME, "send_message", None), BASE, True, "patient_self",
+     "patient_self"),
+    ("parent-replies-for-minor", req(MY_PARENT, "send_message", None), BASE, True,
+     "legal_representative", "legal_representative"),
+    ("stranger-cannot-reply", req(SOMEONE, "send_message", None), BASE, False,
+     "not_representative", "not_representative"),
+    ("consented-reads-messages", req(NURSE, "read_messages", None), BASE, True, "consent",
+     "consent"),
+    ("stranger-pro-reads-no-messages", req(OTHER_DOC, "read_messages", None), BASE, False,
+     "no_care_relationship", "no_care_relationship"),
+    ("pro-reads-upload", req(PHARMACIST, "read_upload", None), replace(
+        BASE, care_team=frozenset({PHARMACIST.id})), True, "care_team", "profession_matrix"),
+    ("upload-break-glass-granted", req(OTHER_DOC, "read_upload", None, mode="break_glass",
+                                       reason="unconscious"), BASE, True, "break_glass",
+     "mode_not_allowed"),
+    ("health-matrix-refused", req(UNLISTED, "read_health", None),
+     replace(BASE, care_team=frozenset({UNLISTED.id})), False, "profession_matrix",
+     "profession_matrix"),
+    ("pro-cannot-contribute", req(PHYSICIAN, "contribute", None), BASE, False, "patient_only",
+     "patient_only"),
+    ("patient-contributes", req(ME, "contribute", None), BASE, True, "patient_self",
+     "patient_only"),
+    ("adult-child-parent-cannot-share", req(MY_PARENT, "share", None),
+     replace(BASE, is_minor=False), False, "not_minor", "not_minor"),
+    ("summary-shared-granted", req(OTHER_DOC, "read_summary", None),
+     replace(BASE, shares={OTHER_DOC.id: NOW + dt.timedelta(days=1)}), True, "shared_summary",
+     "shared_summary"),
+    ("summary-expired-refused", req(OTHER_DOC, "read_summary", None, at=NOW + dt.timedelta(
+        days=2)), replace(BASE, shares={OTHER_DOC.id: NOW + dt.timedelta(days=1)}), False,
+     "not_shared", "shared_summary"),
+    ("summary-not-shared-refused", req(PHYSICIAN, "read_summary", None), BASE, False,
+     "not_shared", "not_shared"),
+    ("summary-shared-with-care-team", req(PHYSICIAN, "read_summary", None),
+     replace(BASE, shares={PHYSICIAN.id: NOW + dt.timedelta(hours=1)}), True,
+     "shared_summary", "not_shared"),
+    ("summary-shared-blocked-refused", req(OTHER_DOC, "read_summary", None),
+     replace(BASE, shares={OTHER_DOC.id: NOW + dt.timedelta(days=1)},
+             blocked=frozenset({OTHER_DOC.id})), False, "patient_blocked", "patient_blocked"),
+    ("unknown-space-action-refused", req(ME, "erase_everything", None), BASE, False,
+     "unknown_action", "unknown_action"),
 ]
 
 
@@ -225,3 +291,30 @@ def test_decide_is_pure() -> None:
     request_, record = req(NURSE), BASE
     first = decide(request_, record)
     assert all(decide(request_, record) == first for _ in range(3))
+
+
+def test_space_actions_are_data_and_checked() -> None:
+    actions = default_actions()
+    assert {"open_conversation", "send_message", "read_messages", "read_upload", "read_health",
+            "contribute", "share", "read_summary"} <= actions.names
+    with pytest.raises(ValueError, match="unknown rule"):
+        SpaceActions.from_json({"actions": {"x": {"professional": {"refuse": "nope"},
+                                                   "patient": {"allow": True}}}})
+    with pytest.raises(ValueError, match="unknown relationships"):
+        SpaceActions.from_json({"actions": {"x": {
+            "professional": {"relationships": ["friend"]}, "patient": {"allow": True}}}})
+    with pytest.raises(ValueError, match="unknown to the matrix"):
+        SpaceActions.from_json({"actions": {"x": {
+            "professional": {"relationships": ["care_team"], "category": "gossip"},
+            "patient": {"allow": True}}}}, default_matrix())
+    with pytest.raises(ValueError, match="built-in"):
+        SpaceActions.from_json({"actions": {"read": {"professional": {"refuse": "patient_only"},
+                                                      "patient": {"allow": True}}}})
+    # the data decides: the same request under other data gives another answer
+    consent_may_open = SpaceActions.from_json({"actions": {"open_conversation": {
+        "professional": {"modes": ["normal"], "relationships": ["care_team", "consent"],
+                         "category": "message", "write": True},
+        "patient": {"refuse": "professional_only"}}}}, default_matrix())
+    request_ = req(NURSE, "open_conversation", None)
+    assert decide(request_, BASE).rule == "not_care_team"
+    assert decide(request_, BASE, actions=consent_may_open).rule == "consent"
