@@ -332,6 +332,51 @@ def holder_from_certificate(cert: x509.Certificate) -> HolderData:
     )
 
 
+def generate_card_key(session: Any, key_id: bytes, label: str, key_type: CardKeyType
+                      ) -> PublicKeyTypes:
+    """A signing key pair generated in the token (sensitive, never extractable)."""
+    private = {
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.SIGN: True,
+        Attribute.DECRYPT: False,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+    }
+    public = {Attribute.VERIFY: True, Attribute.ENCRYPT: False, Attribute.TOKEN: True}
+    if key_type == "rsa2048":
+        pub, _ = session.generate_keypair(
+            KeyType.RSA, 2048, id=key_id, label=label, store=True,
+            public_template=public, private_template=private,
+        )
+    else:
+        params = session.create_domain_parameters(
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True,
+        )
+        pub, _ = params.generate_keypair(
+            id=key_id, label=label, store=True, public_template=public, private_template=private,
+        )
+    return _public_key(pub)
+
+
+def certificate_object(label: str, key_id: bytes, der: bytes) -> dict[Attribute, Any]:
+    """The token object template of an X.509 certificate (public, on the token)."""
+    cert = x509.load_der_x509_certificate(der)
+    return {
+        Attribute.CLASS: ObjectClass.CERTIFICATE,
+        Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: False,
+        Attribute.LABEL: label,
+        Attribute.ID: key_id,
+        Attribute.SUBJECT: cert.subject.public_bytes(),
+        Attribute.ISSUER: cert.issuer.public_bytes(),
+        Attribute.VALUE: der,
+    }
+
+
 class Pkcs11Personaliser:
     """Personalise a blank token as a CPS card (implements ``PersonalisableCard``).
 
@@ -360,60 +405,16 @@ class Pkcs11Personaliser:
                 yield session
 
     def generate_key_pair(self, usage: Usage, key_type: CardKeyType) -> PublicKeyTypes:
-        label = CPS_LABELS[usage].replace("Certificat", "Cle")
-        private = {
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.SIGN: True,
-            Attribute.DECRYPT: False,
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-        }
-        public = {Attribute.VERIFY: True, Attribute.ENCRYPT: False, Attribute.TOKEN: True}
         with self._user() as session:
             for old in session.get_objects({Attribute.ID: KEY_IDS[usage]}):
                 old.destroy()
-            if key_type == "rsa2048":
-                pub, _ = session.generate_keypair(
-                    KeyType.RSA,
-                    2048,
-                    id=KEY_IDS[usage],
-                    label=label,
-                    store=True,
-                    public_template=public,
-                    private_template=private,
-                )
-            else:
-                params = session.create_domain_parameters(
-                    KeyType.EC,
-                    {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
-                    local=True,
-                )
-                pub, _ = params.generate_keypair(
-                    id=KEY_IDS[usage],
-                    label=label,
-                    store=True,
-                    public_template=public,
-                    private_template=private,
-                )
-            return _public_key(pub)
+            return generate_card_key(
+                session, KEY_IDS[usage], CPS_LABELS[usage].replace("Certificat", "Cle"), key_type
+            )
 
     def write_certificate(self, usage: Usage, der: bytes) -> None:
-        cert = x509.load_der_x509_certificate(der)
         with self._user() as session:
-            session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.CERTIFICATE,
-                    Attribute.CERTIFICATE_TYPE: pkcs11.CertificateType.X_509,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: False,
-                    Attribute.LABEL: CPS_LABELS[usage],
-                    Attribute.ID: KEY_IDS[usage],
-                    Attribute.SUBJECT: cert.subject.public_bytes(),
-                    Attribute.ISSUER: cert.issuer.public_bytes(),
-                    Attribute.VALUE: der,
-                }
-            )
+            session.create_object(certificate_object(CPS_LABELS[usage], KEY_IDS[usage], der))
 
     def write_holder(self, holder: HolderData) -> None:
         values = {
@@ -461,5 +462,7 @@ __all__ = [
     "Pkcs11Card",
     "Pkcs11Module",
     "Pkcs11Personaliser",
+    "certificate_object",
+    "generate_card_key",
     "holder_from_certificate",
 ]

@@ -141,3 +141,60 @@ def revoke(admin: AdminContext, card_number: str, reason: str) -> None:
     """Revoke both certificates of a card (lost, stolen, compromised): final."""
     revoked = card_service.revoke_card(admin.authority(), card_number, reason)
     click.echo(f"card {card_number.upper()} revoked ({reason}): {', '.join(revoked)}")
+
+
+@card.command("renew")
+@click.argument("card_number")
+@click.option("--reader", help="PC/SC reader holding the card.")
+@click.option("--token-label", help="PKCS#11 token standing for the card.")
+@click.option("--pkcs11-module", default=None, help="PKCS#11 module of --token-label "
+              "(default: SoftHSM).")
+@click.option("--pin-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The holder's PIN (asked without echo if absent).")
+@json_flag
+@pass_admin
+def renew(admin: AdminContext, card_number: str, reader: str | None, token_label: str | None,
+          pkcs11_module: str | None, pin_file: Path | None) -> None:
+    """New keys on the card, their certificates written, then the old ones superseded.
+
+    A card pulled or a failure half-way keeps valid certificates; run the command again to
+    finish.
+    """
+    from pki.issuance.renew import PcscRenewal, Pkcs11Renewal, renew_card
+
+    if (reader is None) == (token_label is None):
+        raise click.UsageError("give exactly one of --reader or --token-label")
+    pin = (pin_file.read_text("utf-8").strip() if pin_file is not None
+           else getpass.getpass("holder PIN: "))
+    auth = admin.authority()
+    device: PcscRenewal | Pkcs11Renewal
+    try:
+        if reader is not None:
+            from pki.cards.pcsc import PcscCard
+
+            pcsc = PcscCard.open(reader)
+            try:
+                device = PcscRenewal(pcsc, pin)
+            except BaseException:
+                pcsc.close()
+                raise
+        else:
+            from pki.cards.pkcs11_card import Pkcs11Module
+            from pki.config import find_softhsm_module
+
+            module = Pkcs11Module(pkcs11_module or find_softhsm_module())
+            device = Pkcs11Renewal(module, token_label or "", pin)
+        try:
+            result = renew_card(auth, card_number, device)
+        finally:
+            device.close()
+    except CardError as exc:
+        raise click.ClickException(str(exc)) from None
+    if admin.json_output:
+        emit_json({"card": result.card_number, "certificates": result.renewed,
+                   "superseded": list(result.superseded)})
+        return
+    click.echo(f"card {result.card_number} renewed")
+    for usage, serial in result.renewed.items():
+        click.echo(f"  {usage:4}  serial {serial}")
+    click.echo(f"superseded: {', '.join(result.superseded) or '(none)'}")

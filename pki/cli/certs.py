@@ -407,7 +407,15 @@ def cert_release(obj: AdminContext, serial: str) -> None:
 @pass_admin
 def cert_renew(obj: AdminContext, serial: str, csr_file: Path | None, revoke_old: bool,
                out: Path | None) -> None:
-    """Issue a successor certificate for the same holder and usage."""
+    """Issue a successor certificate for the same holder and usage (a card's: `card renew`)."""
+    from pki.issuance.cards import card_of_certificate
+
+    card_number = card_of_certificate(obj.authority(), serial)
+    if card_number is not None:
+        raise click.ClickException(
+            f"certificate {parse_serial(serial)} is on card {card_number}, whose keys live on "
+            f"the card: renew the card with `cps-admin card renew {card_number} "
+            f"(--reader NAME | --token-label LABEL)`")
     key = _csr_public_key(csr_file) if csr_file is not None else None
     with _reserved_out(out) as write:
         write(lifecycle.renew(obj.authority(), serial, public_key=key, revoke_old=revoke_old))

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from pki import audit, ids
 from pki.ca import lifecycle
-from pki.ca.authority import Authority, IssueRequest
+from pki.ca.authority import Authority, IssueRequest, parse_serial
 from pki.cards.card import HolderData, Usage
 from pki.cards.personalise import PersonalisableCard, PersonalisationResult, personalise
 from pki.errors import Duplicate, InvalidInput, InvalidTransition, NotFound
@@ -175,3 +175,11 @@ def list_cards(auth: Authority) -> list[CardSummary]:
     return [CardSummary(card.card_number, rpps, card.backend, card.location, card.status,
                         tuple(by_card.get(card.id, [])), card.created_at)
             for card, rpps in rows]
+
+
+def card_of_certificate(auth: Authority, serial: str) -> str | None:
+    """The number of the card holding certificate ``serial`` (None for a certificate off-card)."""
+    with auth.store.read() as session:
+        return session.execute(select(Card.card_number).join(
+            Certificate, Certificate.card_id == Card.id).where(
+            Certificate.serial == parse_serial(serial))).scalar_one_or_none()

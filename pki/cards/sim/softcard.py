@@ -22,13 +22,22 @@ answers the SubjectPublicKeyInfo), PUT DATA ``00 DA <FID>`` (whole file), CHANGE
 ``00 24 01 01|02`` (set PIN / PUK), ACTIVATE FILE ``00 44 00 00`` (locks the card into
 ``operational``; refused until both keys, both certificates, holder data, PIN and PUK exist).
 We chose a one-way life-cycle lock over an admin key: there is then no key to protect at the
-issuer, and a card in the field can never be re-personalised (renewal issues a new card).
+issuer, and a card in the field can never be re-personalised.
+
+Renewal (``operational``, holder PIN verified): GENERATE KEY ``00 47 00 81|82`` makes a pending
+auth / sign key beside the current one, PUT DATA ``00 DA C1 01|C1 02`` writes its certificate (the
+card refuses one that does not certify the pending key), and ACTIVATE ``00 44 01 81|82`` swaps
+pending for current (key ``01``/``02`` and EF ``C001``/``C002``) in one atomic write: a card
+pulled at any step holds either its old key and certificate or the new ones, never a mix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pki.cards.apdu import CPS3_ATR, CPS_AID, PIV_AID, ApduFormatError, CommandAPDU, iter_tlv, tlv
 from pki.cards.card import PIN_LENGTH, PUK_LENGTH
@@ -39,7 +48,16 @@ KEY_AUTH, KEY_SIGN = 0x01, 0x02
 FID_HOLDER, FID_CERT_AUTH, FID_CERT_SIGN = 0xD001, 0xC001, 0xC002
 CPS_FILES = (FID_HOLDER, FID_CERT_AUTH, FID_CERT_SIGN)
 PIN_REF, PUK_REF = 0x01, 0x02
+PENDING = 0x80  # pending key ref = current ref | 80; pending certificate EF = current EF + 0100
 MSE_TEMPLATES = {0xA4: KEY_AUTH, 0xB6: KEY_SIGN}
+
+
+def _certified_spki(der: bytes) -> bytes | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except ValueError:
+        return None
 
 
 class Status(Exception):
@@ -379,9 +397,17 @@ class SoftCard:
             raise Status(0x6A88)
         return Reply(self.state.serial)
 
+    def require_renewal(self) -> None:
+        if self.state.lifecycle != "operational":
+            raise Status(0x6985)
+        self.require_pin()
+
     def _generate_key_pair(self, apdu: CommandAPDU) -> Reply:
-        self.require_personalisation()
-        if apdu.p1 != 0x00 or apdu.p2 not in (KEY_AUTH, KEY_SIGN):
+        if apdu.p1 == 0x00 and apdu.p2 in (PENDING | KEY_AUTH, PENDING | KEY_SIGN):
+            self.require_renewal()
+        else:
+            self.require_personalisation()
+        if apdu.p1 != 0x00 or apdu.p2 & ~PENDING not in (KEY_AUTH, KEY_SIGN):
             raise Status(0x6A86)
         try:
             alg = dict(iter_tlv(apdu.data)).get(0x80, b"")
@@ -396,8 +422,20 @@ class SoftCard:
         return Reply(keys.public_spki(key))
 
     def _put_data(self, apdu: CommandAPDU) -> Reply:
-        self.require_personalisation()
         fid = (apdu.p1 << 8) | apdu.p2
+        if fid in (FID_CERT_AUTH + 0x100, FID_CERT_SIGN + 0x100):
+            self.require_renewal()
+            if not apdu.data:
+                raise Status(0x6700)
+            ref = PENDING | (KEY_AUTH if fid == FID_CERT_AUTH + 0x100 else KEY_SIGN)
+            if ref not in self.state.keys:
+                raise Status(0x6985)
+            if _certified_spki(apdu.data) != keys.public_spki(self.private_key(ref)):
+                raise Status(0x6A80)
+            self.state.files[fid] = apdu.data
+            self.persist()
+            return Reply()
+        self.require_personalisation()
         if fid not in CPS_FILES:
             raise Status(0x6A88)
         if not apdu.data:
@@ -407,6 +445,8 @@ class SoftCard:
         return Reply()
 
     def _activate(self, apdu: CommandAPDU) -> Reply:
+        if apdu.p1 == 0x01 and apdu.p2 in (PENDING | KEY_AUTH, PENDING | KEY_SIGN):
+            return self._activate_pending(apdu.p2)
         if apdu.p1 or apdu.p2:
             raise Status(0x6A86)
         if self.state.lifecycle == "operational":
@@ -421,4 +461,17 @@ class SoftCard:
             raise Status(0x6985)
         self.state.lifecycle = "operational"
         self.persist()
+        return Reply()
+
+    def _activate_pending(self, ref: int) -> Reply:
+        self.require_renewal()
+        current = ref & ~PENDING
+        fid = FID_CERT_AUTH if current == KEY_AUTH else FID_CERT_SIGN
+        if ref not in self.state.keys or fid + 0x100 not in self.state.files:
+            raise Status(0x6985)
+        self.state.keys[current] = self.state.keys.pop(ref)
+        self.state.files[fid] = self.state.files.pop(fid + 0x100)
+        self._keys.pop(current, None)
+        self._keys.pop(ref, None)
+        self.persist()  # one atomic write: the old pair or the new pair, never a mix
         return Reply()
