@@ -35,6 +35,7 @@ from pki.ocsp import recordstore
 from pki.ocsp import response as resp
 from pki.ocsp.lookup import MAX_PENDING_LIVE, UNKNOWN_CACHE, Answer, LiveJob, RecordIndex
 from pki.ocsp.redis_tier import RedisTier
+from pki.ocsp.signpool import BrokenProcessPool, SignPool
 from pki.store.models import Certificate, StatusEvent
 
 __all__ = ["MAX_PENDING_LIVE", "UNKNOWN_CACHE", "Answer", "LiveJob", "OcspService"]
@@ -42,6 +43,9 @@ __all__ = ["MAX_PENDING_LIVE", "UNKNOWN_CACHE", "Answer", "LiveJob", "OcspServic
 log = logging.getLogger(__name__)
 
 BATCH = 2000                   # records signed per audit record (and per store transaction)
+POOL_MIN = 4000                # records at once from which the signing processes help
+FILL_CHUNK = 20_000            # records handed to _sign_items at once by the initial fill
+EVENTS_PAGE = 10_000           # status events read per watcher cycle (a burst: cycles back to back)
 GAP_TTL = 10.0                 # seconds an id gap in status_event is watched for a late commit
 LOAD_RETRY = 5.0               # seconds between attempts at the initial load
 
@@ -72,6 +76,10 @@ def _status_fields(row: Any) -> tuple[int, int, int]:
 
 
 _HOLD = resp.REASON_CODES["certificateHold"]
+# What a record is built from (``_status_fields``): never the DER.
+_STATUS_COLUMNS = (Certificate.id, Certificate.ca_id, Certificate.serial, Certificate.status,
+                   Certificate.reason, Certificate.revoked_at, Certificate.status_changed_at,
+                   Certificate.created_at)
 # A permanent revocation may only be re-stated with a compromise reason (RFC 5280 §5.3.1: the
 # reason may be corrected towards keyCompromise), never undone, put on hold or back-dated.
 _ESCALATIONS = frozenset(resp.REASON_CODES[r] for r in ("keyCompromise", "cACompromise",
@@ -98,13 +106,19 @@ def ca_state(ca: IssuingCa, responder: Responder) -> rec.CaState:
                        responder.signer)
 
 
+def _even_hex(serial: str) -> str:
+    """A serial as the responder key's label spells it (an even number of hex digits)."""
+    return "0" + serial if len(serial) % 2 else serial
+
+
 class OcspService(RecordIndex):
     """Pre-signed OCSP answers for every certificate of every issuing CA of an Authority."""
 
     def __init__(self, auth: OcspAuthority, *, redis_url: str | None = None,
                  redis_prefix: str = "cps:", poll_interval: float = 0.2,
                  maintenance_interval: float = 30.0,
-                 responder_key_type: KeyType | None = None) -> None:
+                 responder_key_type: KeyType | None = None,
+                 sign_processes: int | None = None) -> None:
         super().__init__(auth.clock)
         self.auth = auth
         self.config = auth.config.ocsp
@@ -124,6 +138,11 @@ class OcspService(RecordIndex):
         self._max_cert_id = 0
         self._rebuilding: dict[int, set[str]] = {}
         self._refusals: set[tuple[int, str, tuple[int, int, int]]] = set()
+        processes = (sign_processes if sign_processes is not None
+                     else getattr(self.config, "sign_processes", 0))
+        home = getattr(auth.config, "home", None)
+        self.pool = SignPool(home, processes) if processes > 0 and home is not None else None
+        self._backlog = False
 
     # --- life cycle ------------------------------------------------------------------
     def start(self, *, wait: bool = False, timeout: float | None = None) -> None:
@@ -138,6 +157,8 @@ class OcspService(RecordIndex):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.pool is not None:
+            self.pool.close()
 
     def load(self) -> None:
         """Initial load: responders, every certificate's status, pre-signing (blocking)."""
@@ -172,7 +193,7 @@ class OcspService(RecordIndex):
                 if self._stop.wait(LOAD_RETRY):
                     return
         next_maintenance = time.monotonic() + self.maintenance_interval
-        while not self._stop.wait(self.poll_interval):
+        while not self._stop.wait(0 if self._backlog else self.poll_interval):
             try:
                 self.poll()
                 if time.monotonic() >= next_maintenance:
@@ -231,27 +252,31 @@ class OcspService(RecordIndex):
         """Re-sign these certificates now (call after the revoke/hold/release committed)."""
         wanted = list(serials)
         rows: list[Any] = []
-        with self.auth.store.session() as session:
+        with self.auth.store.read() as session:
             for i in range(0, len(wanted), 500):
                 rows.extend(session.execute(
-                    select(Certificate).where(Certificate.serial.in_(wanted[i:i + 500]))
-                ).scalars())
+                    select(*_STATUS_COLUMNS).where(Certificate.serial.in_(wanted[i:i + 500]))))
         return self._apply(rows, "status-change")
 
     def poll(self) -> int:
         """One watcher tick: new status events (with a look-back for late commits), new rows."""
         floor = min(self._gaps) - 1 if self._gaps else self._high_water
-        with self.auth.store.session() as session:
+        # Only the columns a record needs (no DER, no ORM objects): an incident's burst is
+        # hundreds of thousands of rows, read EVENTS_PAGE at a time, cycles back to back.
+        with self.auth.store.read() as session:
             events = session.execute(
                 select(StatusEvent.id, StatusEvent.certificate_id).where(StatusEvent.id > floor)
-                .order_by(StatusEvent.id).limit(5000)).all()
+                .order_by(StatusEvent.id).limit(EVENTS_PAGE)).all()
             fresh = [e for e in events if e.id not in self._done]
-            cert_ids = {e.certificate_id for e in fresh}
-            rows = list(session.execute(select(Certificate).where(
-                Certificate.id.in_(cert_ids))).scalars()) if cert_ids else []
+            cert_ids = sorted({e.certificate_id for e in fresh})
+            rows: list[Any] = []
+            for i in range(0, len(cert_ids), 5000):
+                rows.extend(session.execute(select(*_STATUS_COLUMNS).where(
+                    Certificate.id.in_(cert_ids[i:i + 5000]))))
             new_rows = list(session.execute(
-                select(Certificate).where(Certificate.id > self._max_cert_id)
-                .order_by(Certificate.id).limit(20_000)).scalars())
+                select(*_STATUS_COLUMNS).where(Certificate.id > self._max_cert_id)
+                .order_by(Certificate.id).limit(20_000)))
+        self._backlog = len(events) >= EVENTS_PAGE or len(new_rows) >= 20_000
         # Marked seen only once signed and stored: a failed cycle reads the same events again.
         count = self._apply(rows + new_rows, "status-change")
         self._track_events([e.id for e in events])
@@ -383,7 +408,7 @@ class OcspService(RecordIndex):
                         copy = {}
                 continue
             items.append((serial, status, reason, revoked_at))
-            if len(items) >= BATCH:
+            if len(items) >= FILL_CHUNK:
                 self._sign_items(state, target, items, why)
                 items = []
         self._sign_items(state, target, items, why)
@@ -392,31 +417,65 @@ class OcspService(RecordIndex):
 
     def _sign_items(self, state: rec.CaState, target: dict[bytes, bytes],
                     items: list[tuple[bytes, int, int, int]], why: str) -> int:
+        """Sign and store ``items``, BATCH per transaction and audit record. A large burst is
+        signed by the pool's processes while this thread stores the previous batch."""
+        pool = self.pool if self.pool is not None and not self.pool.broken \
+            and len(items) >= POOL_MIN and state.signer is not None else None
+        pending: tuple[dict[bytes, bytes], int, int, list[Any]] | None = None
         for start in range(0, len(items), BATCH):
             chunk = items[start:start + BATCH]
             now = self.now()
             next_update = now + self.config.validity_hours * 3600
-            signed = {}
-            for serial, status, reason, revoked_at in chunk:
-                header = rec.pack(now, now, next_update, status, reason, revoked_at)
-                signed[serial] = state.sign(serial, header)
-            details = {"count": len(signed), "why": why,
-                       "responder_serial": state.responder_serial,
-                       "this_update": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
-                       "next_update": dt.datetime.fromtimestamp(next_update, dt.UTC).isoformat()}
-
-            def audit_batch(session: Session, details: dict[str, Any] = details) -> None:
-                audit.append(session, "ocsp.presign", state.slug, details, clock=self.clock)
-
-            # Stored before it is held: a batch the store refused is not in memory either, so
-            # the retry (next watcher cycle) sees the status as changed and signs it again.
-            self._persist(state, signed, audit_batch)
-            with self._lock:
-                target.update(signed)
-                self.signed_total += len(signed)
-                if self._oldest is None:
-                    self._oldest = now
+            headers = {serial: rec.pack(now, now, next_update, status, reason, revoked_at)
+                       for serial, status, reason, revoked_at in chunk}
+            if pool is not None:
+                label = responders.key_label(state.slug, _even_hex(state.responder_serial))
+                futures = pool.submit(label, [state.tbs(serial, header)
+                                              for serial, header in headers.items()])
+                if pending is not None:
+                    self._finish(state, target, pending, why)
+                pending = (headers, now, next_update, futures)
+                continue
+            signed = {serial: state.sign(serial, header) for serial, header in headers.items()}
+            self._store_batch(state, target, signed, now, next_update, why)
+        if pending is not None:
+            self._finish(state, target, pending, why)
         return len(items)
+
+    def _finish(self, state: rec.CaState, target: dict[bytes, bytes],
+                pending: tuple[dict[bytes, bytes], int, int, list[Any]], why: str) -> None:
+        """Wait for a batch the pool signs, then store it (signed here if a process died)."""
+        headers, now, next_update, futures = pending
+        assert self.pool is not None
+        try:
+            signatures = self.pool.gather(futures)
+        except BrokenProcessPool:
+            log.exception("OCSP signing process died; signing in the signer from now on")
+            self.pool.broken = True
+            signed = {serial: state.sign(serial, header) for serial, header in headers.items()}
+        else:
+            signed = {serial: header + signature for (serial, header), signature
+                      in zip(headers.items(), signatures, strict=True)}
+        self._store_batch(state, target, signed, now, next_update, why)
+
+    def _store_batch(self, state: rec.CaState, target: dict[bytes, bytes],
+                     signed: dict[bytes, bytes], now: int, next_update: int, why: str) -> None:
+        details = {"count": len(signed), "why": why,
+                   "responder_serial": state.responder_serial,
+                   "this_update": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
+                   "next_update": dt.datetime.fromtimestamp(next_update, dt.UTC).isoformat()}
+
+        def audit_batch(session: Session, details: dict[str, Any] = details) -> None:
+            audit.append(session, "ocsp.presign", state.slug, details, clock=self.clock)
+
+        # Stored before it is held: a batch the store refused is not in memory either, so
+        # the retry (next watcher cycle) sees the status as changed and signs it again.
+        self._persist(state, signed, audit_batch)
+        with self._lock:
+            target.update(signed)
+            self.signed_total += len(signed)
+            if self._oldest is None:
+                self._oldest = now
 
     def _persist(self, state: rec.CaState, signed: Mapping[bytes, bytes],
                  also: Any = None) -> None:
