@@ -64,6 +64,9 @@ def create_broker_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     app.extensions[EXTENSION] = services
     app.register_blueprint(broker.bp)
     app.register_blueprint(records.bp)
+    from cps_login.oidc import install as install_oidc
+
+    install_oidc(app, services, clock)     # the OpenID Connect provider (docs/oidc.md)
     # The client's address (sign-in throttling, challenge bounds) behind the configured proxies
     # (the supervisor's front among them), as in the patient app.
     app.wsgi_app = TrustedProxies(app.wsgi_app, config.trusted_proxies)  # type: ignore[method-assign]

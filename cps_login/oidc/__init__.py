@@ -1,0 +1,36 @@
+"""The broker as an OpenID Connect provider (issue 14): see docs/oidc.md.
+
+``install(app, services, clock)`` adds the provider to the broker app: its state in Redis when
+the broker has ``redis_url`` (replicas), else in the store (``oidc_state``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pki.clock import Clock
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from cps_login.oidc.provider import Provider
+    from cps_login.services import BrokerServices
+
+
+def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
+    from cps_login.oidc import web
+    from cps_login.oidc.provider import Provider
+    from cps_login.oidc.state import RedisState, SharedState, StoreState
+
+    config = services.config
+    state: SharedState
+    if config.redis_url:
+        from cps_login.services import redis_client
+
+        state = RedisState(redis_client(config.redis_url), config.redis_prefix)
+    else:
+        state = StoreState(services.store, clock)
+    provider = Provider(services, state, clock)
+    app.extensions[web.EXTENSION] = provider
+    app.register_blueprint(web.bp)
+    return provider

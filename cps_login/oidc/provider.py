@@ -1,0 +1,513 @@
+"""The OpenID Connect provider on Authlib's server components: our data and policy, their
+protocol.
+
+* grants: authorization code (+ OpenID Connect, + PKCE: S256 only, required of public
+  clients), refresh token (rotated, bound to its client; a rotated token used again ends the
+  login session), CIBA poll mode (``cps_login.oidc.ciba``);
+* client authentication: ``client_secret_basic``, ``private_key_jwt`` (RFC 7523),
+  ``tls_client_auth`` (RFC 8705, the organisation certificate verified by the TLS layer),
+  ``none`` for public clients;
+* endpoints: revocation (RFC 7009), introspection (RFC 7662), RP-initiated logout.
+
+Tokens: the access token is the broker's RFC 9068 JWT (``cps_login.tokens.TokenIssuer``, 120 s,
+with ``client_id``, ``scope`` and ``sid``), the ID token an ES256 JWT signed in the broker's
+token, the refresh token an opaque random string kept (by its digest) in the shared state.
+
+A login session (``sid``) is revoked by: a code used twice (RFC 6749 §4.1.2: the tokens it
+gave), a rotated refresh token used again, RP-initiated logout. Introspection and userinfo
+refuse every token of a revoked session; refresh tokens of it stop working.
+
+Every time check uses the injected clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oidc.core.grants import OpenIDCode
+from authlib.oidc.rpinitiated import EndSessionEndpoint
+from joserfc import jwt as jose_jwt
+from sqlalchemy import select
+
+from cps_login.claims_psc import AuthContext
+from cps_login.errors import CredentialRefused, TokenInvalid
+from cps_login.oidc.claims import claims_for
+from cps_login.oidc.clients import Client, ClientRegistry
+from cps_login.oidc.state import SharedState, Value
+from cps_login.oidc.subject import Subject, digest, half_hash, sign_jwt
+from pki.clock import Clock
+from pki.errors import PkiError
+from pki.store.models import Professional
+
+if TYPE_CHECKING:
+    from cps_login.services import BrokerServices
+
+CODE_TTL = 60                 # seconds a code may wait for the token request
+CODE_KEEP = 600               # a used code is remembered this long (replay → revocation)
+REFRESH_TTL = 8 * 3600        # a refresh token, and a login session, last at most this long
+ID_TOKEN_TTL = 300
+PEER_CERT_ENVIRON = "cps_login.peer_certificate"   # = cps_login.web.broker.PEER_CERT_ENVIRON
+
+
+class _Record:
+    """A code or refresh token from the shared state, as Authlib's models see it."""
+
+    def __init__(self, key: str, value: Value) -> None:
+        self.key = key
+        self.value = value
+
+    def get_redirect_uri(self) -> str:
+        return str(self.value.get("redirect_uri") or "")
+
+    def get_scope(self) -> str:
+        return str(self.value["scope"])
+
+    def get_nonce(self) -> str | None:
+        return self.value.get("nonce")
+
+    def get_auth_time(self) -> int:
+        return int(self.value["subject"]["auth_time"])
+
+    def get_acr(self) -> str:
+        return str(self.value["subject"]["acr"])
+
+    def get_amr(self) -> list[str]:
+        return list(self.value["subject"]["amr"])
+
+    @property
+    def code_challenge(self) -> str | None:
+        return self.value.get("code_challenge")
+
+    @property
+    def code_challenge_method(self) -> str | None:
+        return self.value.get("code_challenge_method")
+
+    def check_client(self, client: Client) -> bool:
+        return bool(self.value["client_id"] == client.client_id)
+
+    def is_expired(self) -> bool:
+        return False             # expiry is checked against the clock when it is read
+
+    def is_revoked(self) -> bool:
+        return False
+
+    @property
+    def subject(self) -> Subject:
+        return Subject.from_json(self.value["subject"])
+
+
+class _AccessToken:
+    """A validated access token (introspection, revocation)."""
+
+    def __init__(self, token: str, claims: dict[str, Any], revoked: bool) -> None:
+        self.token = token
+        self.claims = claims
+        self.revoked = revoked
+
+    def check_client(self, client: Client) -> bool:
+        return bool(self.claims.get("client_id") == client.client_id)
+
+    def is_expired(self) -> bool:
+        return False              # validated against the clock already
+
+    def is_revoked(self) -> bool:
+        return self.revoked
+
+
+# --- PKCE: S256 only; required of public clients -------------------------------------------
+class _Pkce(CodeChallenge):  # type: ignore[misc]
+    SUPPORTED_CODE_CHALLENGE_METHOD = ("S256",)
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        client = grant.request.client
+        if client is not None and client.public and not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required of public clients: code_challenge "
+                                      "with code_challenge_method=S256",
+                                      redirect_uri=redirect_uri)
+        if data.get("code_challenge") and data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256",
+                                      redirect_uri=redirect_uri)
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class _OpenID(OpenIDCode):  # type: ignore[misc]
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(require_nonce=False)
+        self._provider = provider
+
+    def exists_nonce(self, nonce: str, request: Any) -> bool:
+        key = f"nonce:{digest(request.payload.client_id + ' ' + nonce)}"
+        return self._provider.state.get(key) is not None
+
+    def generate_user_info(self, user: Subject, scope: str) -> dict[str, Any]:
+        return self._provider.user_claims(user)
+
+    def encode_id_token(self, token: dict[str, Any], request: Any) -> str:
+        return self._provider.id_token(token, request)
+
+
+class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt", "tls_client_auth",
+                                   "none")
+    provider: Provider
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        self.provider.save_code(code, request)
+
+    def query_authorization_code(self, code: str, client: Client) -> _Record | None:
+        return self.provider.use_code(code, client)
+
+    def delete_authorization_code(self, authorization_code: _Record) -> None:
+        """Nothing: the code was marked used when it was read (and is kept, for replays)."""
+
+    def authenticate_user(self, authorization_code: _Record) -> Subject:
+        return authorization_code.subject
+
+
+class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = _CodeGrant.TOKEN_ENDPOINT_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+    provider: Provider
+
+    def authenticate_refresh_token(self, refresh_token: str) -> _Record | None:
+        return self.provider.use_refresh_token(refresh_token)
+
+    def authenticate_user(self, refresh_token: _Record) -> Subject:
+        return refresh_token.subject
+
+    def revoke_old_credential(self, refresh_token: _Record) -> None:
+        """Nothing: marked used when it was read (compare-and-set)."""
+
+
+class _PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(validate_jti=True, leeway=30)
+        self._provider = provider
+
+    def get_audiences(self) -> list[str]:
+        return [self._provider.issuer, self._provider.url("/oidc/token")]
+
+    def resolve_client_public_key(self, client: Client) -> Any:
+        from joserfc.jwk import KeySet
+
+        if not client.jwks:
+            raise InvalidClientError(description="no JWKS registered for this client")
+        return KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
+
+    def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+        exp = int(claims.get("exp", 0))
+        ttl = max(1, exp - self._provider.now() + 60)
+        return self._provider.state.put(f"jti:{digest(str(claims['sub']) + ' ' + jti)}",
+                                        {"u": 1}, min(ttl, 3600))
+
+    def verify_claims(self, claims: Any) -> None:
+        registry = jose_jwt.JWTClaimsRegistry(
+            now=self._provider.now, leeway=self.leeway, iss={"essential": True},
+            sub={"essential": True}, aud={"essential": True, "values": self.get_audiences()},
+            exp={"essential": True})
+        try:
+            registry.validate(claims)
+        except Exception as exc:
+            raise InvalidClientError(description=str(exc)) from None
+        if claims["sub"] != claims["iss"]:
+            raise InvalidClientError(description="Issuer and Subject MUST match.")
+        if "jti" not in claims or not self.validate_jti(claims, claims["jti"]):
+            raise InvalidClientError(description="JWT ID missing or used before.")
+
+
+class _Revocation(RevocationEndpoint):  # type: ignore[misc]
+    CLIENT_AUTH_METHODS = _CodeGrant.TOKEN_ENDPOINT_AUTH_METHODS
+    provider: Provider
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
+        return self.provider.find_token(token_string, token_type_hint)
+
+    def revoke_token(self, token: Any, request: Any) -> None:
+        self.provider.revoke(token)
+
+
+class _Introspection(IntrospectionEndpoint):  # type: ignore[misc]
+    CLIENT_AUTH_METHODS = ("client_secret_basic", "private_key_jwt", "tls_client_auth")
+    provider: Provider
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Any:
+        return self.provider.find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: Any, client: Client, request: Any) -> bool:
+        return not client.public      # relying services and resource servers, authenticated
+
+    def introspect_token(self, token: Any) -> dict[str, Any]:
+        return self.provider.introspection(token)
+
+
+class _EndSession(EndSessionEndpoint):  # type: ignore[misc]
+    provider: Provider
+
+    def get_server_jwks(self) -> dict[str, Any]:
+        return self.provider.jwks()
+
+    def end_session(self, end_session_request: Any) -> None:
+        claims = end_session_request.id_token_claims or {}
+        if claims.get("iss") != self.provider.issuer:
+            return
+        sid = claims.get("sid")
+        if isinstance(sid, str):
+            self.provider.revoke_session(sid, "logout")
+
+
+class _Server(AuthorizationServer):  # type: ignore[misc]
+    """Authlib's Flask server, also given requests other than Flask's current one (the
+    authorization request a login transaction stored, replayed at ``continue``)."""
+
+    def create_oauth2_request(self, request: Any) -> Any:
+        if isinstance(request, OAuth2Request):
+            return request
+        return super().create_oauth2_request(request)
+
+
+class Provider:
+    """The Authlib server and the storage hooks it calls, over the broker's services."""
+
+    def __init__(self, services: BrokerServices, state: SharedState, clock: Clock) -> None:
+        self.services = services
+        self.state = state
+        self.clock = clock
+        self.issuer = services.config.issuer.rstrip("/")
+        self.clients = ClientRegistry(services.store)
+        server = _Server(query_client=self.clients.query, save_token=self.save_token)
+        server.register_token_generator("default", self.generate_token)
+        server.register_client_auth_method("private_key_jwt", _PrivateKeyJwt(self))
+        server.register_client_auth_method("tls_client_auth", self._tls_client_auth)
+        for cls in (_CodeGrant, _RefreshGrant, _Revocation, _Introspection, _EndSession):
+            cls.provider = self
+        server.register_grant(_CodeGrant, [_Pkce(required=True), _OpenID(self)])
+        server.register_grant(_RefreshGrant)
+        from cps_login.oidc.ciba import CibaGrant
+
+        CibaGrant.provider = self
+        server.register_grant(CibaGrant, [_OpenID(self)])
+        server.register_endpoint(_Revocation)
+        server.register_endpoint(_Introspection)
+        server.register_endpoint(_EndSession)
+        self.server = server
+
+    # --- helpers -------------------------------------------------------------------------
+    def now(self) -> int:
+        return int(self.clock.now().timestamp())
+
+    def url(self, path: str) -> str:
+        return self.issuer + path
+
+    def jwks(self) -> dict[str, Any]:
+        return self.services.tokens.jwks()
+
+    def user_claims(self, subject: Subject) -> dict[str, Any]:
+        return claims_for(self.services.store, subject)
+
+    def subject_of_token(self, claims: dict[str, Any], sid: str) -> Subject:
+        """Who a broker access token speaks for, and how they authenticated (the token's own
+        ``cps_key_location``: a software key stays a software key)."""
+        auth = AuthContext.from_token_claims(claims)
+        roles = claims.get("SubjectRole") or []
+        try:
+            profession = int(roles[0]) if roles else None
+        except (TypeError, ValueError):
+            profession = None
+        return self.with_names(Subject(
+            sub=str(claims["sub"]), given_name="", family_name="", profession_code=profession,
+            acr=auth.acr, amr=tuple(auth.amr), palier=auth.palier, auth_time=auth.auth_time,
+            organisation=claims.get("SubjectOrganizationID"), key_storage=auth.key_location,
+            sid=sid))
+
+    def with_names(self, subject: Subject) -> Subject:
+        """The subject with the directory's names (a CIBA approval or userinfo starts from a
+        token, which carries no names)."""
+        if subject.given_name and subject.family_name:
+            return subject
+        with self.services.store.read() as session:
+            row = session.execute(select(Professional.given_name, Professional.surname)
+                                  .where(Professional.rpps == subject.rpps)).first()
+        if row is None:
+            return subject
+        return replace(subject, given_name=row.given_name or "", family_name=row.surname or "")
+
+    # --- tokens --------------------------------------------------------------------------
+    def generate_token(self, grant_type: str, client: Client, user: Subject | None = None,
+                       scope: str | None = None, expires_in: int | None = None,
+                       include_refresh_token: bool = True) -> dict[str, Any]:
+        assert user is not None
+        scope = scope or "openid"
+        issued = self.services.tokens.issue(
+            subject=user.sub, audience=self.services.config.audience,
+            profession_code=user.profession_code, organisation_id=user.organisation,
+            assurance=user.assurance,
+            extra={"client_id": client.client_id, "scope": scope, "sid": user.sid,
+                   "auth_time": user.auth_time, "cps_key_location": user.key_storage})
+        token: dict[str, Any] = {"token_type": "Bearer", "access_token": issued.token,
+                                 "expires_in": issued.expires_in, "scope": scope}
+        if include_refresh_token and client.check_grant_type("refresh_token"):
+            token["refresh_token"] = secrets.token_urlsafe(32)
+        return token
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        refresh = token.get("refresh_token")
+        if not refresh:
+            return
+        subject: Subject = request.user
+        value = {"client_id": request.client.client_id, "scope": token["scope"],
+                 "subject": subject.to_json(), "used": False,
+                 "expires_at": min(self.now() + REFRESH_TTL, subject.auth_time + REFRESH_TTL)}
+        self.state.put(f"rt:{digest(refresh)}", value, REFRESH_TTL)
+
+    def id_token(self, token: dict[str, Any], request: Any) -> str:
+        subject: Subject = request.user
+        now = self.now()
+        claims: dict[str, Any] = {
+            **self.user_claims(subject),
+            "iss": self.issuer, "aud": request.client.client_id,
+            "azp": request.client.client_id, "iat": now, "exp": now + ID_TOKEN_TTL,
+            "sid": subject.sid, "at_hash": half_hash(token["access_token"])}
+        code = getattr(request, "authorization_code", None)
+        if code is not None and code.get_nonce():
+            claims["nonce"] = code.get_nonce()
+        return sign_jwt(self.services.tokens.key, claims)
+
+    # --- codes ---------------------------------------------------------------------------
+    def save_code(self, code: str, request: Any) -> None:
+        data = request.payload.data
+        subject: Subject = request.user
+        nonce = data.get("nonce")
+        value = {"client_id": request.client.client_id, "redirect_uri": data.get("redirect_uri"),
+                 "scope": request.scope, "nonce": nonce, "subject": subject.to_json(),
+                 "code_challenge": data.get("code_challenge"),
+                 "code_challenge_method": data.get("code_challenge_method"),
+                 "expires_at": self.now() + CODE_TTL, "used": False}
+        if nonce:
+            self.state.put(f"nonce:{digest(request.client.client_id + ' ' + nonce)}",
+                           {"u": 1}, REFRESH_TTL)
+        if not self.state.put(f"code:{digest(code)}", value, CODE_KEEP):
+            raise InvalidRequestError("code collision")     # 2^-288: never
+
+    def use_code(self, code: str, client: Client) -> _Record | None:
+        """The code's record, marked used; None (invalid_grant) when unknown, another client's,
+        expired, or used before — then the tokens it gave are revoked (RFC 6749 §4.1.2)."""
+        if not isinstance(code, str) or len(code) > 256:
+            return None
+        key = f"code:{digest(code)}"
+        value = self.state.get(key)
+        if value is None or value["client_id"] != client.client_id:
+            return None
+        if value["used"] or not self.state.cas(key, value, {**value, "used": True}, CODE_KEEP):
+            self.revoke_session(value["subject"]["sid"], "code_replay")
+            return None
+        if self.now() >= value["expires_at"]:
+            return None
+        return _Record(key, value)
+
+    # --- refresh tokens ------------------------------------------------------------------
+    def use_refresh_token(self, refresh_token: str) -> _Record | None:
+        if not isinstance(refresh_token, str) or len(refresh_token) > 256:
+            return None
+        key = f"rt:{digest(refresh_token)}"
+        value = self.state.get(key)
+        if value is None:
+            return None
+        sid = value["subject"]["sid"]
+        if value["used"] or not self.state.cas(key, value, {**value, "used": True},
+                                               REFRESH_TTL):
+            self.revoke_session(sid, "refresh_replay")
+            return None
+        if self.now() >= value["expires_at"] or self.session_revoked(sid):
+            return None
+        return _Record(key, value)
+
+    # --- sessions, revocation, introspection ---------------------------------------------
+    def revoke_session(self, sid: str, why: str) -> None:
+        self.state.put(f"sid-revoked:{sid}", {"why": why}, REFRESH_TTL + 300)
+        self.services.audit.record("oidc.session_revoked", sid, {"reason": why},
+                                   actor="oidc")
+
+    def session_revoked(self, sid: object) -> bool:
+        return isinstance(sid, str) and self.state.get(f"sid-revoked:{sid}") is not None
+
+    def validate_access_token(self, token: str) -> dict[str, Any]:
+        """Claims of a live access token of this provider; TokenInvalid otherwise."""
+        claims = self.services.validator.validate(token)
+        if self.state.get(f"jti-revoked:{digest(str(claims['jti']))}") is not None:
+            raise TokenInvalid("token_revoked")
+        if self.session_revoked(claims.get("sid")):
+            raise TokenInvalid("token_revoked", "login session ended")
+        return claims
+
+    def find_token(self, token: str, hint: str | None) -> _AccessToken | _Record | None:
+        if not isinstance(token, str) or len(token) > 8192:
+            return None
+        if hint != "refresh_token" and token.count(".") == 2:
+            try:
+                return _AccessToken(token, self.validate_access_token(token), False)
+            except TokenInvalid:
+                return None
+        value = self.state.get(f"rt:{digest(token)}")
+        if value is None or value["used"] or self.now() >= value["expires_at"] or \
+                self.session_revoked(value["subject"]["sid"]):
+            return None
+        return _Record(f"rt:{digest(token)}", value)
+
+    def revoke(self, token: _AccessToken | _Record) -> None:
+        if isinstance(token, _AccessToken):
+            ttl = max(1, int(token.claims["exp"]) - self.now() + 60)
+            self.state.put(f"jti-revoked:{digest(str(token.claims['jti']))}", {"u": 1}, ttl)
+        else:
+            # RFC 7009 §2.1: revoking a refresh token also ends the access tokens of its grant
+            self.revoke_session(token.subject.sid, "revoked")
+
+    def introspection(self, token: _AccessToken | _Record) -> dict[str, Any]:
+        if isinstance(token, _AccessToken):
+            return {"active": True, "token_type": "Bearer", **token.claims}
+        value = token.value
+        return {"active": True, "token_type": "refresh_token", "client_id": value["client_id"],
+                "scope": value["scope"], "sub": value["subject"]["sub"],
+                "exp": value["expires_at"], "iss": self.issuer,
+                "sid": value["subject"]["sid"]}
+
+    # --- tls_client_auth (RFC 8705 §2.1) -------------------------------------------------
+    def _tls_client_auth(self, query_client: Any, request: Any) -> Client | None:
+        from flask import request as flask_request
+
+        client_id = request.payload.data.get("client_id")
+        der = flask_request.environ.get(PEER_CERT_ENVIRON)
+        if not client_id or not isinstance(der, bytes | bytearray):
+            return None
+        client = query_client(client_id)
+        if client is None or client.auth_method != "tls_client_auth":
+            return None
+        try:
+            cert = self.services.org_clients.check(bytes(der))
+        except (CredentialRefused, PkiError, ValueError):
+            raise InvalidClientError(description="client certificate refused") from None
+        if cert.subject.rfc4514_string() != client.tls_subject_dn:
+            raise InvalidClientError(description="client certificate subject does not match "
+                                                 "the registered tls_client_auth_subject_dn")
+        return client  # type: ignore[no-any-return]
+
+
+def expires_in(value: Value, clock: Clock) -> int:
+    return max(0, int(value["expires_at"]) - int(clock.now().timestamp()))
+
+
+def utc(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()

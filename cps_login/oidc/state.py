@@ -1,0 +1,127 @@
+"""The provider's shared state: login transactions, codes, refresh tokens, CIBA requests.
+
+One small contract, two backends, so that every broker replica (and every gunicorn worker)
+sees the same state: the store (``oidc_state``, when no Redis is configured) and Redis (the
+broker's ``redis_url``, as challenges use it). A value is a JSON object under a key, with an
+expiry in seconds of the injected clock; it changes only by compare-and-set, so of two
+concurrent uses of one code or one ``auth_req_id`` exactly one wins.
+
+* ``put(key, value, ttl)`` — create (True) unless the key holds a live value (False);
+* ``get(key)`` — the value, or None when absent or expired;
+* ``cas(key, old, new, ttl)`` — replace ``old`` (as ``get`` returned it) by ``new`` (None:
+  delete); False when someone changed it first.
+
+Values are serialised canonically (sorted keys), so "unchanged" is "the same text".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from sqlalchemy import delete, insert, select, update
+
+from cps_login.challenges import redis_guard
+from cps_login.oidc.models import OidcState
+from pki.clock import Clock
+from pki.errors import Duplicate
+from pki.store.db import Store
+
+Value = dict[str, Any]
+
+
+def _text(value: Value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class SharedState(Protocol):
+    def put(self, key: str, value: Value, ttl: int) -> bool: ...
+
+    def get(self, key: str) -> Value | None: ...
+
+    def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool: ...
+
+
+class StoreState:
+    """``oidc_state`` rows; expired rows are ignored on read and swept now and then."""
+
+    def __init__(self, store: Store, clock: Clock, sweep_every: int = 2000) -> None:
+        self._store = store
+        self._clock = clock
+        self._sweep_every = sweep_every
+        self._puts = 0
+
+    def _now(self) -> int:
+        return int(self._clock.now().timestamp())
+
+    def put(self, key: str, value: Value, ttl: int) -> bool:
+        now = self._now()
+        self._puts += 1
+        try:
+            with self._store.session() as session:
+                if self._puts % self._sweep_every == 0:
+                    session.execute(delete(OidcState).where(OidcState.expires_at <= now))
+                session.execute(delete(OidcState).where(OidcState.key == key,
+                                                        OidcState.expires_at <= now))
+                session.execute(insert(OidcState).values(key=key, value=_text(value),
+                                                         expires_at=now + ttl))
+        except Duplicate:              # the store's name for an IntegrityError: a live value
+            return False
+        return True
+
+    def get(self, key: str) -> Value | None:
+        with self._store.read() as session:
+            row = session.execute(select(OidcState.value, OidcState.expires_at)
+                                  .where(OidcState.key == key)).first()
+        if row is None or row.expires_at <= self._now():
+            return None
+        value = json.loads(row.value)
+        return value if isinstance(value, dict) else None
+
+    def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool:
+        with self._store.session() as session:
+            match = (OidcState.key == key) & (OidcState.value == _text(old))
+            if new is None:
+                done = session.execute(delete(OidcState).where(match))
+            else:
+                done = session.execute(update(OidcState).where(match).values(
+                    value=_text(new), expires_at=self._now() + ttl))
+        return bool(getattr(done, "rowcount", 0) == 1)
+
+
+# Compare-and-set in one Redis call: KEYS[1], ARGV = old text, new text ("" deletes), ttl.
+_CAS = """
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3])) end
+return 1
+"""
+
+
+class RedisState:
+    """One Redis key per value (``{prefix}oidc:{key}``), expiring with it."""
+
+    def __init__(self, client: Any, prefix: str = "cps:login:") -> None:
+        self._redis = client
+        self._prefix = prefix + "oidc:"
+        self._cas = client.register_script(_CAS)
+
+    def put(self, key: str, value: Value, ttl: int) -> bool:
+        with redis_guard("oidc state"):
+            return bool(self._redis.set(self._prefix + key, _text(value), ex=max(1, ttl),
+                                        nx=True))
+
+    def get(self, key: str) -> Value | None:
+        with redis_guard("oidc state"):
+            raw = self._redis.get(self._prefix + key)
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None
+
+    def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool:
+        with redis_guard("oidc state"):
+            return bool(self._cas(keys=[self._prefix + key],
+                                  args=[_text(old), "" if new is None else _text(new),
+                                        max(1, ttl)]))

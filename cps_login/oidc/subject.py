@@ -1,0 +1,71 @@
+"""Who logged in and how: what a code, a refresh token or a CIBA approval carries (as JSON)
+from the card proof to the tokens, and the claims the provider gives about it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from cps_login.token_key import TokenKey, b64url
+from cps_login.tokens import Assurance
+
+
+@dataclass(frozen=True)
+class Subject:
+    sub: str                    # "8" + RPPS
+    given_name: str
+    family_name: str
+    profession_code: int | None
+    acr: str
+    amr: tuple[str, ...]
+    palier: str
+    auth_time: int
+    organisation: str | None
+    key_storage: str            # card | hsm | software: from the certificate, never the request
+    sid: str                    # the login session: the tokens of one login share it
+
+    @property
+    def rpps(self) -> str:
+        return self.sub[1:]
+
+    @property
+    def assurance(self) -> Assurance:
+        return Assurance(self.acr, self.amr, self.palier)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["amr"] = list(self.amr)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Subject:
+        return cls(**{**data, "amr": tuple(data["amr"])})
+
+
+def digest(value: str) -> str:
+    """How secrets (codes, refresh tokens, tx ids, nonces) are named in the shared state."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:48]
+
+
+def half_hash(value: str) -> str:
+    """``at_hash`` / ``c_hash`` for ES256: the left half of SHA-256, base64url."""
+    return b64url(hashlib.sha256(value.encode("ascii")).digest()[:16])
+
+
+def sign_jwt(key: TokenKey, claims: dict[str, Any], typ: str = "JWT") -> str:
+    """A compact JWS signed in the broker's token (the key never leaves it): ES256 (or RS256
+    for an RSA token key), the ``kid`` the JWKS publishes."""
+    header = {"alg": key.alg, "typ": typ, "kid": key.kid}
+    signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "." +
+                     b64url(json.dumps(claims, separators=(",", ":"),
+                                       ensure_ascii=False).encode()))
+    signature = key.signer.sign(signing_input.encode("ascii"))
+    if not key.signer.is_rsa:
+        r, s = decode_dss_signature(signature)
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
