@@ -25,6 +25,7 @@ from typing import Any
 
 from cryptography import x509
 from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from pki import audit
 from pki.ca.authority import Authority, IssuedCertificate, IssueRequest, parse_serial
@@ -92,35 +93,49 @@ def release(auth: Authority, serial: str, *, actor: str = "cps-admin") -> Status
 
 def _change(auth: Authority, serial: str, event: str, reason: str | None,
             invalidity_date: dt.datetime | None, actor: str) -> StatusChange:
+    with auth.store.session() as session:
+        change = change_in(session, auth, serial, event, reason, invalidity_date, actor)
+    _notify(auth, [change.serial])
+    return change
+
+
+def change_in(session: Session, auth: Authority, serial: str, event: str, reason: str | None,
+              invalidity_date: dt.datetime | None = None, actor: str = "cps-admin"
+              ) -> StatusChange:
+    """One status change inside the caller's transaction (a card's certificates change with
+    the card row); the caller calls :func:`notify_changed` after its commit."""
     canonical = parse_serial(serial)
     now = auth.clock.now()
-    with auth.store.session() as session:
-        cert = session.execute(select(Certificate).where(Certificate.serial == canonical)
-                               .with_for_update()).scalar_one_or_none()
-        if cert is None:
-            raise NotFound(f"no certificate with serial {canonical}")
-        _check_transition(cert, event, now)
-        if invalidity_date is not None and invalidity_date > now:
-            raise InvalidInput("invalidity date is in the future")
-        if event == "release":
-            cert.status, cert.reason, cert.revoked_at, cert.invalidity_date = (
-                "active", None, None, None)
-        else:
-            cert.status = "hold" if event == "hold" else "revoked"
-            cert.reason = reason
-            # A hold turned into a revocation keeps no hold date: the revocation is now.
-            cert.revoked_at = now
-            cert.invalidity_date = invalidity_date
-        cert.status_changed_at = now
-        session.add(StatusEvent(certificate_id=cert.id, ca_id=cert.ca_id, event=event,
-                                reason=reason, at=now))
-        details: dict[str, object] = {"event": event, "reason": reason, "profile": cert.profile}
-        if invalidity_date is not None:
-            details["invalidity_date"] = invalidity_date.isoformat()
-        audit.append(session, f"cert.{event}", canonical, details, actor=actor, clock=auth.clock)
-        change = StatusChange(canonical, cert.status, cert.reason, now)
-    _notify(auth, [canonical])
-    return change
+    cert = session.execute(select(Certificate).where(Certificate.serial == canonical)
+                           .with_for_update()).scalar_one_or_none()
+    if cert is None:
+        raise NotFound(f"no certificate with serial {canonical}")
+    _check_transition(cert, event, now)
+    if invalidity_date is not None and invalidity_date > now:
+        raise InvalidInput("invalidity date is in the future")
+    if event == "release":
+        cert.status, cert.reason, cert.revoked_at, cert.invalidity_date = (
+            "active", None, None, None)
+    else:
+        cert.status = "hold" if event == "hold" else "revoked"
+        cert.reason = reason
+        # A hold turned into a revocation keeps no hold date: the revocation is now.
+        cert.revoked_at = now
+        cert.invalidity_date = invalidity_date
+    cert.status_changed_at = now
+    session.add(StatusEvent(certificate_id=cert.id, ca_id=cert.ca_id, event=event,
+                            reason=reason, at=now))
+    details: dict[str, object] = {"event": event, "reason": reason, "profile": cert.profile}
+    if invalidity_date is not None:
+        details["invalidity_date"] = invalidity_date.isoformat()
+    audit.append(session, f"cert.{event}", canonical, details, actor=actor, clock=auth.clock)
+    return StatusChange(canonical, cert.status, cert.reason, now)
+
+
+def notify_changed(auth: Authority, serials: list[str]) -> None:
+    """Tell the listeners (OCSP, CRL) of changes committed through :func:`change_in`."""
+    if serials:
+        _notify(auth, serials)
 
 
 def _check_transition(cert: Certificate, event: str, now: dt.datetime) -> None:

@@ -103,60 +103,50 @@ def _abandon(auth: Authority, card_id: int, number: str, actor: str) -> None:
                      actor=actor, clock=auth.clock)
 
 
-def _card_and_serials(auth: Authority, card_number: str) -> tuple[Card, list[Certificate]]:
-    with auth.store.read() as session:
-        card = session.execute(select(Card).where(Card.card_number == card_number.upper())
-                               ).scalar_one_or_none()
-        if card is None:
-            raise NotFound(f"no card {card_number}")
-        certs = list(session.execute(select(Certificate).where(Certificate.card_id == card.id)
-                                     ).scalars())
-        session.expunge_all()
-        return card, certs
-
-
-def _set_card_status(auth: Authority, card_number: str, status: str, actor: str) -> None:
+def _change_card(auth: Authority, card_number: str, event: str, reason: str | None,
+                 allowed: str, refusal: str, new_status: str, actor: str) -> list[str]:
+    """Check the card row and change it and its certificates in one transaction (the row is
+    locked, so two officers blocking and revoking the same card cannot interleave)."""
     with auth.store.session() as session:
         card = session.execute(select(Card).where(Card.card_number == card_number.upper())
-                               ).scalar_one()
-        card.status = status
-        audit.append(session, f"card.{status}", card.card_number, {}, actor=actor,
-                     clock=auth.clock)
+                               .with_for_update()).scalar_one_or_none()
+        if card is None:
+            raise NotFound(f"no card {card_number}")
+        if (card.status != allowed) if allowed != "any" else card.status == "revoked":
+            raise InvalidTransition(refusal.format(card=card.card_number, status=card.status))
+        want = {"hold": ("active",), "release": ("hold",), "revoke": ("active", "hold")}[event]
+        certs = session.execute(select(Certificate).where(Certificate.card_id == card.id)
+                                .order_by(Certificate.id)).scalars().all()
+        changed = [lifecycle.change_in(session, auth, c.serial, event, reason, actor=actor
+                                       ).serial for c in certs if c.status in want]
+        card.status = new_status
+        audit.append(session, f"card.{new_status}", card.card_number, {"certificates": changed},
+                     actor=actor, clock=auth.clock)
+    lifecycle.notify_changed(auth, changed)
+    return changed
 
 
 def block_card(auth: Authority, card_number: str, *, actor: str = "cps-admin") -> list[str]:
     """Suspend both certificates of a card (certificateHold)."""
-    card, certs = _card_and_serials(auth, card_number)
-    if card.status != "active":
-        raise InvalidTransition(f"card {card.card_number} is {card.status}; only an active "
-                                f"card can be blocked")
-    held = [lifecycle.hold(auth, c.serial, actor=actor).serial
-            for c in certs if c.status == "active"]
-    _set_card_status(auth, card.card_number, "blocked", actor)
-    return held
+    return _change_card(auth, card_number, "hold", "certificateHold", "active",
+                        "card {card} is {status}; only an active card can be blocked",
+                        "blocked", actor)
 
 
 def unblock_card(auth: Authority, card_number: str, *, actor: str = "cps-admin") -> list[str]:
-    card, certs = _card_and_serials(auth, card_number)
-    if card.status != "blocked":
-        raise InvalidTransition(f"card {card.card_number} is {card.status}; only a blocked "
-                                f"card can be unblocked")
-    released = [lifecycle.release(auth, c.serial, actor=actor).serial
-                for c in certs if c.status == "hold"]
-    _set_card_status(auth, card.card_number, "active", actor)
-    return released
+    return _change_card(auth, card_number, "release", None, "blocked",
+                        "card {card} is {status}; only a blocked card can be unblocked",
+                        "active", actor)
 
 
 def revoke_card(auth: Authority, card_number: str, reason: str = "keyCompromise", *,
                 actor: str = "cps-admin") -> list[str]:
     """Revoke both certificates (lost, stolen, compromised card): final."""
-    card, certs = _card_and_serials(auth, card_number)
-    if card.status == "revoked":
-        raise InvalidTransition(f"card {card.card_number} is already revoked")
-    revoked = [lifecycle.revoke(auth, c.serial, reason, actor=actor).serial
-               for c in certs if c.status != "revoked"]
-    _set_card_status(auth, card.card_number, "revoked", actor)
-    return revoked
+    reason = lifecycle.parse_reason(reason)
+    if reason == "certificateHold":
+        raise InvalidInput("a card is put on hold with `card block`, not revoked")
+    return _change_card(auth, card_number, "revoke", reason, "any",
+                        "card {card} is already revoked", "revoked", actor)
 
 
 def list_cards(auth: Authority) -> list[CardSummary]:
