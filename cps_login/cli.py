@@ -212,3 +212,115 @@ def login(broker: str, reader: str | None, pkcs11_module: str | None, token_labe
                                "expires_in": outcome.expires_in, "scope": outcome.scope}))
     else:
         click.echo(outcome.access_token)
+
+
+def _pin_reader(pin_file: str | None) -> Callable[[str], str]:
+    """Where a PIN comes from: the PIN file (refused when others may read it), read anew each
+    time, or this process's terminal."""
+    from cps_login.agent import read_pin_file
+
+    if pin_file is not None:
+        return lambda _prompt: read_pin_file(pin_file)
+    return lambda prompt: str(click.prompt(prompt, hide_input=True, err=True))
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=24727, show_default=True,
+              help="port on 127.0.0.1 (the broker's sign-in page links to it)")
+@click.option("--broker", "brokers", multiple=True,
+              help="issuer URL of a broker this agent works with (repeatable; default: the "
+                   "comma-separated CPS_LOGIN_BROKERS); any other is refused")
+@click.option("--reader", default=None, help="PC/SC reader name (default: first with a card)")
+@click.option("--pkcs11-module", default=None, help="PKCS#11 module (.so) instead of PC/SC")
+@click.option("--token-label", default=None, help="token label with --pkcs11-module")
+@click.option("--pin-file", type=click.Path(dir_okay=False), default=None,
+              help="file holding the PIN (default: asked on this terminal at each login)")
+@click.option("--organisation", default=None,
+              help="structure id to act for when the sign-in page names none")
+@card_errors
+def agent(port: int, brokers: tuple[str, ...], reader: str | None, pkcs11_module: str | None,
+          token_label: str | None, pin_file: str | None, organisation: str | None) -> None:
+    """Local agent: the broker's sign-in page hands it the card challenge (127.0.0.1 only)."""
+    from cps_login.agent import Agent, AgentSettings, allowed_brokers, serve
+
+    if pkcs11_module is not None and not token_label:
+        fail("--token-label is required with --pkcs11-module", 2)
+    settings = AgentSettings(
+        brokers=allowed_brokers(brokers),
+        open_card=lambda: open_card(reader, pkcs11_module, token_label),
+        read_pin=_pin_reader(pin_file), organisation=organisation)
+    local_agent = Agent(settings)
+
+    def ready(real_port: int) -> None:
+        click.echo(f"cps-login agent listening on http://127.0.0.1:{real_port} for "
+                   f"{', '.join(sorted(settings.brokers))}", err=True)
+        sys.stderr.flush()
+
+    try:
+        serve(local_agent, port, ready)
+    except OSError as exc:
+        fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}")
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--broker", required=True, help="broker base URL (its issuer URL)")
+@click.option("--reader", default=None, help="PC/SC reader name (default: first with a card)")
+@click.option("--pkcs11-module", default=None, help="PKCS#11 module (.so) instead of PC/SC")
+@click.option("--token-label", default=None, help="token label with --pkcs11-module")
+@click.option("--pin-file", type=click.Path(dir_okay=False), default=None,
+              help="file holding the PIN (default: asked on the terminal)")
+@click.option("--organisation", default=None,
+              help="structure id to act for (SubjectOrganizationID)")
+@click.option("--auth-req-id", default=None, help="decide this pending login only")
+@click.option("--yes", "answer", flag_value="approve", default=None,
+              help="approve without asking (each binding message is still printed)")
+@click.option("--deny", "answer", flag_value="deny", help="deny without asking")
+@click.option("--json", "as_json", is_flag=True, help="print the decisions as JSON")
+@card_errors
+def approve(broker: str, reader: str | None, pkcs11_module: str | None, token_label: str | None,
+            pin_file: str | None, organisation: str | None, auth_req_id: str | None,
+            answer: str | None, as_json: bool) -> None:
+    """Approve the pending back-channel (CIBA) logins of the card holder."""
+    import json
+
+    from cps_login.approve import Pending, approve_pending
+    from cps_login.client import BrokerRefused
+
+    try:
+        pin = _pin_reader(pin_file)("PIN")
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if answer is None and not sys.stdin.isatty():
+        fail("no terminal to ask on: give --yes or --deny", 2)
+
+    def choose(item: Pending) -> bool | None:
+        click.echo(f"{item.client_name or 'a service'} asks to log you in"
+                   f" (scope {item.scope or 'openid'}): {item.binding_message!r}", err=True)
+        if answer is not None:
+            return answer == "approve"
+        return bool(click.confirm("approve?", default=False, err=True))
+
+    card = open_card(reader, pkcs11_module, token_label)
+    try:
+        decisions = approve_pending(card, pin, broker, choose=choose,
+                                    organisation_id=organisation, only=auth_req_id)
+    except BrokerRefused as exc:
+        fail(str(exc))
+    except ConnectionError as exc:
+        fail(str(exc))
+    finally:
+        card.close()
+    if as_json:
+        click.echo(json.dumps([{"auth_req_id": d.pending.auth_req_id,
+                                "client_name": d.pending.client_name,
+                                "binding_message": d.pending.binding_message,
+                                "status": "approved" if d.approved else "denied"}
+                               for d in decisions]))
+        return
+    if not decisions:
+        click.echo("no pending login" + (f" {auth_req_id}" if auth_req_id else ""))
+    for d in decisions:
+        click.echo(f"{'approved' if d.approved else 'denied'} {d.pending.auth_req_id} "
+                   f"({d.pending.client_name}: {d.pending.binding_message})")
