@@ -9,6 +9,10 @@ only served from the store here.
 
 * a full CRL when a partition has none, or its nextUpdate is within ``republish_before_hours``
   (then a fresh delta on top of it, so the freshestCRL URL always matches the newest base);
+* a full CRL (and its delta) once a burst of at least ``FULL_AFTER_CHANGES`` status changes
+  since the newest full CRL has settled (none for ``delta_after_change_seconds``): after an
+  incident suspends hundreds of thousands of certificates, relying parties fetch one new base
+  instead of an ever larger delta;
 * a delta ``delta_after_change_seconds`` after the first revocation, hold or release it does not
   cover yet (a burst of changes lands in one delta), when a partition has no delta on the newest
   base, or when the delta's nextUpdate is near (within ``republish_before_hours``, at most half
@@ -22,14 +26,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
 
 from pki.crl import publisher, source
 from pki.crl.cache import PublicationCache
 from pki.crl.publisher import ROOT_ROLE, AuthorityView, CaView, PublishedCrl
 from pki.crl.reader import CrlReader
 from pki.errors import PkiError
+from pki.store.models import StatusEvent
 
 log = logging.getLogger(__name__)
+
+# Status changes since the newest full CRL from which a settled burst earns a new full CRL.
+FULL_AFTER_CHANGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -89,12 +100,28 @@ class CrlService(CrlReader):
 
     def _full_due(self, ca: CaView, now: dt.datetime) -> bool:
         margin = dt.timedelta(hours=self.auth.config.crl.republish_before_hours)
+        oldest: dt.datetime | None = None
         with self.auth.store.read() as session:
             for shard in publisher.scopes(self.auth.config, ca):
                 full = source.latest(session, ca.id, "full", shard)
                 if full is None or full.next_update - now <= margin:
                     return True
-        return False
+                oldest = full.this_update if oldest is None else min(oldest, full.this_update)
+            return oldest is not None and self._burst_settled(session, ca, oldest, now)
+
+    def _burst_settled(self, session: Any, ca: CaView, since: dt.datetime,
+                       now: dt.datetime) -> bool:
+        """FULL_AFTER_CHANGES or more changes after ``since``, the last one long enough ago."""
+        count, newest = session.execute(
+            select(func.count(), func.max(StatusEvent.at))
+            .where(StatusEvent.ca_id == ca.id, StatusEvent.at > since,
+                   StatusEvent.event.in_(source.CHANGE_EVENTS))).one()
+        if count < FULL_AFTER_CHANGES or newest is None:
+            return False
+        if newest.tzinfo is None:               # SQLite hands func.max back as text/naive
+            newest = newest.replace(tzinfo=dt.UTC)
+        quiet = dt.timedelta(seconds=self.auth.config.crl.delta_after_change_seconds)
+        return bool(now - newest >= quiet)
 
     def _delta_due(self, ca: CaView, now: dt.datetime) -> bool:
         cfg = self.auth.config.crl

@@ -1,0 +1,69 @@
+"""After a mass suspension settles, the signer's CRL side publishes a new full CRL and its delta."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography import x509
+
+from pki.ca import lifecycle
+from pki.ca.authority import Authority
+from pki.clock import FixedClock
+from pki.crl import service as crl_service
+from pki.crl.cache import PublicationCache
+from pki.crl.publisher import PublishedCrl
+from pki.crl.service import CrlService
+
+from .conftest import WEAK, add_cards
+
+
+def _kinds(published: list[PublishedCrl]) -> list[tuple[str, str]]:
+    return [(p.ca_slug, p.kind) for p in published]
+
+
+def test_settled_burst_gets_a_new_full_crl_and_delta(auth: Authority,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crl_service, "FULL_AFTER_CHANGES", 20)
+    clock = FixedClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+    auth.clock = clock
+    service = CrlService(auth, PublicationCache())
+    service.load()
+    slug = auth.issuing_ca("PERSONNES").slug
+    first = service.tick()
+    assert (slug, "full") in _kinds(first)
+    full_number = max(p.number for p in first if p.ca_slug == slug and p.kind == "full")
+    serials = [s for _, pair in add_cards(auth, WEAK, 15) for s in pair]
+    clock.advance(dt.timedelta(seconds=1))
+    lifecycle.change_many(auth, serials, "hold", selection={"card_model": WEAK},
+                          batch_size=7)
+    # Still bursting (the last change just now): a delta at most, no new base yet.
+    clock.advance(dt.timedelta(seconds=1))
+    during = service.tick()
+    assert (slug, "full") not in _kinds(during)
+    clock.advance(dt.timedelta(seconds=30))
+    after = service.tick()
+    mine = [p for p in after if p.ca_slug == slug]
+    assert [p.kind for p in mine] == ["full", "delta"]
+    full, delta = mine
+    assert full.number > full_number and delta.base_number == full.number
+    listed = x509.load_der_x509_crl(full.der)
+    held = {f"{e.serial_number:X}".zfill(32) for e in listed}
+    assert set(serials) <= held and full.entries >= 30
+    assert all(e.extensions.get_extension_for_class(x509.CRLReason).value.reason
+               == x509.ReasonFlags.certificate_hold for e in listed
+               if f"{e.serial_number:X}".zfill(32) in set(serials))
+    # Settled and published: the next tick has nothing due.
+    clock.advance(dt.timedelta(seconds=10))
+    assert [p for p in service.tick() if p.ca_slug == slug] == []
+
+
+def test_few_changes_make_no_new_full_crl(auth: Authority) -> None:
+    service = CrlService(auth, PublicationCache())
+    service.load()
+    slug = auth.issuing_ca("PERSONNES").slug
+    service.tick()
+    serials = [s for _, pair in add_cards(auth, WEAK, 3) for s in pair]
+    lifecycle.change_many(auth, serials, "hold", selection={"card_model": WEAK})
+    later = service.tick(auth.clock.now() + dt.timedelta(seconds=30))
+    assert [p.kind for p in later if p.ca_slug == slug] == ["delta"]
