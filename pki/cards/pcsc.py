@@ -44,6 +44,14 @@ FID_HOLDER, FID_CERT = 0xD001, {"auth": 0xC001, "sign": 0xC002}
 KEY_REF: dict[Usage, int] = {"auth": 0x01, "sign": 0x02}
 MSE_TEMPLATE: dict[Usage, int] = {"auth": 0xA4, "sign": 0xB6}
 PIN_REF, PUK_REF = 0x01, 0x02
+# The card as a CPS3 answers (IAS-ECC, see pki/cards/sim/iasecc.py and pki/cards/README.md):
+# the PKCS#15 application, its holder data objects (CPS_NAME_PS, CPS_INFO_PS), the local RSA
+# key SDOs (81 auth, 82 sign) and the IAS-ECC algorithm references.
+PKCS15_AID = bytes.fromhex("A000000063504B43532D3135")
+FID_NAME, FID_INFO = 0xD003, 0xD004
+SFI_SERIAL = 0x1C
+IAS_KEY_REF: dict[Usage, int] = {"auth": 0x81, "sign": 0x82}
+ALG_RSA_PKCS, ALG_SHA256 = 0x02, 0x40
 KEY_ALG: dict[KeyType, int] = {"rsa2048": 0x07, "p256": 0x11}
 _CHUNK = 0xE0  # READ BINARY / PUT DATA chunk: fits every reader's short-APDU buffer
 
@@ -170,7 +178,7 @@ class PcscCard:
             raise
         card = cls(context, handle, protocol, name)
         try:
-            card.select()
+            card.select_ias()
         except BaseException:
             card.close()
             raise
@@ -276,14 +284,23 @@ class PcscCard:
     # --- CPS application ------------------------------------------------------------------
 
     def select(self) -> None:
+        """The CPS personalisation application (issuer commands: keys, files, credentials)."""
         response = self.transmit(CommandAPDU(0x00, 0xA4, 0x04, 0x0C, CPS_AID))
         if response.sw in (0x6A82, 0x6A81, 0x6D00, 0x6E00, 0x6A86):
             raise WrongCard(f"card in {self.reader!r} has no CPS application")
         check_sw(response.sw)
 
+    def select_ias(self) -> None:
+        """The card's IAS-ECC PKCS#15 application, what a CPS3 answers to in the field."""
+        response = self.transmit(CommandAPDU(0x00, 0xA4, 0x04, 0x0C, PKCS15_AID))
+        if response.sw in (0x6A82, 0x6A81, 0x6D00, 0x6E00, 0x6A86):
+            raise WrongCard(f"card in {self.reader!r} is not a CPS card (no IAS-ECC PKCS#15)")
+        check_sw(response.sw)
+
     def read_file(self, fid: int) -> bytes:
+        """SELECT the EF in the PKCS#15 application (FCP gives its size), READ BINARY."""
         with self.transaction():
-            self.select()
+            self.select_ias()
             fcp = parse_tlv(self.command(0xA4, 0x02, 0x04, fid.to_bytes(2, "big"), le=256))
             size = int.from_bytes(parse_tlv(fcp.get(0x62, b"")).get(0x80, b""), "big")
             out = bytearray()
@@ -296,7 +313,9 @@ class PcscCard:
     def holder(self) -> HolderData:
         if self._holder is None:
             try:
-                self._holder = HolderData.from_bytes(self.read_file(FID_HOLDER))
+                self._holder = HolderData.from_bytes(
+                    self.read_file(FID_INFO) + self.read_file(FID_NAME)
+                )
             except ValueError as exc:
                 raise WrongCard(f"holder data unreadable: {exc}") from exc
         return self._holder
@@ -312,14 +331,21 @@ class PcscCard:
         return cert
 
     def serial(self) -> str:
+        """EF.SN (READ BINARY by SFI 1C): ``5A`` + the card number."""
         with self.transaction():
-            self.select()
-            return self.command(0xCA, 0x00, 0x5A, le=256).hex()
+            self.select_ias()
+            response = self.transmit(CommandAPDU(0x00, 0xB0, 0x80 | SFI_SERIAL, 0x00, le=256))
+        if response.sw != 0x6282:  # end of file before Le bytes: the whole (short) EF.SN
+            check_sw(response.sw)
+        data = parse_tlv(response.data)
+        if 0x5A not in data:
+            raise WrongCard("card serial number (EF.SN) unreadable")
+        return data[0x5A].hex()
 
     def pin_tries_left(self) -> int | None:
         """Retry counter (VERIFY with no body); 3 after a verified PIN, 0 when blocked."""
         with self.transaction():
-            self.select()
+            self.select_ias()
             response = self.transmit(CommandAPDU(0x00, 0x20, 0x00, PIN_REF))
         if response.sw == 0x9000:
             return PIN_MAX_TRIES
@@ -333,53 +359,70 @@ class PcscCard:
     def verify_pin(self, pin: str) -> None:
         check_pin(pin)
         with self.transaction():
-            self.select()
+            self.select_ias()
             self.command(0x20, 0x00, PIN_REF, pin.encode())
 
     def change_pin(self, old_pin: str, new_pin: str) -> None:
         check_pin(old_pin)
         check_pin(new_pin)
         with self.transaction():
-            self.select()
+            self.select_ias()
             self.command(0x24, 0x00, PIN_REF, old_pin.encode() + new_pin.encode())
 
     def unblock_pin(self, puk: str, new_pin: str) -> None:
         check_puk(puk)
         check_pin(new_pin)
+        # IAS-ECC: VERIFY the PUK, then RESET RETRY COUNTER with the new PIN (P1 02).
         with self.transaction():
-            self.select()
-            self.command(0x2C, 0x00, PIN_REF, puk.encode() + new_pin.encode(), kind="puk")
+            self.select_ias()
+            self.command(0x20, 0x00, PUK_REF, puk.encode(), kind="puk")
+            self.command(0x2C, 0x02, PIN_REF, new_pin.encode())
 
     def _card_input(self, usage: Usage, data: bytes) -> bytes:
         if isinstance(self.certificate(usage).public_key(), ec.EllipticCurvePublicKey):
             return hashlib.sha256(data).digest()
         return sha256_digest_info(data)
 
+    def _private_key_operation(self, usage: Usage, data: bytes) -> bytes:
+        """In a transaction, PIN already verified: MSE SET + the key's IAS-ECC operation.
+
+        Authentication key: MSE SET AT (``A4``) + INTERNAL AUTHENTICATE over the DigestInfo
+        (EC: the hash). Signature key (non-repudiation): MSE SET DST (``B6``) + PSO HASH with
+        the SHA-256 value computed here (``90``) + PSO COMPUTE DIGITAL SIGNATURE.
+        """
+        ec_key = isinstance(self.certificate(usage).public_key(), ec.EllipticCurvePublicKey)
+        key_ref = bytes((IAS_KEY_REF[usage],))
+        digest = hashlib.sha256(data).digest()
+        if usage == "auth":
+            algorithm = bytes((ALG_RSA_PKCS,))
+            self.command(0x22, 0x41, 0xA4, tlv(0x84, key_ref) + tlv(0x80, algorithm))
+            card_input = digest if ec_key else sha256_digest_info(data)
+            return self.command(0x88, 0x00, 0x00, card_input, le=256)  # ECDSA: DER already
+        algorithm = bytes((ALG_RSA_PKCS | ALG_SHA256,))
+        self.command(0x22, 0x41, 0xB6, tlv(0x84, key_ref) + tlv(0x80, algorithm))
+        self.command(0x2A, 0x90, 0xA0, tlv(0x90, digest))
+        return self.command(0x2A, 0x9E, 0x9A, le=256)
+
     def sign(self, usage: Usage, data: bytes) -> bytes:
-        """MSE SET (A4 auth / B6 sign) + PSO COMPUTE DIGITAL SIGNATURE over SHA-256(data)."""
-        card_input = self._card_input(usage, data)
+        """Sign SHA-256(``data``) with the ``usage`` key (the PIN must have been verified)."""
+        self.certificate(usage)  # outside the transaction: it is one of its own
         with self.transaction():
-            self.select()
-            self.command(0x22, 0x41, MSE_TEMPLATE[usage], tlv(0x84, bytes((KEY_REF[usage],))))
-            return self.command(0x2A, 0x9E, 0x9A, card_input, le=256)  # ECDSA: DER already
+            self.select_ias()
+            return self._private_key_operation(usage, data)
 
     def internal_authenticate(self, challenge: bytes) -> bytes:
         """INTERNAL AUTHENTICATE with the authentication key over SHA-256(challenge)."""
-        card_input = self._card_input("auth", challenge)
-        with self.transaction():
-            self.select()
-            return self.command(0x88, 0x00, 0x00, card_input, le=256)
+        return self.sign("auth", challenge)
 
     def authenticate(self, pin: str, challenge: bytes) -> bytes:
         """Select, verify the PIN and sign ``challenge`` with the authentication key, in one
         card transaction (what a login does)."""
         check_pin(pin)
-        card_input = self._card_input("auth", challenge)
+        self.certificate("auth")
         with self.transaction():
-            self.select()
+            self.select_ias()
             self.command(0x20, 0x00, PIN_REF, pin.encode())
-            self.command(0x22, 0x41, MSE_TEMPLATE["auth"], tlv(0x84, bytes((KEY_REF["auth"],))))
-            return self.command(0x2A, 0x9E, 0x9A, card_input, le=256)
+            return self._private_key_operation("auth", challenge)
 
     # --- personalisation (refused by the card once activated) -----------------------------
 

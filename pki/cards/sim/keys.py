@@ -121,3 +121,22 @@ def sign_piv(key: CardPrivateKey, data: bytes) -> bytes:
     if len(data) != 32:
         data = data.rjust(32, b"\x00")
     return key.sign(data, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+
+def is_rsa(key: CardPrivateKey) -> bool:
+    return isinstance(key, rsa.RSAPrivateKey)
+
+
+def key_bits(key: CardPrivateKey) -> int:
+    return key.key_size if isinstance(key, rsa.RSAPrivateKey) else key.curve.key_size
+
+
+def rsa_public_numbers(key: CardPrivateKey) -> tuple[bytes, bytes]:
+    """Modulus and public exponent, big-endian, of an RSA key."""
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyOperationError("not an RSA key")
+    numbers = key.public_key().public_numbers()
+    return (
+        numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"),
+        numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big"),
+    )

@@ -25,8 +25,10 @@ class SimulatedCard:
         card_file: Path | str,
         port: int = DEFAULT_PORT,
         host: str = "127.0.0.1",
-        applications: tuple[str, ...] = ("cps", "piv"),
+        applications: tuple[str, ...] = ("cps", "piv", "iasecc"),
+        trace: list[tuple[str, str]] | None = None,
     ) -> None:
+        self.trace = trace  # every APDU exchanged, for test vectors
         self.card_file = CardFile(card_file)
         self.applications = applications
         self.port = port
@@ -60,7 +62,7 @@ class SimulatedCard:
         while True:
             self.card = SoftCard(self.card_file, self.applications)
             sock = connect(self.host, self.port, max(0.1, deadline - time.monotonic()))
-            self.link = VpcdLink(self.card, sock)
+            self.link = VpcdLink(self.card, sock, self.trace)
             self._thread = threading.Thread(
                 target=self.link.serve, name=f"vpcd-{self.port}", daemon=True
             )

@@ -82,7 +82,9 @@ class SoftCard:
 
     atr = CPS3_ATR
 
-    def __init__(self, card_file: CardFile, applications: tuple[str, ...] = ("cps", "piv")) -> None:
+    def __init__(
+        self, card_file: CardFile, applications: tuple[str, ...] = ("cps", "piv", "iasecc")
+    ) -> None:
         self.card_file = card_file
         self.applications = applications  # ("piv",) makes a foreign card, for tests
         self.state: CardState = card_file.load()
@@ -105,6 +107,12 @@ class SoftCard:
             0x44: self._activate,
         }
         self._piv: dict[int, Handler] = piv.handlers(self)
+        from pki.cards.sim import iasecc  # the card's own (MF) file system: IAS-ECC, as a CPS3
+
+        self.ias = iasecc.IasEcc(self)
+        self._mf: dict[int, Handler] = (
+            iasecc.handlers(self.ias) if "iasecc" in applications else {}
+        )
 
     # --- volatile state -------------------------------------------------------------------
 
@@ -115,6 +123,8 @@ class SoftCard:
         self.mse_key: int | None = None
         self._pending = b""
         self._chain: tuple[int, int, int, bytes] | None = None
+        if hasattr(self, "ias"):
+            self.ias.reset()
 
     def persist(self) -> None:
         self.card_file.save(self.state)
@@ -152,21 +162,26 @@ class SoftCard:
             if len(head) + len(apdu.data) > 65535:   # the last part is checked here, not above
                 raise Status(0x6700)
             apdu = CommandAPDU(apdu.cla, apdu.ins, apdu.p1, apdu.p2, head + apdu.data, apdu.le)
-        if apdu.ins == 0xA4 and apdu.p1 == 0x04:
-            reply = self._select_application(apdu)
-        else:
-            table = (
-                self._cps
-                if self.application == "cps"
-                else self._piv
-                if self.application == "piv"
-                else {}
-            )
-            handler = table.get(apdu.ins)
-            if handler is None:
-                raise Status(0x6D00)
-            reply = handler(apdu)
-        return self._limit(reply, apdu.le)
+        select_aid = apdu.ins == 0xA4 and apdu.p1 == 0x04
+        if apdu.ins == 0xA4 and (
+            apdu.p1 in (0x08, 0x09)
+            or (apdu.p1 == 0x00 and apdu.data in (b"", b"\x3f\x00"))
+            or (select_aid and self.ias.owns_aid(apdu.data))
+        ):
+            self.application = None  # the MF, a path or PKCS#15: the card's IAS-ECC file system
+        elif select_aid:
+            return self._limit(self._select_application(apdu), apdu.le)
+        table = (
+            self._cps
+            if self.application == "cps"
+            else self._piv
+            if self.application == "piv"
+            else self._mf
+        )
+        handler = table.get(apdu.ins)
+        if handler is None:
+            raise Status(0x6D00)
+        return self._limit(handler(apdu), apdu.le)
 
     def _chain_part(self, apdu: CommandAPDU) -> Reply:
         if self._chain is None:

@@ -50,8 +50,11 @@ def connect(host: str, port: int, timeout: float) -> socket.socket:
 class VpcdLink:
     """Serve one card over one vpcd connection until :meth:`pull` or the peer closes."""
 
-    def __init__(self, card: SoftCard, sock: socket.socket) -> None:
+    def __init__(
+        self, card: SoftCard, sock: socket.socket, trace: list[tuple[str, str]] | None = None
+    ) -> None:
         self.card = card
+        self.trace = trace  # (command hex, response hex); ("power", "") on power/reset
         self.sock = sock
         self.apdu_count = 0
         self._remove_after: int | None = None
@@ -110,6 +113,8 @@ class VpcdLink:
             control = payload[0]
             if control in (CTRL_OFF, CTRL_ON, CTRL_RESET):
                 self.card.reset()
+                if self.trace is not None:
+                    self.trace.append(("power", ""))
             elif control == CTRL_ATR:
                 self._send(self.card.atr)
             return
@@ -122,4 +127,7 @@ class VpcdLink:
         if pulled:
             self.pull()
             return
-        self._send(self.card.process(payload))
+        response = self.card.process(payload)
+        if self.trace is not None:
+            self.trace.append((payload.hex(), response.hex()))
+        self._send(response)
