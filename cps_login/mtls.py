@@ -26,7 +26,10 @@ from cps_login.web.broker import PEER_CERT_ENVIRON
 from pki.config import BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE, write_private
 from pki.errors import ConfigError
 
-MTLS_PATHS = ("/introspect", "/.well-known/jwks.json", "/health")
+# The OpenID Connect endpoints where a client may authenticate with its organisation
+# certificate (tls_client_auth, RFC 8705) are served here too.
+MTLS_PATHS = ("/introspect", "/.well-known/jwks.json", "/health", "/oidc/token",
+              "/oidc/introspect", "/oidc/revoke", "/oidc/bc-authorize")
 TLS_CERT_FILE = BROKER_TLS_CERT_FILE
 TLS_KEY_FILE = BROKER_TLS_KEY_FILE
 CLIENT_CAS_FILE = "run/broker-client-cas.pem"

@@ -105,6 +105,12 @@ class Client:
         return grant_type in ("authorization_code", "refresh_token")
 
     @property
+    def client_metadata(self) -> dict[str, Any]:
+        """What RP-initiated logout reads: post-logout redirects go to a registered redirect
+        URI only."""
+        return {"post_logout_redirect_uris": list(self.redirect_uris)}
+
+    @property
     def token_endpoint_auth_method(self) -> str:
         return "none" if self.public else self.auth_method
 

@@ -182,7 +182,8 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
     provider: Provider
 
     def authenticate_refresh_token(self, refresh_token: str) -> _Record | None:
-        return self.provider.use_refresh_token(refresh_token)
+        # Authlib has put the authenticated client on the request already
+        return self.provider.use_refresh_token(refresh_token, self.request.client)
 
     def authenticate_user(self, refresh_token: _Record) -> Subject:
         return refresh_token.subject
@@ -419,12 +420,15 @@ class Provider:
         return _Record(key, value)
 
     # --- refresh tokens ------------------------------------------------------------------
-    def use_refresh_token(self, refresh_token: str) -> _Record | None:
+    def use_refresh_token(self, refresh_token: str, client: Client) -> _Record | None:
+        """The refresh token's record, marked used (rotation); None (invalid_grant) when
+        unknown, another client's (left as it is), expired, of an ended session, or used
+        before — then its login session ends (RFC 9700 §4.14.2)."""
         if not isinstance(refresh_token, str) or len(refresh_token) > 256:
             return None
         key = f"rt:{digest(refresh_token)}"
         value = self.state.get(key)
-        if value is None:
+        if value is None or value["client_id"] != client.client_id:
             return None
         sid = value["subject"]["sid"]
         if value["used"] or not self.state.cas(key, value, {**value, "used": True},
