@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from pki import audit, ids
 from pki.clock import SYSTEM_CLOCK, Clock
@@ -37,6 +37,7 @@ _COLUMN_ALIASES = {
     "profession": "profession", "profession_code": "profession", "code_profession": "profession",
     "given_name": "given_name", "prenom": "given_name", "prénom": "given_name",
     "surname": "surname", "nom": "surname", "family_name": "surname",
+    "adeli": "adeli", "numero_adeli": "adeli", "identifiant_adeli": "adeli",
     # The RPPS extract (PS_LibreAcces_Personne_activite), accents removed.
     "identifiant_pp": "rpps", "nom_d'exercice": "surname", "prenom_d'exercice": "given_name",
     "numero_finess_site": "finess", "finess": "finess",
@@ -62,6 +63,7 @@ class ProfessionalEntry:
     profession_code: int
     given_name: str
     surname: str
+    adeli: str | None = None
 
     @property
     def national_id(self) -> str:
@@ -119,12 +121,16 @@ def clean_name(value: str, what: str) -> str:
 
 
 def professional_entry(rpps: str, profession: str | int, given_name: str,
-                       surname: str) -> ProfessionalEntry:
-    """Validate one professional; raise an InvalidInput subclass naming the field at fault."""
+                       surname: str, adeli: str | None = None) -> ProfessionalEntry:
+    """Validate one professional; raise an InvalidInput subclass naming the field at fault.
+
+    ``adeli`` is optional (None or blank: none); when given it must be a valid ADELI number.
+    """
     valid_rpps = ids.validate_rpps(rpps)
     code = ids.profession(str(profession).strip()).code
+    valid_adeli = ids.validate_adeli(adeli) if adeli is not None and adeli.strip() else None
     return ProfessionalEntry(valid_rpps, code, clean_name(given_name, "given name"),
-                             clean_name(surname, "surname"))
+                             clean_name(surname, "surname"), valid_adeli)
 
 
 def structure_entry(register: str, number: str, name: str, state: str) -> StructureEntry:
@@ -205,7 +211,8 @@ def parse_csv(text: str, *, progress: Callable[[int], None] | None = None) -> Pa
                 continue
             try:
                 entry = professional_entry(row[columns["rpps"]], row[columns["profession"]],
-                                           row[columns["given_name"]], row[columns["surname"]])
+                                           row[columns["given_name"]], row[columns["surname"]],
+                                           row[columns["adeli"]] if "adeli" in columns else None)
                 situation = (_row_situation(row, columns, entry) if with_structures
                              else None)
             except PkiError as exc:
@@ -319,11 +326,12 @@ def _insert_professionals(store: Store, entries: Sequence[ProfessionalEntry], *,
     with store.session() as session:
         session.execute(insert(Professional), [
             {"rpps": e.rpps, "profession_code": e.profession_code, "given_name": e.given_name,
-             "surname": e.surname, "created_at": now} for e in entries])
+             "surname": e.surname, "adeli": e.adeli, "created_at": now} for e in entries])
         for e in entries:
             audit.append(session, action, e.rpps,
                          {"profession": e.profession_code, "given_name": e.given_name,
-                          "surname": e.surname}, actor=actor, clock=clock)
+                          "surname": e.surname, **({"adeli": e.adeli} if e.adeli else {})},
+                         actor=actor, clock=clock)
 
 
 def insert_professionals_bulk(store: Store, entries: Sequence[ProfessionalEntry], *,
@@ -335,8 +343,8 @@ def insert_professionals_bulk(store: Store, entries: Sequence[ProfessionalEntry]
         with store.session() as session:
             session.execute(insert(Professional), [
                 {"rpps": e.rpps, "profession_code": e.profession_code,
-                 "given_name": e.given_name, "surname": e.surname, "created_at": now}
-                for e in part])
+                 "given_name": e.given_name, "surname": e.surname, "adeli": e.adeli,
+                 "created_at": now} for e in part])
             audit.append(session, action, f"{part[0].rpps}..{part[-1].rpps}",
                          {"count": len(part)}, actor=actor, clock=clock)
 
@@ -358,7 +366,8 @@ def get_professional(store: Store, rpps: str) -> ProfessionalEntry:
                               ).scalar_one_or_none()
         if row is None:
             raise NotFound(f"no professional with RPPS {rpps}")
-        return ProfessionalEntry(row.rpps, row.profession_code, row.given_name, row.surname)
+        return ProfessionalEntry(row.rpps, row.profession_code, row.given_name, row.surname,
+                                 row.adeli)
 
 
 def iter_professionals(store: Store, *, limit: int | None = None
@@ -368,12 +377,8 @@ def iter_professionals(store: Store, *, limit: int | None = None
         if limit is not None:
             query = query.limit(limit)
         for row in session.execute(query.execution_options(yield_per=1000)).scalars():
-            yield ProfessionalEntry(row.rpps, row.profession_code, row.given_name, row.surname)
-
-
-def count_professionals(store: Store) -> int:
-    with store.read() as session:
-        return int(session.execute(select(func.count(Professional.id))).scalar_one())
+            yield ProfessionalEntry(row.rpps, row.profession_code, row.given_name, row.surname,
+                                    row.adeli)
 
 
 def add_structure(store: Store, entry: StructureEntry, *, actor: str = "cps-admin",

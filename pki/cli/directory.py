@@ -25,7 +25,7 @@ from pki.cli.context import (
 def _pro_dict(entry: directory.ProfessionalEntry) -> dict[str, Any]:
     return {"rpps": entry.rpps, "national_id": entry.national_id,
             "profession": entry.profession_code, "profession_label": entry.profession_label,
-            "given_name": entry.given_name, "surname": entry.surname}
+            "given_name": entry.given_name, "surname": entry.surname, "adeli": entry.adeli}
 
 
 @click.group()
@@ -38,11 +38,12 @@ def pro() -> None:
 @click.option("--profession", required=True, help="Profession code, e.g. 10 (physician).")
 @click.option("--given-name", required=True)
 @click.option("--surname", required=True)
+@click.option("--adeli", default=None, help="9-digit ADELI number, if any (Luhn key checked).")
 @pass_admin
 def pro_add(obj: AdminContext, rpps: str, profession: str, given_name: str,
-            surname: str) -> None:
+            surname: str, adeli: str | None) -> None:
     """Add one professional to the directory."""
-    entry = directory.professional_entry(rpps, profession, given_name, surname)
+    entry = directory.professional_entry(rpps, profession, given_name, surname, adeli)
     directory.add_professional(obj.store(), entry)
     click.echo(f"added {entry.national_id} {entry.given_name} {entry.surname} "
                f"({entry.profession_label})")
@@ -55,7 +56,7 @@ def pro_add(obj: AdminContext, rpps: str, profession: str, given_name: str,
               help="Import the valid rows and list the invalid ones (default: all or nothing).")
 @pass_admin
 def pro_import(obj: AdminContext, csv_file: Path, skip_invalid: bool) -> None:
-    """Import a directory extract (CSV with header rpps,profession,given_name,surname).
+    """Import a directory extract (CSV with header rpps,profession,given_name,surname[,adeli]).
 
     The RPPS extract's own columns are read too ('|'-separated, "Identifiant PP", "Code
     profession", "Nom d'exercice", ...): with structure columns ("Numéro FINESS site", "Numéro

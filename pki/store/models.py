@@ -74,6 +74,7 @@ class Professional(Base):
     given_name: Mapped[str] = mapped_column(String(128))
     surname: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    adeli: Mapped[str | None] = mapped_column(String(9), nullable=True)   # migration 0041
 
 
 class Structure(Base):
