@@ -14,8 +14,10 @@ Professional actors (``read``, ``list``, ``write``):
                               (the patient opposed emergency access in advance), then
                               ``break_glass`` grants (flagged, patient notified).
      mode ``emergency``:  the same, plus ``not_emergency_centre`` unless the professional acts
-                              for a configured emergency call centre (SAMU); grants as
-                              ``emergency_centre`` (flagged, notified).
+                              for an emergency call centre (SAMU/SAS: configured, or a
+                              structure the directory's exercise situations flag, the token's
+                              SubjectOrganizationID being one of the professional's own
+                              situations); grants as ``emergency_centre`` (flagged, notified).
   4. ``profession_matrix``    the profession may read (or write) the document's category.
 Authors (``set_visibility``): ``author`` grants, ``not_author`` refuses.
 

@@ -31,6 +31,7 @@ from cps_login.access import (
 from pki import audit, ids
 from pki.clock import Clock
 from pki.errors import Duplicate, InvalidInput, NotAuthorised, NotFound
+from pki.situations import emergency_structure_ids
 from pki.store.db import Store
 from pki.store.models import Professional
 from pki.store.patient_models import (
@@ -183,7 +184,9 @@ class PatientService:
             is_minor=_age_years(patient.birth_date, at.date()) < MAJORITY_YEARS,
             care_team=national_ids(CareTeamMember), consents=consents,
             blocked=national_ids(PatientBlock), emergency_opposed=patient.emergency_opposed,
-            representatives=reps, emergency_centres=self._centres)
+            representatives=reps,
+            # configured centres, and the structures the directory flags (exercise situations)
+            emergency_centres=self._centres | emergency_structure_ids(session))
 
     @staticmethod
     def _doc_state(session: Session, doc: Document) -> DocumentState:
