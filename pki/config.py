@@ -4,7 +4,7 @@ Layout::
 
     HOME/                     mode 0700
     HOME/config.json          settings (the *configurable* values of SPEC.md), 0600
-    HOME/secrets/*.pin        one PIN file per token (root, ca, broker), 0600 in a 0700
+    HOME/secrets/*.pin        one PIN file per token (root, ca, broker, tsa), 0600 in a 0700
                               directory, never on a command line
     HOME/softhsm2.conf        SoftHSM configuration (when the module is SoftHSM)
     HOME/tokens/              SoftHSM token directory
@@ -29,6 +29,10 @@ CONFIG_NAME = "config.json"
 # read by the broker role, hidden from every other role.
 BROKER_TLS_CERT_FILE = "secrets/broker-tls.crt"
 BROKER_TLS_KEY_FILE = "secrets/broker-tls.key"
+# The time-stamping unit: its key in the TSA token, and its certificate chain (public, the TSA
+# certificate first) written by `cps-admin tsa cert` and read by the tsa role.
+TSA_KEY_LABEL = "tsa:signing"
+TSA_CHAIN_FILE = "tsa/tsa-chain.pem"
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -67,12 +71,18 @@ class HsmConfig:
     broker_token_label: str = "CPS-BROKER"  # noqa: S105 - a label, not a secret
     broker_pin_file: str = "secrets/broker.pin"
     broker_so_pin_file: str = "secrets/broker-so.pin"
+    # The time-stamping authority's token (its time-stamp signing key): the tsa role only.
+    tsa_token_label: str = "CPS-TSA"  # noqa: S105 - a label, not a secret
+    tsa_pin_file: str = "secrets/tsa.pin"
+    tsa_so_pin_file: str = "secrets/tsa-so.pin"
 
     def tokens(self) -> tuple[tuple[str, str, str], ...]:
-        """``(label, user PIN file, SO PIN file)`` of each token a home holds (root, CA, broker)."""
+        """``(label, user PIN file, SO PIN file)`` of each token a home holds (root, CA, broker,
+        TSA)."""
         return ((self.root_token_label, self.root_pin_file, self.root_so_pin_file),
                 (self.token_label, self.user_pin_file, self.so_pin_file),
-                (self.broker_token_label, self.broker_pin_file, self.broker_so_pin_file))
+                (self.broker_token_label, self.broker_pin_file, self.broker_so_pin_file),
+                (self.tsa_token_label, self.tsa_pin_file, self.tsa_so_pin_file))
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ class ProfileConfig:
     auth_policy_oid: str = "1.2.250.1.213.1.7.1.1.1.5.1"
     sign_policy_oid: str = "1.2.250.1.213.1.7.1.1.1.4.1"
     org_policy_oid: str = "1.2.250.1.213.1.7.1.1.1.6.1"
+    # The time-stamping unit: its certificate's policy, and the policy of its time stamps
+    # (the TSTInfo policy field). Test arcs like the others.
+    tsa_cert_policy_oid: str = "1.2.250.1.213.1.7.1.1.1.8.1"
+    tsa_policy_oid: str = "1.2.250.1.213.1.7.1.1.1.9.1"
     card_validity_days: int = 3 * 365   # CPS3; CPS4 uses 6 years
     org_validity_days: int = 3 * 365
     ca_validity_days: int = 20 * 365

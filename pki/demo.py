@@ -130,12 +130,14 @@ def main() -> int:
         run("cps-admin", "ca", "list", env=env)
         offline = take_root_offline(home)
         print(f"  root PIN files moved to {offline}: nothing below needs the root")
+        run("cps-admin", "tsa", "cert", env=env)     # the time-stamping unit's key + certificate
 
         step("2. The directory: a physician")
         run("cps-admin", "pro", "add", "--rpps", rpps, "--profession", "10",
             "--given-name", "Jeanne", "--surname", "Martin", env=env)
 
-        step("3. Services: signer, status, broker, patient - each its own process, one address")
+        step("3. Services: signer, status, broker, patient, tsa - each its own process, one "
+             "address")
         log = (home / "serve.log").open("ab")
         server = subprocess.Popen([str(BIN / "cps-admin"), "serve", "--port", str(port)],
                                   env=env, stdout=log, stderr=log)

@@ -46,6 +46,7 @@ class Profile:
     validity: str                      # key of ProfileConfig
     product_category: int
     profession_extension: bool
+    critical_extended_key_usage: bool = False
 
     def policy_oid(self, config: Config) -> str:
         return str(getattr(config.profiles, self.policy))
@@ -69,7 +70,9 @@ def profiles() -> dict[str, Profile]:
                             extended_key_usage=tuple(spec["extended_key_usage"]),
                             policy=spec["policy"], validity=spec["validity"],
                             product_category=int(spec["product_category"]),
-                            profession_extension=bool(spec["profession_extension"]))
+                            profession_extension=bool(spec["profession_extension"]),
+                            critical_extended_key_usage=bool(
+                                spec.get("critical_extended_key_usage", False)))
     return out
 
 
@@ -215,9 +218,10 @@ def _template(issuer: IssuerView, prof: Profile, base_url: str, policy_oid: str,
     if prof.extended_key_usage:
         tail.append(x509.ExtendedKeyUsage(
             [ObjectIdentifier(oid) for oid in prof.extended_key_usage]))
-    critical = {x509.BasicConstraints.oid: True, x509.KeyUsage.oid: prof.critical_key_usage}
+    critical = {x509.BasicConstraints.oid: True, x509.KeyUsage.oid: prof.critical_key_usage,
+                x509.ExtendedKeyUsage.oid: prof.critical_extended_key_usage}
     return _Template(tuple(_encoded(v, critical.get(v.oid, False)) for v in head),
-                     tuple(_encoded(v, False) for v in tail))
+                     tuple(_encoded(v, critical.get(v.oid, False)) for v in tail))
 
 
 def _encoded(value: x509.ExtensionType, critical: bool

@@ -76,7 +76,7 @@ class AdminGroup(click.Group):
         "pro": ("pki.cli.directory", None), "structure": ("pki.cli.directory", None),
         "cert": ("pki.cli.certs", None), "bench-populate": ("pki.cli.bench", None),
         "broker": ("pki.cli.broker", "broker"), "root": ("pki.cli.root", "root"),
-        "db": ("pki.cli.db", "db"),
+        "db": ("pki.cli.db", "db"), "tsa": ("pki.cli.tsa", "tsa"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -149,7 +149,8 @@ def init(obj: AdminContext, ranges: tuple[str, ...], key_type: str, base_url: st
     h = config.hsm
     click.echo(f"tokens: {h.root_token_label} (roots; {h.root_pin_file} is read only by "
                f"`cps-admin root ...`: keep it off the servers), {h.token_label} (issuing CAs), "
-               f"{h.broker_token_label} (broker)")
+               f"{h.broker_token_label} (broker), {h.tsa_token_label} (time stamps: "
+               f"`cps-admin tsa cert` makes its key and certificate)")
 
 
 # --- ca ---------------------------------------------------------------------------------

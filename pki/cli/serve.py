@@ -1,9 +1,10 @@
 """`cps-admin serve`: every role behind one address, or one role (docs/roles.md).
 
-Without ``--role`` the supervisor (``pki.roles.supervisor``) starts signer, status, broker and
-patient each as its own child process and routes one address to them by path. With ``--role X``
-this process runs role X alone — what the supervisor's children and a real deployment (one
-systemd unit per role and replica) run.
+Without ``--role`` the supervisor (``pki.roles.supervisor``) starts signer, status, broker,
+patient and tsa (once `cps-admin tsa cert` has made its certificate) each as its own child
+process and routes one address to them by path. With ``--role X`` this process runs role X
+alone — what the supervisor's children and a real deployment (one systemd unit per role and
+replica) run.
 
 This module imports no role and nothing of the CA at load time: ``--role status`` must reach
 its runner without the PKCS#11 module ever entering the process. The CLI itself opens no
@@ -26,7 +27,7 @@ import click
 from pki.config import Config
 from pki.roles import guard
 
-ROLES = ("signer", "status", "broker", "patient")
+ROLES = ("signer", "status", "broker", "patient", "tsa")
 DEFAULT_WORKERS = 2
 # Set by the supervisor in its children's environment: the child dies with its supervisor.
 SUPERVISOR_ENV = "CPS_SUPERVISOR_PID"
@@ -51,7 +52,8 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
                                  param_hint="--role")
     config = Config.load(home)
     if role in guard.PUBLIC_ROLES:
-        own = (config.hsm.broker_token_label,) if role == "broker" else ()
+        own = {"broker": (config.hsm.broker_token_label,),
+               "tsa": (config.hsm.tsa_token_label,)}.get(role, ())
         guard.refuse_key_holders(role, allowed_tokens=own)
     redis_url = options.redis_url or config.ocsp.redis_url
     workers = (web_workers(home, db_url, redis_url, options.workers)
@@ -78,6 +80,11 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
         run_status(home, db_url, host=options.host, port=options.port, redis_url=redis_url,
                    signer_socket=options.signer_socket, metrics_port=options.metrics_port,
                    metrics_token=metrics_token)
+    elif role == "tsa":
+        from pki.roles.tsa import run_tsa
+
+        run_tsa(home, db_url, host=options.host, port=options.port,
+                metrics_port=options.metrics_port)
     elif role == "broker":
         from cps_login.roles import run_broker
 
@@ -148,7 +155,8 @@ def die_with_supervisor() -> None:
 def serve(admin: Any, role: str | None, host: str, port: int, redis_url: str | None,
           signer_socket: Path | None, workers: int | None, mtls_port: int | None,
           metrics_port: int | None, metrics_token_file: Path | None, no_web: bool) -> None:
-    """Serve OCSP, CRLs, CA certificates, the login broker and the patient space."""
+    """Serve OCSP, CRLs, CA certificates, the login broker, the patient space and time
+    stamps."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     options = RoleOptions(host=host, port=port, redis_url=redis_url,
                           signer_socket=signer_socket, workers=workers, mtls_port=mtls_port,

@@ -9,6 +9,7 @@ role has no use for is covered:
   the SoftHSM configuration replaced by an empty file.
 * ``patient``: only its session and TOTP keys; no PIN, no token directory.
 * ``broker``: only its own token PIN (``broker.pin``) and its TLS key.
+* ``tsa``: only its own token PIN (``tsa.pin``).
 * ``signer``: only the CA token PIN; never the root's or the broker's.
 
 A file is hidden by bind-mounting ``/dev/null`` over it (reads give nothing, the real bytes are
@@ -57,6 +58,8 @@ def allowed_secrets(role: str, config: Config) -> frozenset[str] | None:
         return frozenset({hsm.broker_pin_file, BROKER_TLS_KEY_FILE, BROKER_TLS_CERT_FILE})
     if role == "patient":
         return frozenset(PATIENT_KEYS)
+    if role == "tsa":
+        return frozenset({hsm.tsa_pin_file})
     raise ValueError(f"unknown role {role!r}")
 
 

@@ -42,6 +42,7 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("/login", "broker"), ("/.well-known/", "broker"), ("/introspect", "broker"),
     ("/api/", "broker"), ("/openapi.json", "broker"),
     ("/patient", "patient"), ("/espace", "patient"),
+    ("/tsa", "tsa"),
 )
 DEFAULT_ROLE = "broker"
 # Never routed: /metrics is for operators, on each status replica's --metrics-port (127.0.0.1).

@@ -1,9 +1,10 @@
 """A public role refuses to start in a process that could reach a CA key (docs/roles.md).
 
-The check runs before the role's runner: ``cps-admin serve --role status|broker|patient`` exits
-with one ``error:`` line if this process has a token open other than the role's own (only the
-broker has one, ``CPS-BROKER``), and ``status`` additionally if the PKCS#11 module is loaded at
-all — it serves pre-signed bytes and has no business with a token.
+The check runs before the role's runner: ``cps-admin serve --role status|broker|patient|tsa``
+exits with one ``error:`` line if this process has a token open other than the role's own (the
+broker has ``CPS-BROKER``, the time-stamping authority ``CPS-TSA``), and ``status``
+additionally if the PKCS#11 module is loaded at all — it serves pre-signed bytes and has no
+business with a token.
 
 This module imports nothing of PKCS#11: it asks ``pki.hsm`` only if something else already
 imported it (no ``Hsm`` can be open otherwise).
@@ -16,7 +17,7 @@ from collections.abc import Collection
 
 from pki.errors import PkiError
 
-PUBLIC_ROLES = ("status", "broker", "patient")
+PUBLIC_ROLES = ("status", "broker", "patient", "tsa")
 
 
 class RoleRefused(PkiError):

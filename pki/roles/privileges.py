@@ -7,8 +7,9 @@ target), or ``setns`` into the signer's namespace. So right after the namespace 
 before the role serves, the process:
 
 * remounts read-only (a bind mount in its own namespace) what no role changes while serving:
-  ``config.json``, ``login.json``, the SoftHSM configuration and ``ca/``. The home itself stays
-  writable: the SQLite store and its ``-wal``/``-shm`` files, the signer's socket and lease;
+  ``config.json``, ``login.json``, the SoftHSM configuration, ``ca/`` and ``tsa/``. The home
+  itself stays writable: the SQLite store and its ``-wal``/``-shm`` files, the signer's socket
+  and lease;
 * drops every capability: the bounding set (so no later ``execve`` gets any back), the ambient
   set, then effective, permitted and inheritable. Root keeps reading its own files (``0600``/
   ``0700``, owned by uid 0) by owner rights, without CAP_DAC_OVERRIDE. CAP_NET_BIND_SERVICE is
@@ -52,7 +53,7 @@ CAP_NET_BIND_SERVICE = 10
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
-READ_ONLY = ("config.json", "login.json", "ca")       # home-relative; softhsm2.conf is added
+READ_ONLY = ("config.json", "login.json", "ca", "tsa")  # home-relative; softhsm2.conf added
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """`cps-admin serve` without a role: every role its own child process, one address in front.
 
-The supervisor starts ``python -m pki.cli.admin serve --role X`` for signer, status, broker and
-patient (each on a free loopback port; the signer on its unix socket), polls each child's
+The supervisor starts ``python -m pki.cli.admin serve --role X`` for signer, status, broker,
+patient and tsa (each on a free loopback port; the signer on its unix socket), polls each child's
 ``/health``, and serves the front (``pki.roles.front``) on ``--host``/``--port``. A child that
 dies is restarted with a backoff; one that keeps failing before it ever became ready stops the
 whole server with an error. SIGINT/SIGTERM stop everything: SIGTERM to each child, SIGKILL to
 its process group after a timeout, so no child or grandchild (gunicorn workers) is left.
+The tsa child is started only once the home has a TSA certificate (``HOME/tsa/tsa-chain.pem``,
+from ``cps-admin tsa cert``); without one the front answers ``/tsa`` with 404.
 
 The broker and patient children are told (``TRUSTED_FRONT_ENV``) to trust the front's address
 (127.0.0.1) as a proxy, so that each client keeps its own address there (sign-in throttling,
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pki.cli.serve import SUPERVISOR_ENV, RoleOptions
-from pki.config import Config
+from pki.config import TSA_CHAIN_FILE, Config
 from pki.errors import PkiError
 from pki.roles.front import Front
 
@@ -84,6 +86,8 @@ def plan(home: Path, db_url: str | None, options: RoleOptions, *, web: bool) -> 
     common = [*(["--redis", options.redis_url] if options.redis_url else []),
               "--signer-socket", str(sock)]
     roles = ["signer", "status", *(["broker", "patient"] if web else [])]
+    if web and (home / TSA_CHAIN_FILE).is_file():
+        roles.append("tsa")
     claims = {
         "signer": f"CA token {config.hsm.token_label} — may sign (certificates, CRLs, OCSP); "
                   f"internal socket {sock}",
@@ -91,6 +95,7 @@ def plan(home: Path, db_url: str | None, options: RoleOptions, *, web: bool) -> 
         "broker": f"broker token {config.hsm.broker_token_label} — signs access tokens only, "
                   "no CA key",
         "patient": "no key",
+        "tsa": f"TSA token {config.hsm.tsa_token_label} — signs time stamps only, no CA key",
     }
     children = []
     for role in roles:

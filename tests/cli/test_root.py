@@ -112,6 +112,13 @@ def test_three_tokens_each_pin_opens_only_its_own(home: Path) -> None:
         "CPS-BROKER secrets/root.pin": "refused",
         "CPS-BROKER secrets/ca.pin": "refused",
         "CPS-BROKER secrets/broker.pin": [],    # the broker makes its key on first start
+        "CPS-ROOT secrets/tsa.pin": "refused",
+        "CPS-CA secrets/tsa.pin": "refused",
+        "CPS-BROKER secrets/tsa.pin": "refused",
+        "CPS-TSA secrets/root.pin": "refused",
+        "CPS-TSA secrets/ca.pin": "refused",
+        "CPS-TSA secrets/broker.pin": "refused",
+        "CPS-TSA secrets/tsa.pin": [],          # `cps-admin tsa cert` makes its key
     }
 
 

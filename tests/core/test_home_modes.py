@@ -33,7 +33,7 @@ def _check(home: Path) -> None:
     assert _mode(home / "secrets") == 0o700
     pins = sorted(p.name for p in (home / "secrets").iterdir())
     assert pins == ["broker-so.pin", "broker.pin", "ca-so.pin", "ca.pin", "root-so.pin",
-                    "root.pin"]
+                    "root.pin", "tsa-so.pin", "tsa.pin"]
     for path in (home / "secrets").iterdir():
         assert _mode(path) == 0o600, path
     assert _mode(home / "config.json") == 0o600
