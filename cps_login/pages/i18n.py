@@ -7,6 +7,7 @@ rules (``rule.*``) and modes (``mode.*``) are named after ``cps_login.access``.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 
 LANGUAGES = ("fr", "en")
@@ -65,8 +66,8 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "history.filter.to": {"fr": "Au", "en": "To"},
     "history.filter.apply": {"fr": "Appliquer", "en": "Apply"},
     "history.filter.reset": {"fr": "Réinitialiser", "en": "Reset"},
-    "history.filter.bad_date": {"fr": "Date invalide ignorée (format AAAA-MM-JJ).",
-                                "en": "Invalid date ignored (format YYYY-MM-DD)."},
+    "history.filter.bad_date": {"fr": "Date invalide ignorée (format {format}).",
+                                "en": "Invalid date ignored (format {format})."},
     "history.count": {"fr": "{count} accès affiché(s)", "en": "{count} access(es) shown"},
     "history.empty": {"fr": "Aucun accès pour ces critères.",
                       "en": "No access matches these filters."},
@@ -200,7 +201,185 @@ CATALOGUE: dict[str, dict[str, str]] = {
                          "again."},
     "error.bad_request": {"fr": "Demande invalide.", "en": "Invalid request."},
     "error.back": {"fr": "Retour à l'accueil", "en": "Back to the start page"},
+    "error.too_large": {"fr": "Le fichier est trop volumineux. Rien n'a été enregistré.",
+                        "en": "The file is too large. Nothing was saved."},
+    # --- patient space: frame, dates, shared texts -----------------------------------------
+    "nav.documents": {"fr": "Documents", "en": "Documents"},
+    "nav.health": {"fr": "Mes données de santé", "en": "My health data"},
+    "nav.messages": {"fr": "Messagerie", "en": "Messages"},
+    "nav.shares": {"fr": "Partages", "en": "Sharing"},
+    "date.format": {"fr": "jj/mm/aaaa", "en": "yyyy-mm-dd"},
+    "date.invalid": {"fr": "date invalide (format {format})",
+                     "en": "invalid date (format {format})"},
+    "space.invalid": {"fr": "Refusé, rien n'a été enregistré : {detail}",
+                      "en": "Refused, nothing was saved: {detail}"},
+    # --- documents ---------------------------------------------------------------------
+    "documents.title": {"fr": "Documents", "en": "Documents"},
+    "documents.intro": {"fr": "Les documents de vos professionnels et ceux que vous avez "
+                              "ajoutés. Chaque lecture et chaque téléchargement est enregistré "
+                              "dans l'historique des accès.",
+                        "en": "Your professionals' documents and the ones you added. Every "
+                              "view and download is written to the access history."},
+    "documents.from_pros": {"fr": "Documents de vos professionnels",
+                            "en": "Documents from your professionals"},
+    "documents.mine": {"fr": "Mes documents", "en": "My documents"},
+    "documents.none_mine": {"fr": "Vous n'avez ajouté aucun document.",
+                            "en": "You have not added any document."},
+    "documents.visibility": {"fr": "Qui le voit", "en": "Who sees it"},
+    "documents.file": {"fr": "Fichier", "en": "File"},
+    "documents.kb": {"fr": "Ko", "en": "KB"},
+    "documents.written_by_you": {"fr": "ajouté par le patient", "en": "added by the patient"},
+    "documents.hide_all": {"fr": "Masquer à tous", "en": "Hide from everyone"},
+    "documents.hide_from": {"fr": "Masquer à", "en": "Hide from"},
+    "documents.hide_from.submit": {"fr": "Masquer à ce professionnel",
+                                   "en": "Hide from this professional"},
+    "documents.hidden_from": {"fr": "Masqué à {name}.", "en": "Hidden from {name}."},
+    "documents.add": {"fr": "Ajouter un document", "en": "Add a document"},
+    "documents.add.intro": {"fr": "PDF, PNG ou JPEG, {mb} Mo au plus. Le contenu du fichier "
+                                  "est vérifié.",
+                            "en": "PDF, PNG or JPEG, at most {mb} MB. The file's content is "
+                                  "checked."},
+    "documents.add.title": {"fr": "Titre du document", "en": "Document title"},
+    "documents.add.file": {"fr": "Fichier (PDF, PNG, JPEG)", "en": "File (PDF, PNG, JPEG)"},
+    "documents.add.submit": {"fr": "Ajouter le document", "en": "Add the document"},
+    "documents.no_file": {"fr": "aucun fichier choisi", "en": "no file chosen"},
+    "documents.unknown_pro": {"fr": "aucun professionnel avec cet identifiant national",
+                              "en": "no professional with this national id"},
+    "documents.back": {"fr": "← Retour aux documents", "en": "← Back to the documents"},
+    "documents.by": {"fr": "Par {author}, le {date}", "en": "By {author}, {date}"},
+    "documents.content": {"fr": "Contenu du document", "en": "Document content"},
+    "documents.open_pdf": {"fr": "Ouvrir le PDF", "en": "Open the PDF"},
+    "documents.download": {"fr": "Télécharger", "en": "Download"},
+    "documents.read_logged": {"fr": "Cette lecture est enregistrée dans l'historique des "
+                                    "accès.",
+                              "en": "This view is written to the access history."},
+    "done.uploaded": {"fr": "Le document est ajouté.", "en": "The document is added."},
+    "done.hidden": {"fr": "Le document est masqué.", "en": "The document is hidden."},
+    "done.shown": {"fr": "Le document est de nouveau visible.",
+                   "en": "The document is visible again."},
+    # --- health data -------------------------------------------------------------------
+    "health.title": {"fr": "Mes données de santé", "en": "My health data"},
+    "health.intro": {"fr": "Allergies, vaccinations et mesures que vous saisissez : elles "
+                           "sont marquées comme écrites par vous et visibles des "
+                           "professionnels autorisés à lire votre dossier.",
+                     "en": "Allergies, vaccinations and measures you enter: they are marked "
+                           "as written by you and visible to the professionals allowed to "
+                           "read your record."},
+    "health.allergies": {"fr": "Allergies", "en": "Allergies"},
+    "health.vaccinations": {"fr": "Vaccinations", "en": "Vaccinations"},
+    "health.measures": {"fr": "Mesures", "en": "Measures"},
+    "health.none": {"fr": "Rien de saisi.", "en": "Nothing entered."},
+    "health.date": {"fr": "Date", "en": "Date"},
+    "health.note": {"fr": "Précisions (réaction…)", "en": "Details (reaction…)"},
+    "health.allergy.name": {"fr": "Substance", "en": "Substance"},
+    "health.allergy.add": {"fr": "Ajouter l'allergie", "en": "Add the allergy"},
+    "health.vaccine.name": {"fr": "Vaccin", "en": "Vaccine"},
+    "health.vaccine.lot": {"fr": "Numéro de lot (facultatif)", "en": "Batch number (optional)"},
+    "health.vaccine.add": {"fr": "Ajouter la vaccination", "en": "Add the vaccination"},
+    "health.measure": {"fr": "Mesure", "en": "Measure"},
+    "health.value": {"fr": "Valeur", "en": "Value"},
+    "health.value2": {"fr": "Seconde valeur (tension : diastolique)",
+                      "en": "Second value (blood pressure: diastolic)"},
+    "health.two_values": {"fr": "deux valeurs", "en": "two values"},
+    "health.measure.add": {"fr": "Ajouter la mesure", "en": "Add the measure"},
+    "health.not_a_number": {"fr": "{field} n'est pas un nombre",
+                            "en": "{field} is not a number"},
+    "done.health": {"fr": "C'est enregistré.", "en": "Saved."},
+    # --- messages ----------------------------------------------------------------------
+    "messages.title": {"fr": "Messagerie sécurisée", "en": "Secure messages"},
+    "messages.intro": {"fr": "Seul un professionnel de votre équipe de soins peut ouvrir une "
+                             "conversation ; vous pouvez y répondre. Les messages sont "
+                             "chiffrés.",
+                       "en": "Only a professional of your care team can open a conversation; "
+                             "you can reply. Messages are encrypted."},
+    "messages.none": {"fr": "Aucune conversation.", "en": "No conversation."},
+    "messages.opened_by": {"fr": "Ouverte par {name} le {date}",
+                           "en": "Opened by {name} on {date}"},
+    "messages.attachment": {"fr": "Pièce jointe : {name}", "en": "Attachment: {name}"},
+    "messages.reply": {"fr": "Votre réponse", "en": "Your reply"},
+    "messages.attach": {"fr": "Pièce jointe (PDF, PNG, JPEG, {kb} Ko au plus)",
+                        "en": "Attachment (PDF, PNG, JPEG, at most {kb} KB)"},
+    "messages.send": {"fr": "Envoyer", "en": "Send"},
+    "done.replied": {"fr": "Votre message est envoyé.", "en": "Your message is sent."},
+    # --- shares ------------------------------------------------------------------------
+    "shares.title": {"fr": "Partager mon profil", "en": "Share my profile"},
+    "shares.intro": {"fr": "Partagez un résumé de votre profil (identité, allergies, "
+                           "vaccinations, dernières mesures, titres de vos documents) avec "
+                           "le professionnel de votre choix, pour une durée que vous fixez. "
+                           "Chaque consultation est enregistrée.",
+                     "en": "Share a summary of your profile (identity, allergies, "
+                           "vaccinations, latest measures, your documents' titles) with the "
+                           "professional you choose, for as long as you decide. Every use is "
+                           "recorded."},
+    "shares.new": {"fr": "Nouveau partage", "en": "New share"},
+    "shares.duration": {"fr": "Durée", "en": "For"},
+    "shares.days": {"fr": "{days} jour(s)", "en": "{days} day(s)"},
+    "shares.submit": {"fr": "Partager", "en": "Share"},
+    "shares.list": {"fr": "Mes partages", "en": "My shares"},
+    "shares.none": {"fr": "Aucun partage.", "en": "No share."},
+    "shares.until": {"fr": "jusqu'au {date}", "en": "until {date}"},
+    "shares.revoked": {"fr": "révoqué le {date}", "en": "revoked on {date}"},
+    "shares.expired": {"fr": "expiré le {date}", "en": "expired on {date}"},
+    "shares.revoke": {"fr": "Révoquer", "en": "Revoke"},
+    "shares.uses": {"fr": "Consultations du résumé", "en": "Uses of the summary"},
+    "shares.no_use": {"fr": "Personne n'a encore consulté votre résumé.",
+                      "en": "Nobody has used your summary yet."},
+    "shares.bad_days": {"fr": "la durée doit aller de 1 à {max} jours",
+                        "en": "the duration must be 1 to {max} days"},
+    "done.shared": {"fr": "Votre résumé est partagé.", "en": "Your summary is shared."},
+    "done.revoked": {"fr": "Le partage est révoqué.", "en": "The share is revoked."},
+    # --- consent (controls) ------------------------------------------------------------
+    "controls.consent.title": {"fr": "Consentement", "en": "Consent"},
+    "controls.consent.intro": {"fr": "Un professionnel hors de votre équipe de soins peut "
+                                     "lire votre dossier si vous y consentez.",
+                               "en": "A professional outside your care team may read your "
+                                     "record if you consent."},
+    "controls.give_consent": {"fr": "Donner mon consentement",
+                              "en": "Give my consent"},
+    "controls.withdraw_consent": {"fr": "Retirer mon consentement",
+                                  "en": "Withdraw my consent"},
+    "done.consent": {"fr": "Votre consentement est enregistré.",
+                     "en": "Your consent is recorded."},
+    "done.withdraw_consent": {"fr": "Votre consentement est retiré.",
+                              "en": "Your consent is withdrawn."},
+    # --- new actions and rules in the history ---------------------------------------------
+    "action.open_conversation": {"fr": "a ouvert une conversation",
+                                 "en": "opened a conversation"},
+    "action.send_message": {"fr": "a écrit un message", "en": "wrote a message"},
+    "action.read_messages": {"fr": "a lu la messagerie", "en": "read the messages"},
+    "action.list_uploads": {"fr": "a consulté vos documents", "en": "listed your documents"},
+    "action.read_upload": {"fr": "a lu votre document", "en": "read your document"},
+    "action.read_health": {"fr": "a lu vos données de santé", "en": "read your health data"},
+    "action.read_summary": {"fr": "a consulté votre résumé partagé",
+                            "en": "used your shared summary"},
+    "action.contribute": {"fr": "a ajouté du contenu", "en": "added content"},
+    "action.share": {"fr": "a géré les partages", "en": "managed the shares"},
+    "action.view": {"fr": "a lu un document", "en": "viewed a document"},
+    "action.download": {"fr": "a téléchargé un document", "en": "downloaded a document"},
+    "rule.not_care_team": {"fr": "hors équipe de soins", "en": "not in the care team"},
+    "rule.hidden_from_professional": {"fr": "document que vous lui avez masqué",
+                                      "en": "document you hid from them"},
+    "rule.shared_summary": {"fr": "résumé partagé par vous", "en": "summary you shared"},
+    "rule.not_shared": {"fr": "aucun partage en cours", "en": "no current share"},
+    "rule.mode_not_allowed": {"fr": "mode d'accès non permis", "en": "access mode not allowed"},
 }
+
+
+def parse_date(raw: str) -> dt.date:
+    """A date typed in a page: ``dd/mm/yyyy`` (what French pages show) or ``yyyy-mm-dd``
+    (English pages, links); ValueError otherwise."""
+    text = raw.strip()
+    if "/" in text:
+        parts = text.split("/")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts) or len(parts[2]) != 4:
+            raise ValueError(f"not dd/mm/yyyy: {text!r}")
+        return dt.date(int(parts[2]), int(parts[1]), int(parts[0]))
+    return dt.date.fromisoformat(text)
+
+
+def show_date(day: dt.date, lang: str) -> str:
+    """A date as a page in ``lang`` shows it and its date fields take it."""
+    return day.strftime("%d/%m/%Y") if lang == "fr" else day.isoformat()
 
 
 def translate(lang: str, key: str, **fields: object) -> str:

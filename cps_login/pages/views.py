@@ -42,7 +42,7 @@ bp = Blueprint("pages", __name__, url_prefix="/espace", template_folder="templat
 EXTENSION = "cps_login.pages"
 PARIS = ZoneInfo("Europe/Paris")
 CHANGES = ("block", "unblock", "hide_document", "show_document", "oppose_emergency",
-           "allow_emergency")
+           "allow_emergency", "consent", "withdraw_consent")
 EMERGENCY_MODES = ("break_glass", "emergency")
 
 
@@ -260,11 +260,12 @@ def _rule_text(rule: str) -> str:
 
 
 def _date_arg(name: str) -> tuple[dt.date | None, bool]:
+    """A filter date as the page's date fields take it (dd/mm/yyyy in French), or ISO."""
     raw = request.args.get(name, "").strip()
     if not raw:
         return None, False
     try:
-        return dt.date.fromisoformat(raw), False
+        return i18n.parse_date(raw), False
     except ValueError:
         return None, True
 
@@ -303,8 +304,9 @@ def _timeline(record: dict[str, Any], actor: str) -> dict[str, Any]:
             "reason": event["reason"], "blocked": event["actor_id"] in blocked,
         })
     return {"entries": entries, "pros": sorted(pros.items(), key=lambda kv: kv[1]),
-            "who": who, "since": since.isoformat() if since else "",
-            "until": until.isoformat() if until else "", "bad_date": bad_since or bad_until,
+            "who": who, "since": i18n.show_date(since, g.lang) if since else "",
+            "until": i18n.show_date(until, g.lang) if until else "",
+            "bad_date": bad_since or bad_until,
             "alerts": sum(1 for e in entries if e["emergency"])}
 
 

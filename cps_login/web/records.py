@@ -2,11 +2,16 @@
 
 Authenticated by the broker's access token (``Authorization: Bearer``), validated like any
 relying service would (signature by JWKS key, typ, iss, aud, exp). Emergency modes are asked
-for with ``mode=break_glass|emergency`` and a ``reason``.
+for with ``mode=break_glass|emergency`` and a ``reason``. The patient space's professional side:
+secure messages (``/messages``: only the care team opens a conversation), the patient's own
+documents (``/uploads``) and health data (``/health``), and a summary the patient shared
+(``/summary``) — every call decided by the access rules and recorded in the history.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 from typing import Any
 
@@ -135,3 +140,115 @@ def add_representative(ins: str) -> tuple[Response, int]:
     body = _body()
     _services().patients.add_representative(pro, ins, str(body.get("representative", "")))
     return jsonify({"ins": ins, "representative": body.get("representative")}), 201
+
+
+# --- the patient space, professional side (cps_login.patient_space) ------------------------
+SPACE = "cps_login.patient_space"
+
+
+@bp.record_once
+def _setup_space(state: Any) -> None:
+    from cps_login.patient_space import MessageBox, PatientSpace
+
+    services = state.app.extensions.get("cps_login")
+    if services is None:            # a bare app (route listing): no services, no key
+        return
+    state.app.extensions[SPACE] = PatientSpace(services.patients,
+                                               MessageBox(services.config.message_key()))
+
+
+def _space() -> Any:
+    return current_app.extensions[SPACE]
+
+
+def _attachment(body: dict[str, Any]) -> tuple[str, bytes] | None:
+    raw = body.get("attachment")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), str):
+        raise InvalidInput("attachment must be {\"filename\": ..., \"data\": <base64>}")
+    try:
+        data = base64.b64decode(raw["data"], validate=True)
+    except (ValueError, binascii.Error):
+        raise InvalidInput("attachment data must be base64") from None
+    return str(raw.get("filename", "attachment")), data
+
+
+def _large_body() -> None:
+    """Messages may carry an attachment (limits in health_data.json), base64 in JSON."""
+    from cps_login.patient_space import limits
+
+    request.max_content_length = int(limits()["attachment_max_bytes"]) * 4 // 3 + 64 * 1024
+
+
+@bp.get("/patients/<ins>/messages")
+def read_messages(ins: str) -> Response:
+    pro = _professional()
+    return jsonify({"ins": ins, "conversations": _space().conversations(pro.actor, ins)})
+
+
+@bp.post("/patients/<ins>/messages")
+def open_conversation(ins: str) -> tuple[Response, int]:
+    _large_body()
+    pro = _professional()
+    body = _body()
+    conv = _space().open_conversation(pro, ins, str(body.get("subject", "")),
+                                      str(body.get("body", "")), _attachment(body))
+    return jsonify({"conversation": conv}), 201
+
+
+@bp.post("/patients/<ins>/messages/<int:conversation_id>")
+def send_message(ins: str, conversation_id: int) -> tuple[Response, int]:
+    _large_body()
+    pro = _professional()
+    body = _body()
+    msg = _space().send(pro.actor, ins, conversation_id, str(body.get("body", "")),
+                        _attachment(body))
+    return jsonify({"conversation": conversation_id, "message": msg}), 201
+
+
+@bp.get("/patients/<ins>/messages/attachments/<int:message_id>")
+def message_attachment(ins: str, message_id: int) -> Response:
+    pro = _professional()
+    name, media_type, data = _space().attachment(pro.actor, ins, message_id)
+    return _file(data, media_type, name)
+
+
+def _file(data: bytes, media_type: str, name: str) -> Response:
+    response = Response(data, mimetype=media_type)
+    safe = "".join(c for c in name if c.isalnum() or c in "._-") or "file"
+    response.headers["Content-Disposition"] = f'attachment; filename="{safe}"'
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/patients/<ins>/uploads")
+def list_uploads(ins: str) -> Response:
+    pro = _professional()
+    mode, reason = _mode()
+    return jsonify({"ins": ins, "mode": mode,
+                    "uploads": _space().uploads(pro.actor, ins, mode, reason)})
+
+
+@bp.get("/patients/<ins>/uploads/<int:upload_id>")
+def read_upload(ins: str, upload_id: int) -> Response:
+    pro = _professional()
+    mode, reason = _mode()
+    meta, data = _space().read_upload(pro.actor, ins, upload_id, download=True, mode=mode,
+                                      reason=reason)
+    return _file(data, meta["media_type"], meta["filename"])
+
+
+@bp.get("/patients/<ins>/health")
+def read_health(ins: str) -> Response:
+    pro = _professional()
+    mode, reason = _mode()
+    return jsonify({"ins": ins, "mode": mode,
+                    "entries": _space().health(pro.actor, ins, mode, reason)})
+
+
+@bp.get("/patients/<ins>/summary")
+def read_summary(ins: str) -> Response:
+    pro = _professional()
+    return jsonify(_space().summary(pro, ins))

@@ -1,0 +1,203 @@
+"""The patient space's content pages through the Flask test client on the live home: forms
+with CSRF, French dates, bad input refused with a clear message and nothing stored, reads in
+the access history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+import re
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from cps_login.web import services_of
+from pki.store.models import AuditRecord
+from pki.store.patient_models import AccessEvent, HealthEntry, PatientUpload, ProfileShare
+from tests.login.conftest import Env, env  # noqa: F401 - fixture
+from tests.pages.conftest import Browserless, Patient, World, csrf_of, world  # noqa: F401
+from tests.patient_space.conftest import pdf, png
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def count(env: Env, model: type, **where: Any) -> int:  # noqa: F811
+    with env.auth.store.read() as session:
+        query = select(func.count()).select_from(model)
+        for name, value in where.items():
+            query = query.where(getattr(model, name) == value)
+        return int(session.execute(query).scalar_one())
+
+
+@pytest.fixture
+def signed_in(env: Env, world: World) -> tuple[Browserless, Patient, str]:  # noqa: F811
+    token = world.token("Pages")
+    patient = world.enrol(token, "Pia", dt.date(1982, 2, 2))
+    browser = Browserless(env)
+    assert browser.sign_in(patient).status_code == 303
+    return browser, patient, token
+
+
+def text(response: Any) -> str:
+    return html.unescape(response.get_data(as_text=True))
+
+
+def test_every_new_page_renders_in_french_and_english(signed_in: Any) -> None:
+    browser, patient, _ = signed_in
+    for page, heading in (("documents", "Documents"), ("health", "Mes données de santé"),
+                          ("messages", "Messagerie sécurisée"), ("shares", "Partager mon profil")):
+        response = browser.get(f"/espace/records/{patient.ins}/{page}")
+        assert response.status_code == 200 and f"<h1>{heading}</h1>" in text(response), page
+    browser.get("/espace/lang/en")
+    response = browser.get(f"/espace/records/{patient.ins}/health")
+    assert "<h1>My health data</h1>" in text(response)
+    assert 'placeholder="yyyy-mm-dd"' in text(response)
+
+
+def test_french_date_fields_are_dd_mm_yyyy(signed_in: Any, env: Env) -> None:  # noqa: F811
+    browser, patient, _ = signed_in
+    page = text(browser.get(f"/espace/records/{patient.ins}/health"))
+    assert 'placeholder="jj/mm/aaaa"' in page and 'type="date"' not in page
+    today = dt.date.today().strftime("%d/%m/%Y")
+    assert f'value="{today}"' in page
+    response = browser.post(f"/espace/records/{patient.ins}/health", {
+        "csrf": csrf_of(page), "kind": "vaccination", "name": "ROR", "date": "03/02/2020"})
+    assert response.status_code == 303
+    page = text(browser.get(f"/espace/records/{patient.ins}/health"))
+    assert "ROR</strong> · 03/02/2020" in page
+    # the history filter takes and shows French dates too
+    history = text(browser.get(f"/espace/records/{patient.ins}/history?from=01/01/2020"))
+    assert 'value="01/01/2020"' in history and 'type="date"' not in history
+
+
+def test_measure_out_of_range_is_refused_and_nothing_stored(signed_in: Any,
+                                                            env: Env) -> None:  # noqa: F811
+    browser, patient, _ = signed_in
+    csrf = browser.csrf(f"/espace/records/{patient.ins}/health")
+    before = count(env, HealthEntry)
+    response = browser.post(f"/espace/records/{patient.ins}/health", {
+        "csrf": csrf, "kind": "measure", "measure": "weight", "value": "950",
+        "date": dt.date.today().strftime("%d/%m/%Y")})
+    assert response.status_code == 400
+    assert "outside the plausible range 0.3–400 kg" in text(response)
+    assert "Refusé, rien n'a été enregistré" in text(response)
+    response = browser.post(f"/espace/records/{patient.ins}/health", {
+        "csrf": csrf, "kind": "measure", "measure": "weight", "value": "70",
+        "date": "31/02/2024"})
+    assert response.status_code == 400 and "date invalide (format jj/mm/aaaa)" in text(response)
+    assert count(env, HealthEntry) == before
+
+
+def test_upload_then_view_and_download_in_the_history(signed_in: Any,
+                                                      env: Env) -> None:  # noqa: F811
+    browser, patient, _ = signed_in
+    csrf = browser.csrf(f"/espace/records/{patient.ins}/documents")
+    sent = pdf()
+    response = browser.post(f"/espace/records/{patient.ins}/documents", {
+        "csrf": csrf, "title": "Ordonnance scannée", "file": (io.BytesIO(sent), "scan.pdf")})
+    assert response.status_code == 303
+    page = text(browser.get(f"/espace/records/{patient.ins}/documents"))
+    upload_id = int(re.search(r"/uploads/(\d+)\"", page).group(1))  # type: ignore[union-attr]
+    view = browser.get(f"/espace/records/{patient.ins}/uploads/{upload_id}/file")
+    assert view.status_code == 200 and view.data == sent
+    assert view.headers["Content-Disposition"].startswith("inline")
+    download = browser.get(f"/espace/records/{patient.ins}/uploads/{upload_id}/file?download=1")
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    with env.auth.store.read() as session:
+        actions = [e.action for e in session.execute(select(AccessEvent).where(
+            AccessEvent.subject == f"upload:{upload_id}")).scalars()]
+    assert actions == ["view", "download"]
+
+
+@pytest.mark.parametrize(("name", "data", "message"), [
+    ("photo.pdf", png(), "named 'photo.pdf' but its content is image/png"),
+    ("run.pdf", b"#!/bin/sh\n", "only PDF, PNG and JPEG"),
+])
+def test_disguised_upload_is_refused(signed_in: Any, env: Env, name: str, data: bytes,  # noqa: F811
+                                     message: str) -> None:
+    browser, patient, _ = signed_in
+    csrf = browser.csrf(f"/espace/records/{patient.ins}/documents")
+    before = count(env, PatientUpload)
+    response = browser.post(f"/espace/records/{patient.ins}/documents", {
+        "csrf": csrf, "title": "x", "file": (io.BytesIO(data), name)})
+    assert response.status_code == 400 and message in text(response)
+    assert count(env, PatientUpload) == before
+
+
+def test_oversized_upload_is_refused(signed_in: Any, env: Env) -> None:  # noqa: F811
+    browser, patient, _ = signed_in
+    csrf = browser.csrf(f"/espace/records/{patient.ins}/documents")
+    before = count(env, PatientUpload)
+    big = b"%PDF-1.7\n" + b"0" * (5 * 1024 * 1024)
+    response = browser.post(f"/espace/records/{patient.ins}/documents", {
+        "csrf": csrf, "title": "x", "file": (io.BytesIO(big), "big.pdf")})
+    assert response.status_code == 413 and "trop volumineux" in text(response)
+    assert count(env, PatientUpload) == before
+
+
+@pytest.mark.parametrize(("page", "form"), [
+    ("documents", {"title": "x"}),
+    ("health", {"kind": "allergy", "name": "Latex", "date": "01/01/2020"}),
+    ("shares", {"target": "810003456786", "days": "1"}),
+    ("messages/1", {"body": "forged"}),
+    ("controls", {"change": "consent", "target": "810003456786"}),
+])
+def test_forged_forms_are_refused_and_audited(signed_in: Any, env: Env, page: str,  # noqa: F811
+                                              form: dict[str, str]) -> None:
+    browser, patient, _ = signed_in
+    before = (count(env, HealthEntry), count(env, ProfileShare), count(env, PatientUpload))
+    for csrf in (None, "forged-token"):
+        data = dict(form) if csrf is None else {**form, "csrf": csrf}
+        response = browser.post(f"/espace/records/{patient.ins}/{page}", data)
+        assert response.status_code == 403
+        assert "Le formulaire a expiré ou n'est pas valide" in text(response)
+    assert (count(env, HealthEntry), count(env, ProfileShare), count(env, PatientUpload)) == before
+    with env.auth.store.read() as session:
+        last = session.execute(select(AuditRecord).order_by(AuditRecord.seq.desc())).scalars(
+        ).first()
+    assert last is not None and last.action == "page.refused" and "csrf_token" in last.details
+
+
+def test_consent_from_the_page_is_audited(signed_in: Any, env: Env, world: World  # noqa: F811
+                                         ) -> None:
+    browser, patient, _ = signed_in
+    outsider = world.token("Consenti", 60)
+    nid = world.api(outsider, "GET", "/api/whoami")[1]["national_id"]
+    assert world.api(outsider, "GET", f"/api/patients/{patient.ins}/documents")[0] == 403
+    csrf = browser.csrf(f"/espace/records/{patient.ins}/controls")
+    response = browser.post(f"/espace/records/{patient.ins}/controls",
+                            {"csrf": csrf, "change": "consent", "target": nid})
+    assert response.status_code == 303
+    assert world.api(outsider, "GET", f"/api/patients/{patient.ins}/documents")[0] == 200
+    response = browser.post(f"/espace/records/{patient.ins}/controls",
+                            {"csrf": csrf, "change": "withdraw_consent", "target": nid})
+    assert response.status_code == 303
+    assert world.api(outsider, "GET", f"/api/patients/{patient.ins}/documents")[0] == 403
+    assert count(env, AuditRecord, action="patient.consent") >= 1
+    assert count(env, AuditRecord, action="patient.withdraw_consent") >= 1
+
+
+def test_reply_to_another_records_conversation_is_refused(
+        signed_in: Any, env: Env, world: World) -> None:  # noqa: F811
+    browser, patient, token = signed_in
+    other = world.enrol(token, "Autre", dt.date(1979, 9, 9))
+    status, body = world.api(token, "POST", f"/api/patients/{other.ins}/messages",
+                             {"subject": "Privé", "body": "Pour l'autre patient"})
+    assert status == 201
+    conv = body["conversation"]
+    csrf = browser.csrf(f"/espace/records/{patient.ins}/messages")
+    space = services_of(env.patient_app).space
+    before = len(space.conversations(space_actor(other), other.ins)[0]["messages"])
+    for ins in (patient.ins, other.ins):     # own record: not found; other record: refused
+        response = browser.post(f"/espace/records/{ins}/messages/{conv}",
+                                {"csrf": csrf, "body": "intrusion"})
+        assert response.status_code in (403, 404)
+    assert len(space.conversations(space_actor(other), other.ins)[0]["messages"]) == before
+
+
+def space_actor(patient: Patient) -> Any:
+    from cps_login.access import Actor
+
+    return Actor("patient", patient.ins)
