@@ -3,8 +3,10 @@
 Scopes. An issuing CA with ``crl.shards`` = N > 1 publishes N partition CRLs, each with a critical
 issuingDistributionPoint naming exactly the URL its certificates carry in their CRL distribution
 point (pki.urls), plus one delta CRL per partition (same IDP, as RFC 5280 §5.2.4 requires of a
-delta and its base). With N = 1 it publishes one classic CRL without IDP and its delta. Root CAs
-publish a classic full CRL only (the ARL their issuing CAs' certificates point to).
+delta and its base); beside them, the complete CRL (no IDP, every entry of every partition) and
+its delta stay at the unpartitioned URLs. With N = 1 it publishes one classic CRL without IDP
+and its delta. Root CAs publish a classic full CRL only (the ARL their issuing CAs' certificates
+point to).
 
 Transaction. The CRL numbers are reserved (``UPDATE ca SET crl_number = crl_number + n``), the
 revoked rows are streamed, every CRL of the publication is linted, then signed in the HSM, then
@@ -111,18 +113,23 @@ def publish_full(auth: AuthorityView, slug: str) -> list[PublishedCrl]:
             freshest_uri=(urls.crl_url(config.base_url, slug, shard, delta=True)
                           if with_deltas else None)))
             for i, shard in enumerate(parts)}
+        complete = plans[None] if len(parts) > 1 else None   # beside the partitions
         floor: dict[str, source.Listed] = {}
         for shard in parts:
             undone = source.undone_revocations(session, ca.id, shard)
             for serial in undone:
                 _refuse(session, auth, slug, serial, "full")
             plans[shard].entries.extend(e.row() for e in undone.values())
+            if complete is not None and shard is not None:
+                complete.entries.extend(e.row() for s, e in undone.items() if s not in floor)
             floor.update(undone)
         for batch in source.revoked_batches(session, ca.id, sharded=parts != [None]):
             for shard, rows in batch.items():
                 if floor:      # a held row the floor already lists as revoked
                     rows = [r for r in rows if r[0] not in floor]
                 _plan_for(plans, shard, slug).entries.extend(rows)
+                if complete is not None:
+                    complete.entries.extend(rows)
         return _sign_and_store(session, auth, ca, "full", list(plans.values()))
 
 
@@ -161,8 +168,10 @@ def publish_delta_tracked(auth: AuthorityView, slug: str
                 idp_uri=None if shard is None else urls.crl_url(config.base_url, slug, shard),
                 only_user_certs=shard is not None))
         for shard, rows in changed.items():
-            rows = _delta_floor(session, auth, ca, shard, rows)
-            _plan_for(plans, shard, slug).entries.extend(rows)
+            _plan_for(plans, shard, slug).entries.extend(
+                _delta_floor(session, auth, ca, shard, rows))
+            if len(parts) > 1:     # the complete CRL's delta: every partition's changes
+                plans[None].entries.extend(_delta_floor(session, auth, ca, None, rows))
         published = _sign_and_store(session, auth, ca, "delta", list(plans.values()))
     return published, event_ids
 

@@ -35,7 +35,9 @@ class CaView(Protocol):
 
 
 def scopes(config: Config, ca: CaView) -> list[int | None]:
-    """The partitions a CA publishes: ``[None]`` for one classic CRL."""
+    """The scopes a CA publishes: ``[None]`` for one classic CRL; with N partitions, the
+    complete CRL (``None``, at ``/crl/<slug>.crl``, for relying parties that fetch the CA's
+    whole list) and then partitions ``0..N-1`` (what its certificates' CDPs name)."""
     if ca.role == ROOT_ROLE or config.crl.shards <= 1:
         return [None]
-    return list(range(config.crl.shards))
+    return [None, *range(config.crl.shards)]
