@@ -324,3 +324,46 @@ def approve(broker: str, reader: str | None, pkcs11_module: str | None, token_la
     for d in decisions:
         click.echo(f"{'approved' if d.approved else 'denied'} {d.pending.auth_req_id} "
                    f"({d.pending.client_name}: {d.pending.binding_message})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["cades", "pades"]), required=True,
+              help="cades: detached CMS for any file; pades: signature inside a PDF")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="where to write the signature (cades) or the signed PDF (pades)")
+@click.option("--level", type=click.Choice(["B-B", "B-T", "B-LT"]), default="B-B",
+              show_default=True, help="baseline level: B-T adds a time stamp, B-LT the "
+              "chain and OCSP response")
+@click.option("--tsa", default=None,
+              help="time-stamping authority URL (default: /tsa beside the certificate's OCSP)")
+@click.option("--chain", "chain_file", default=None, type=click.Path(dir_okay=False),
+              help="PEM CA certificates for B-LT (default: fetched from the certificate's AIA)")
+@click.option("--reader", default=None, help="PC/SC reader name (default: first with a card)")
+@click.option("--pkcs11-module", default=None, help="PKCS#11 module (.so) instead of PC/SC")
+@click.option("--token-label", default=None, help="token label with --pkcs11-module")
+@click.option("--pin-file", type=click.Path(dir_okay=False), default=None,
+              help="file holding the PIN (default: asked on the terminal, for each signature)")
+@card_errors
+def sign(file: str, fmt: str, out: str, level: str, tsa: str | None, chain_file: str | None,
+         reader: str | None, pkcs11_module: str | None, token_label: str | None,
+         pin_file: str | None) -> None:
+    """Sign FILE with the card's signature key (CAdES or PAdES baseline)."""
+    from pathlib import Path
+
+    from cps_sign.cli import sign_file
+
+    if not Path(file).is_file():
+        fail(f"no such file: {file}", 2)
+    if pin_file is not None:
+        try:
+            pin = Path(pin_file).read_text("utf-8").strip()
+        except OSError as exc:
+            fail(f"cannot read PIN file {pin_file}: {exc.strerror}", 2)
+    else:
+        pin = click.prompt("signature PIN", hide_input=True, err=True)
+    card = open_card(reader, pkcs11_module, token_label)
+    try:
+        click.echo(sign_file(card, pin, Path(file), Path(out), fmt, level, tsa, chain_file))
+    finally:
+        card.close()

@@ -1,0 +1,261 @@
+"""``cps-verify`` (relying parties) and the work behind ``cps-login sign`` (the card holder).
+
+``cps-verify FILE [--signature SIG]``: a PDF without ``--signature`` is checked as PAdES, any
+other file against ``SIG`` (default ``FILE.p7s``) as detached CAdES. ``--batch DIR`` checks
+every ``FILE`` + ``FILE.p7s`` pair in ``DIR``. Exit 0 only when every report is TOTAL_PASSED,
+1 otherwise, 2 for bad input (one ``error: ...`` line).
+
+Trust: ``--trust PEM`` (roots and CA certificates, e.g. ``cps-admin ca export --all``) or the
+home's store (``--home``, ``$CPS_HOME``, ``./var/cps``). Revocation: the status tier named by
+each certificate (OCSP, CRL), else what the signature embeds; ``--offline`` uses only the latter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from cps_sign.report import Report
+from cps_sign.verify import Verifier
+
+PROD_SIGN_POLICY = "1.2.250.1.213.1.7.1.1.1.4.1"
+MAX_FILE = 256 * 1024 * 1024
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        if path.stat().st_size > MAX_FILE:
+            fail(f"{what} {path} is larger than {MAX_FILE} bytes")
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {what} {path}: {exc.strerror}")
+    raise AssertionError("unreachable")
+
+
+def load_pem_certificates(path: Path) -> list[x509.Certificate]:
+    data = _read(path, "certificate file")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        try:
+            certs = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            fail(f"{path} holds no PEM or DER certificate")
+    return certs
+
+
+def build_verifier(home: str | None, db_url: str | None, trust: str | None,
+                   policies: tuple[str, ...], offline: bool) -> Verifier:
+    from cps_sign.revocation import LiveRevocation
+
+    live = None if offline else LiveRevocation()
+    if trust is not None:
+        certs = load_pem_certificates(Path(trust))
+        roots = [c for c in certs if c.issuer == c.subject]
+        if not roots:
+            fail(f"{trust} holds no root (self-signed) certificate")
+        return Verifier(roots, [c for c in certs if c not in roots],
+                        policies or (PROD_SIGN_POLICY,), live=live)
+    from cps_login.trust import load_trust
+    from pki.config import Config
+    from pki.errors import PkiError
+    from pki.store.db import Store
+
+    path = Path(home or os.environ.get("CPS_HOME") or "var/cps")
+    if not (path / "config.json").exists():
+        fail(f"no trust: give --trust ROOTS.pem or a home with a store (--home; {path} has "
+             "no config.json)")
+    try:
+        config = Config.load(path)
+        store = Store(config.effective_db_url(db_url))
+        try:
+            loaded = load_trust(store)
+        finally:
+            store.dispose()
+    except (PkiError, OSError, ValueError) as exc:
+        fail(f"cannot read the trust of {path}: {exc}")
+    return Verifier(loaded.anchors, loaded.intermediates,
+                    policies or (config.profiles.sign_policy_oid,), live=live)
+
+
+def verify_one(verifier: Verifier, file: Path, signature: Path | None) -> Report:
+    content = _read(file, "file")
+    if signature is None and content.startswith(b"%PDF-"):
+        report = verifier.verify_pades(content)
+    else:
+        sig_path = signature or file.with_name(file.name + ".p7s")
+        report = verifier.verify_cades(content, _read(sig_path, "signature"))
+    return report
+
+
+def batch_pairs(directory: Path) -> Iterator[tuple[Path, Path]]:
+    try:
+        names = sorted(p for p in directory.iterdir() if p.is_file())
+    except OSError as exc:
+        fail(f"cannot list {directory}: {exc.strerror}")
+        return
+    present = {p.name for p in names}
+    for path in names:
+        if not path.name.endswith(".p7s") and path.name + ".p7s" in present:
+            yield path, path.with_name(path.name + ".p7s")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--signature", type=click.Path(dir_okay=False), default=None,
+              help="detached CAdES signature (default FILE.p7s; none for a signed PDF)")
+@click.option("--batch", "batch_dir", type=click.Path(file_okay=False), default=None,
+              help="verify every FILE + FILE.p7s pair in this directory")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable report(s)")
+@click.option("--trust", default=None, type=click.Path(dir_okay=False),
+              help="PEM file with the IGC-Santé root (and CA certificates)")
+@click.option("--home", default=None, help="CPS home whose store holds the CAs (trust)")
+@click.option("--db", "db_url", default=None, help="store URL of that home")
+@click.option("--policy", "policies", multiple=True,
+              help="signature certificate policy OID (default: the home's, or production's)")
+@click.option("--offline", is_flag=True,
+              help="no network: revocation only from what the signatures embed (B-LT)")
+def verify_main(file: str | None, signature: str | None, batch_dir: str | None,
+                as_json: bool, trust: str | None, home: str | None, db_url: str | None,
+                policies: tuple[str, ...], offline: bool) -> None:
+    """Validate CAdES / PAdES signatures: TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE."""
+    if (file is None) == (batch_dir is None):
+        fail("give one FILE or --batch DIR")
+    if batch_dir is not None and signature is not None:
+        fail("--signature applies to one FILE, not to --batch")
+    verifier = build_verifier(home, db_url, trust, policies, offline)
+    if file is not None:
+        report = verify_one(verifier, Path(file), Path(signature) if signature else None)
+        click.echo(json.dumps(report.as_dict()) if as_json else report.line())
+        sys.exit(0 if report.passed else 1)
+    assert batch_dir is not None
+    pairs = list(batch_pairs(Path(batch_dir)))
+    if not pairs:
+        fail(f"no FILE + FILE.p7s pair in {batch_dir}")
+    reports = []
+    for content, sig in pairs:
+        report = verify_one(verifier, content, sig)
+        reports.append((content.name, report))
+    if as_json:
+        click.echo(json.dumps([{**rep.as_dict(), "file": name} for name, rep in reports]))
+    else:
+        for name, rep in reports:
+            click.echo(f"{name}: {rep.line()}")
+        passed = sum(rep.passed for _, rep in reports)
+        click.echo(f"{passed} of {len(reports)} TOTAL_PASSED")
+    sys.exit(0 if all(rep.passed for _, rep in reports) else 1)
+
+
+# --- signing (cps-login sign) --------------------------------------------------------------
+
+def ca_issuers_url(cert: x509.Certificate) -> str | None:
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return None
+    for desc in aia:
+        if (desc.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+                and isinstance(desc.access_location, x509.UniformResourceIdentifier)):
+            return str(desc.access_location.value)
+    return None
+
+
+def fetch_chain(leaf: x509.Certificate, timeout: float = 10.0) -> list[x509.Certificate]:
+    """Issuing CA then root, following caIssuers URLs (AIA), as far as they lead."""
+    chain: list[x509.Certificate] = []
+    cert = leaf
+    while cert.issuer != cert.subject and len(chain) < 4:
+        url = ca_issuers_url(cert)
+        if url is None or not url.startswith(("http://", "https://")):
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - checked
+                data = resp.read(256 * 1024)
+            cert = x509.load_der_x509_certificate(data)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ValueError(f"cannot fetch the CA certificate {url}: {exc}") from None
+        chain.append(cert)
+    return chain
+
+
+def default_tsa_url(leaf: x509.Certificate) -> str | None:
+    """The PKI's own TSA: ``/tsa`` beside the OCSP responder the certificate names."""
+    from cps_sign.fetch import ocsp_url
+
+    url = ocsp_url(leaf)
+    if url is None or not url.rstrip("/").endswith("/ocsp"):
+        return None
+    return url.rstrip("/")[: -len("/ocsp")] + "/tsa"
+
+
+def sign_file(card: object, pin: str, file: Path, out: Path, fmt: str, level: str,
+              tsa: str | None, chain_file: str | None) -> str:
+    """Sign ``file`` into ``out`` (written only when everything succeeded); the summary."""
+    from pyhanko.sign.general import SigningError
+    from pyhanko.sign.timestamps.common_utils import TimestampRequestError
+
+    from cps_sign.card_signer import CardSigner
+    from cps_sign.fetch import FetchFailed, HttpTimeStamper, fetch_ocsp
+    from cps_sign.signing import sign_cades, sign_pades
+    from pki.cards.card import Card
+
+    assert isinstance(card, Card)
+    if out.resolve() == file.resolve():
+        raise ValueError("--out must not be the signed file")
+    content = _read(file, "file")
+    if fmt == "pades" and not content.startswith(b"%PDF-"):
+        raise ValueError(f"{file} is not a PDF (PAdES signs PDF files; use --format cades)")
+    leaf = card.certificate("sign")
+    chain = load_pem_certificates(Path(chain_file)) if chain_file else []
+    if level == "B-LT" and not chain:
+        chain = fetch_chain(leaf)
+    timestamper = None
+    if level != "B-B":
+        url = tsa or default_tsa_url(leaf)
+        if url is None:
+            raise ValueError(f"{level} needs a time-stamping authority: --tsa URL")
+        timestamper = HttpTimeStamper(url)
+    signer = CardSigner(card, pin)
+    issuer = next((c for c in chain if c.subject == leaf.issuer), None)
+    try:
+        if fmt == "cades":
+            def ocsp_for() -> bytes:
+                if issuer is None:
+                    raise ValueError("the issuing CA certificate is needed for B-LT (--chain)")
+                return fetch_ocsp(leaf, issuer)
+
+            data = sign_cades(content, signer, level=level,  # type: ignore[arg-type]
+                              timestamper=timestamper, chain=chain,
+                              ocsp_for=ocsp_for if level == "B-LT" else None)
+        else:
+            data = sign_pades(content, signer, level=level,  # type: ignore[arg-type]
+                              timestamper=timestamper, chain=chain)
+    except (FetchFailed, TimestampRequestError, SigningError) as exc:
+        raise ValueError(str(exc)) from None
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write {out}: {exc.strerror}") from None
+    holder = card.holder()
+    return f"signed {file.name} as {fmt.upper()} {level} by {holder.national_id} -> {out}"
+
+
+def main() -> None:
+    verify_main()

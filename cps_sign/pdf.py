@@ -1,0 +1,67 @@
+"""What a PAdES signature is made of, read with pyHanko: the CMS, the digest of the signed
+byte range, the coverage of the document, and the OCSP responses of the DSS (B-LT)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asn1crypto import cms
+
+from cps_sign import report as r
+from cps_sign.report import Verdict
+
+
+@dataclass(frozen=True)
+class PdfSignature:
+    signed_data: cms.SignedData
+    digest_of: Callable[[str], bytes]
+    ocsp: list[bytes]
+
+
+def read_pdf_signature(pdf: bytes) -> PdfSignature:
+    """The document's last signature; the signed byte range must cover the whole revision
+    (later incremental updates may only add validation data: the DSS)."""
+    from pyhanko.pdf_utils.misc import PdfError
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.validation.dss import DocumentSecurityStore
+    from pyhanko.sign.validation.errors import SignatureValidationError
+    from pyhanko.sign.validation.status import SignatureCoverageLevel
+
+    try:
+        reader = PdfFileReader(io.BytesIO(pdf), strict=False)
+        signatures = reader.embedded_regular_signatures
+    except (PdfError, SignatureValidationError, ValueError, KeyError, IndexError,
+            TypeError, AttributeError) as exc:
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"not a readable PDF: {exc}"[:300]
+                      ) from None
+    if not signatures:
+        raise Verdict(r.INDETERMINATE, r.SIGNED_DATA_NOT_FOUND, "the PDF carries no signature")
+    sig = signatures[-1]
+    try:
+        coverage = sig.evaluate_signature_coverage()
+    except (PdfError, ValueError, KeyError, TypeError) as exc:
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"byte range unreadable: {exc}"
+                      ) from None
+    if coverage < SignatureCoverageLevel.ENTIRE_REVISION:
+        raise Verdict(r.TOTAL_FAILED, r.HASH_FAILURE,
+                      "the signature does not cover its whole revision of the document")
+    if coverage != SignatureCoverageLevel.ENTIRE_FILE:
+        from pyhanko.sign.diff_analysis import ModificationLevel
+
+        try:
+            changes = sig.evaluate_modifications()
+        except (PdfError, ValueError, KeyError, TypeError) as exc:
+            raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"later revisions unreadable: {exc}"
+                          ) from None
+        if not isinstance(changes, ModificationLevel) or changes > ModificationLevel.LTA_UPDATES:
+            raise Verdict(r.TOTAL_FAILED, r.HASH_FAILURE,
+                          "the document was changed after it was signed")
+    ocsp: list[bytes] = []
+    try:
+        dss = DocumentSecurityStore.read_dss(reader)
+        ocsp = [ref.get_object().data for ref in dss.ocsps]
+    except (PdfError, ValueError, KeyError, TypeError, AttributeError):
+        ocsp = []     # no DSS (B-B, B-T) or an unreadable one: no embedded revocation data
+    return PdfSignature(sig.signed_data, lambda name: sig.compute_digest(name), ocsp)
