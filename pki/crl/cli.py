@@ -1,7 +1,7 @@
 """``cps-admin crl ...``: the group the admin CLI mounts.
 
 ``ctx.obj`` is the admin CLI's context object: it must offer ``authority()`` (an opened
-pki.ca.authority.Authority) and may carry ``json`` (the global ``--json`` flag). Errors are
+pki.ca.authority.Authority) and may carry ``json_output`` (the global ``--json`` flag). Errors are
 PkiError and propagate to the admin CLI, which prints the one-line ``error: ...``.
 """
 
@@ -46,7 +46,7 @@ def crl() -> None:
 def publish_command(obj: Any, delta: bool, ca_slug: str | None, as_json: bool) -> None:
     """Sign and store new CRLs (full, or delta with --delta); print what was published."""
     summaries = publish_summaries(obj.authority(), delta=delta, ca=ca_slug)
-    if as_json or getattr(obj, "json", False):
+    if as_json or getattr(obj, "json_output", False):
         click.echo(json.dumps(summaries, indent=2))
     else:
         for s in summaries:

@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pki.errors import Duplicate, StoreError, StoreUnavailable
+from pki.errors import Duplicate, InvalidInput, StoreError, StoreUnavailable
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -47,7 +47,14 @@ class Store:
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5)
-        self.engine = create_engine(url, **kwargs)
+        try:
+            self.engine = create_engine(url, **kwargs)
+        except (ArgumentError, ImportError) as exc:   # NoSuchModuleError is an ArgumentError
+            # Name the scheme only: the rest of the URL may carry a password.
+            scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+            why = "its driver is not installed" if isinstance(exc, ImportError) else "unknown"
+            raise InvalidInput(f"store URL scheme {scheme!r}: {why}; use sqlite:///PATH or "
+                               f"postgresql+psycopg://USER@HOST/DB") from None
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
