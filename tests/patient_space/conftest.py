@@ -86,3 +86,7 @@ def space(tmp_path: Path) -> Iterator[Space]:
                     _pro(store, 21, "Paco"))
     finally:
         store.dispose()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives headless Chromium (Playwright)")
