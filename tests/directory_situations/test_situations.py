@@ -214,3 +214,22 @@ def test_cli_situation_add_list_remove(admin: tuple[CliRunner, Path]) -> None:
 def test_unknown_professional_has_no_situation_list(store: Store) -> None:
     with pytest.raises(NotFound):
         situations.list_situations(store, RPPS_B)
+
+
+def test_cli_imports_the_rpps_extract(admin: tuple[CliRunner, Path], tmp_path: Path) -> None:
+    import json
+
+    runner, home = admin
+    rpps = ids.luhn_complete("1000444444")
+    extract = tmp_path / "PS_LibreAcces_Personne_activite.txt"
+    extract.write_text("\n".join([
+        HEADER,
+        _line(rpps, "LEROY", "Anne", finess=FINESS_CHU, name="CHU Test", role="FON-01"),
+        _line(rpps, "LEROY", "Anne", siret=SIRET_CAB, name="Cabinet Leroy"),
+    ]) + "\n", encoding="utf-8")
+    res = runner.invoke(main, ["--home", str(home), "pro", "import", str(extract)])
+    assert res.exit_code == 0, res.stderr
+    assert "imported 1 professional(s), 2 exercise situation(s)" in res.stdout
+    res = runner.invoke(main, ["--home", str(home), "--json", "pro", "situation", "list", rpps])
+    assert [(r["structure_id"], r["structure_name"]) for r in json.loads(res.stdout)] == [
+        ("1" + FINESS_CHU, "CHU Test"), ("3" + SIRET_CAB, "Cabinet Leroy")]
