@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from asn1crypto import algos, cms, core, tsp
+from asn1crypto import cms, core, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -101,11 +101,20 @@ class TimeStampAuthority:
         self._cert = asn1_x509.Certificate.load(der)
         chain_certs = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
                        for c in chain]
-        # The TSA's certificate and its issuing CA (not the root: the relying party has it).
-        self._certificates = [cms.CertificateChoices(name="certificate", value=c)
-                              for c in [self._cert, *chain_certs[:1]]]
-        self._sid = cms.SignerIdentifier(name="issuer_and_serial_number", value={
-            "issuer": self._cert.issuer, "serial_number": self._cert.serial_number})
+        signature_algorithm = ("sha256_rsa" if isinstance(key, rsa.RSAPrivateKey)
+                               else "sha256_ecdsa")
+        # What every token repeats is built once and kept as DER; each token loads these
+        # templates (asn1crypto parses lazily) and sets only its own fields, so the
+        # certificates and names are copied as bytes instead of re-encoded per stamp.
+        tst = {"version": "v1", "policy": settings.policy,
+               "message_imprint": {"hash_algorithm": {"algorithm": "sha256"},
+                                   "hashed_message": bytes(32)},
+               "serial_number": 1, "gen_time": dt.datetime(2000, 1, 1, tzinfo=dt.UTC),
+               "accuracy": {"seconds": settings.accuracy_seconds}, "ordering": False}
+        if settings.include_name:
+            tst["tsa"] = asn1_x509.GeneralName(name="directory_name",
+                                               value=self._cert.subject)
+        self._tst_template = tsp.TSTInfo(tst).dump()
         # RFC 5816: ESSCertIDv2 with SHA-256 (the default, so its algorithm is left out).
         self._signing_certificate = cms.CMSAttribute({
             "type": "signing_certificate_v2",
@@ -114,12 +123,28 @@ class TimeStampAuthority:
                 "issuer_serial": {
                     "issuer": [asn1_x509.GeneralName(name="directory_name",
                                                      value=self._cert.issuer)],
-                    "serial_number": self._cert.serial_number}})]})]})
-        self._tsa_name = asn1_x509.GeneralName(name="directory_name", value=self._cert.subject)
-        if isinstance(key, rsa.RSAPrivateKey):
-            self._signature_algorithm = "sha256_rsa"
-        else:
-            self._signature_algorithm = "sha256_ecdsa"
+                    "serial_number": self._cert.serial_number}})]})]}).dump()
+        self._signer_template = cms.SignerInfo({
+            "version": "v1",
+            "sid": cms.SignerIdentifier(name="issuer_and_serial_number", value={
+                "issuer": self._cert.issuer, "serial_number": self._cert.serial_number}),
+            "digest_algorithm": {"algorithm": "sha256"},
+            "signature_algorithm": {"algorithm": signature_algorithm},
+            "signature": b"",
+        }).dump()
+        signed_data = {
+            "version": "v3",
+            "digest_algorithms": [{"algorithm": "sha256"}],
+            "encap_content_info": {"content_type": "tst_info"},
+            "signer_infos": [],
+        }
+        self._signed_data_template = {
+            False: cms.SignedData(signed_data).dump(),
+            # The TSA's certificate and its issuing CA (not the root: the relying party has it).
+            True: cms.SignedData({**signed_data, "certificates": [
+                cms.CertificateChoices(name="certificate", value=c)
+                for c in [self._cert, *chain_certs[:1]]]}).dump(),
+        }
 
     # --- the protocol ----------------------------------------------------------------------
     def respond(self, query: bytes) -> bytes:
@@ -171,21 +196,13 @@ class TimeStampAuthority:
         return request
 
     def tst_info(self, request: tsp.TimeStampReq, serial: int | None = None) -> tsp.TSTInfo:
-        now = self.clock.now().astimezone(dt.UTC).replace(microsecond=0)
-        info = {
-            "version": "v1",
-            "policy": self.settings.policy,
-            "message_imprint": request["message_imprint"],
-            "serial_number": serial if serial is not None else random_serial(),
-            "gen_time": now,
-            "accuracy": {"seconds": self.settings.accuracy_seconds},
-            "ordering": False,
-        }
+        info = tsp.TSTInfo.load(self._tst_template)
+        info["message_imprint"] = request["message_imprint"]
+        info["serial_number"] = serial if serial is not None else random_serial()
+        info["gen_time"] = self.clock.now().astimezone(dt.UTC).replace(microsecond=0)
         if request["nonce"].native is not None:
             info["nonce"] = request["nonce"]
-        if self.settings.include_name:
-            info["tsa"] = self._tsa_name
-        return tsp.TSTInfo(info)
+        return info
 
     def token(self, request: tsp.TimeStampReq) -> cms.ContentInfo:
         """The TimeStampToken (CMS SignedData over the TSTInfo), signed by the TSA key."""
@@ -194,29 +211,17 @@ class TimeStampAuthority:
             cms.CMSAttribute({"type": "content_type", "values": ["tst_info"]}),
             cms.CMSAttribute({"type": "message_digest",
                               "values": [hashlib.sha256(content).digest()]}),
-            self._signing_certificate,
+            cms.CMSAttribute.load(self._signing_certificate),
         ])
-        signature = self._sign(signed_attrs.dump())
-        signer = cms.SignerInfo({
-            "version": "v1",
-            "sid": self._sid,
-            "digest_algorithm": algos.DigestAlgorithm({"algorithm": "sha256"}),
-            "signed_attrs": signed_attrs,
-            "signature_algorithm": algos.SignedDigestAlgorithm(
-                {"algorithm": self._signature_algorithm}),
-            "signature": signature,
-        })
-        signed_data = {
-            "version": "v3",
-            "digest_algorithms": [algos.DigestAlgorithm({"algorithm": "sha256"})],
-            "encap_content_info": {"content_type": "tst_info",
-                                   "content": core.ParsableOctetString(content)},
-            "signer_infos": [signer],
-        }
-        if request["cert_req"].native:
-            signed_data["certificates"] = self._certificates
-        return cms.ContentInfo({"content_type": "signed_data",
-                                "content": cms.SignedData(signed_data)})
+        signer = cms.SignerInfo.load(self._signer_template)
+        signer["signed_attrs"] = signed_attrs
+        signer["signature"] = self._sign(signed_attrs.dump())
+        signed_data = cms.SignedData.load(
+            self._signed_data_template[bool(request["cert_req"].native)])
+        signed_data["encap_content_info"] = {"content_type": "tst_info",
+                                             "content": core.ParsableOctetString(content)}
+        signed_data["signer_infos"] = [signer]
+        return cms.ContentInfo({"content_type": "signed_data", "content": signed_data})
 
     def _sign(self, data: bytes) -> bytes:
         if isinstance(self.key, rsa.RSAPrivateKey):
