@@ -207,6 +207,7 @@ def make_handler(agent: Agent, port: int) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "cps-login-agent"
+        timeout = 15                    # an idle connection (a page holding sockets) is dropped
         sys_version = ""
         protocol_version = "HTTP/1.1"
 

@@ -221,7 +221,14 @@ def _pin_reader(pin_file: str | None) -> Callable[[str], str]:
 
     if pin_file is not None:
         return lambda _prompt: read_pin_file(pin_file)
-    return lambda prompt: str(click.prompt(prompt, hide_input=True, err=True))
+
+    def ask(prompt: str) -> str:
+        try:
+            return str(click.prompt(prompt, hide_input=True, err=True))
+        except click.Abort:
+            raise ValueError("no PIN given") from None
+
+    return ask
 
 
 @main.command()
@@ -288,12 +295,12 @@ def approve(broker: str, reader: str | None, pkcs11_module: str | None, token_la
     from cps_login.approve import Pending, approve_pending
     from cps_login.client import BrokerRefused
 
+    if answer is None and not sys.stdin.isatty():
+        fail("no terminal to ask on: give --yes or --deny", 2)
     try:
         pin = _pin_reader(pin_file)("PIN")
     except ValueError as exc:
         fail(str(exc), 2)
-    if answer is None and not sys.stdin.isatty():
-        fail("no terminal to ask on: give --yes or --deny", 2)
 
     def choose(item: Pending) -> bool | None:
         click.echo(f"{item.client_name or 'a service'} asks to log you in"

@@ -13,6 +13,7 @@ pcscd (run these under ``flock /tmp/pcscd.lock``).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -228,6 +229,18 @@ def test_ciba_approved_with_cps_login_approve(broker: Broker, card: Card) -> Non
     # Nothing left to approve.
     again = _approve(broker, card, "--yes")
     assert again.returncode == 0 and "no pending login" in again.stdout
+    # Denied: the service's poll says access_denied.
+    client_id, secret, auth_req_id = _start_ciba(broker, card, "Virement 42")
+    denied = _approve(broker, card, "--deny", "--json")
+    assert denied.returncode == 0, denied.stderr
+    assert [(d["auth_req_id"], d["status"]) for d in json.loads(denied.stdout)] == [
+        (auth_req_id, "denied")]
+    assert _poll(broker, client_id, secret, auth_req_id).json()["error"] == "access_denied"
+    # No terminal to ask on, and neither --yes nor --deny: refused before the card is used.
+    asked = subprocess.run([CLI, "approve", "--broker", broker.issuer, "--reader", READER],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           timeout=60, check=False)
+    assert asked.returncode == 2 and "give --yes or --deny" in asked.stderr
 
 
 def test_revoked_card_cannot_approve(broker: Broker, card: Card) -> None:
