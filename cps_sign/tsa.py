@@ -16,7 +16,8 @@ What a request gets (PKIStatus ``granted``, or ``rejection`` with one failInfo a
 * the nonce echoed; the TSA certificate and its issuing CA included when ``certReq`` is true;
 * a serial number of 127 random bits (unique across replicas without shared state);
 * ``genTime`` from the injected clock, whole seconds, with ``accuracy`` (one second default);
-* a signing failure (the HSM away) ``systemFailure``, logged.
+* a signing failure (the HSM away) ``systemFailure``, logged; a time outside the TSA
+  certificate's validity ``timeNotAvailable`` (renew with ``cps-admin tsa cert``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ class TimeStampAuthority:
             return rejection(refused.fail_info, refused.text)
         try:
             token = self.token(request)
+        except Rejected as refused:
+            log.error("time stamp refused: %s", refused.text)
+            return rejection(refused.fail_info, refused.text)
         except Exception:   # the HSM away, a broken session: the client gets an answer
             log.exception("time-stamp signature failed")
             return rejection("system_failure", "the time-stamp could not be signed")
@@ -206,7 +210,13 @@ class TimeStampAuthority:
 
     def token(self, request: tsp.TimeStampReq) -> cms.ContentInfo:
         """The TimeStampToken (CMS SignedData over the TSTInfo), signed by the TSA key."""
-        content = self.tst_info(request).dump()
+        info = self.tst_info(request)
+        now = info["gen_time"].native
+        if not (self.certificate.not_valid_before_utc <= now
+                <= self.certificate.not_valid_after_utc):
+            # A token its own certificate does not cover would fail every verifier.
+            raise Rejected("time_not_available", "the TSA certificate is not valid now")
+        content = info.dump()
         signed_attrs = cms.CMSAttributes([
             cms.CMSAttribute({"type": "content_type", "values": ["tst_info"]}),
             cms.CMSAttribute({"type": "message_digest",

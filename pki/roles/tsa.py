@@ -81,6 +81,10 @@ def open_tsa_token(config: Config) -> Hsm:
 def load_authority(config: Config, hsm: Hsm, clock: Clock = SYSTEM_CLOCK
                    ) -> TimeStampAuthority:
     chain = read_chain(config)
+    if not chain[0].not_valid_before_utc <= clock.now() <= chain[0].not_valid_after_utc:
+        raise ConfigError(f"the TSA certificate in {config.path(TSA_CHAIN_FILE)} is not valid "
+                          f"now (until {chain[0].not_valid_after_utc:%Y-%m-%d}); renew it with "
+                          f"`cps-admin tsa cert`")
     key = hsm.key(TSA_KEY_LABEL)
     try:
         return TimeStampAuthority(key, chain[0], chain[1:],

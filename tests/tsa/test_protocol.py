@@ -222,3 +222,15 @@ def test_a_certificate_without_critical_time_stamping_is_refused(tsa: SoftwareTs
 
     with pytest.raises(ValueError, match="extendedKeyUsage"):
         TimeStampAuthority(tsa.authority.key, tsa.root, [], TsaSettings(TEST_POLICY))
+
+
+def test_no_token_outside_the_tsa_certificate_validity(tsa: SoftwareTsa,
+                                                        clock: FixedClock) -> None:
+    query = _query("sha256", b"\x05" * 32)
+    clock.advance(dt.timedelta(days=60))           # the test certificate lives 30 days
+    try:
+        resp = reply(tsa, query)
+    finally:
+        clock.advance(dt.timedelta(days=-60))
+    assert status(resp) == ("rejection", {"time_not_available"})
+    assert status(reply(tsa, query)) == ("granted", set())

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,20 @@ def test_http_misuse_is_refused_and_the_role_keeps_serving(tsa: TsaProcess) -> N
         assert code == 200
         assert TimeStampResp.load(body)["status"]["status"].native == "rejection"
     assert timestamp(tsa.url, hashlib.sha256(b"still here").digest())
+
+
+def test_concurrent_clients_all_get_their_own_token(tsa: TsaProcess) -> None:
+    # SoftHSM aborts on concurrent calls on one session: the role's HSM lock must hold them.
+    def stamp(i: int) -> tuple[bytes, bytes]:
+        digest = hashlib.sha256(f"claim {i}".encode()).digest()
+        token = timestamp(tsa.url, digest)          # checks the imprint and the nonce echo
+        return digest, token_info(token)["message_imprint"]["hashed_message"].native
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pairs = list(pool.map(stamp, range(80)))
+    assert all(asked == got for asked, got in pairs)
+    assert len({asked for asked, _ in pairs}) == 80
+    assert tsa.proc.poll() is None
 
 
 def test_replicas_on_one_home_stamp_with_distinct_serials(tsa: TsaProcess, home: Path) -> None:
@@ -284,3 +299,24 @@ def test_a_home_made_before_the_tsa_gets_its_token_at_the_ceremony(tmp_path: Pat
     assert (home / "secrets" / "tsa.pin").stat().st_mode & 0o777 == 0o600
     assert (home / TSA_CHAIN_FILE).stat().st_mode & 0o777 == 0o644
     assert len(x509.load_pem_x509_certificates((home / TSA_CHAIN_FILE).read_bytes())) == 3
+
+
+def test_the_role_will_not_start_on_an_expired_certificate(home: Path) -> None:
+    script = """
+import datetime as dt, sys
+from pathlib import Path
+from pki.clock import FixedClock
+from pki.config import Config
+from pki.errors import ConfigError
+from pki.roles.tsa import load_authority, open_tsa_token
+c = Config.load(Path(sys.argv[1]))
+hsm = open_tsa_token(c)
+load_authority(c, hsm)                                   # valid today
+try:
+    load_authority(c, hsm, FixedClock(dt.datetime.now(dt.UTC) + dt.timedelta(days=4000)))
+except ConfigError as exc:
+    print("refused:", exc)
+"""
+    done = _python(script, str(home))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("refused:") and "cps-admin tsa cert" in done.stdout
