@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pki.config import Config, write_private
+from pki.config import MESSAGE_KEY_FILE, Config, write_private
 from pki.errors import ConfigError
 
 LOGIN_CONFIG_NAME = "login.json"
@@ -72,7 +72,7 @@ class LoginConfig:
     trusted_proxies: tuple[str, ...] = ()
     totp_key_file: str = "secrets/totp.key"
     # AES-256-GCM key of the secure messages at rest (patient and broker roles only).
-    message_key_file: str = "secrets/messages.key"
+    message_key_file: str = MESSAGE_KEY_FILE
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

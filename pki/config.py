@@ -33,6 +33,9 @@ BROKER_TLS_KEY_FILE = "secrets/broker-tls.key"
 # certificate first) written by `cps-admin tsa cert` and read by the tsa role.
 TSA_KEY_LABEL = "tsa:signing"
 TSA_CHAIN_FILE = "tsa/tsa-chain.pem"
+# The key sealing the patient space's secure messages at rest (default of login.json's
+# ``message_key_file``): read by the patient and broker roles, hidden from every other role.
+MESSAGE_KEY_FILE = "secrets/messages.key"
 SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",

@@ -7,8 +7,10 @@ role has no use for is covered:
 
 * ``status``: no secret at all — an empty read-only tmpfs over ``secrets/`` and ``tokens/``, and
   the SoftHSM configuration replaced by an empty file.
-* ``patient``: only its session and TOTP keys; no PIN, no token directory.
-* ``broker``: only its own token PIN (``broker.pin``) and its TLS key.
+* ``patient``: only its session and TOTP keys, and the messages key; no PIN, no token
+  directory.
+* ``broker``: only its own token PIN (``broker.pin``), its TLS key, and the messages key (the
+  professionals read and write secure messages through its ``/api``).
 * ``tsa``: only its own token PIN (``tsa.pin``).
 * ``signer``: only the CA token PIN; never the root's or the broker's.
 
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pki.config import BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE, Config
+from pki.config import BROKER_TLS_CERT_FILE, BROKER_TLS_KEY_FILE, MESSAGE_KEY_FILE, Config
 
 log = logging.getLogger("cps.confine")
 
@@ -47,6 +50,18 @@ class Confinement:
     reason: str = ""
 
 
+def message_key_file(config: Config) -> str:
+    """The messages key as the home's ``login.json`` names it (``message_key_file``, read as
+    plain JSON: pki does not import cps_login), else the default."""
+    path = config.home / "login.json"
+    try:
+        raw = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        raw = {}
+    name = raw.get("message_key_file") if isinstance(raw, dict) else None
+    return str(name) if isinstance(name, str) and name else MESSAGE_KEY_FILE
+
+
 def allowed_secrets(role: str, config: Config) -> frozenset[str] | None:
     """Home-relative secret files ``role`` may read; None: hide the whole folder."""
     hsm = config.hsm
@@ -55,9 +70,10 @@ def allowed_secrets(role: str, config: Config) -> frozenset[str] | None:
     if role == "signer":
         return frozenset({hsm.user_pin_file})
     if role == "broker":
-        return frozenset({hsm.broker_pin_file, BROKER_TLS_KEY_FILE, BROKER_TLS_CERT_FILE})
+        return frozenset({hsm.broker_pin_file, BROKER_TLS_KEY_FILE, BROKER_TLS_CERT_FILE,
+                          message_key_file(config)})
     if role == "patient":
-        return frozenset(PATIENT_KEYS)
+        return frozenset({*PATIENT_KEYS, message_key_file(config)})
     if role == "tsa":
         return frozenset({hsm.tsa_pin_file})
     raise ValueError(f"unknown role {role!r}")
