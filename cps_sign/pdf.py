@@ -25,6 +25,7 @@ def read_pdf_signature(pdf: bytes) -> PdfSignature:
     (later incremental updates may only add validation data: the DSS)."""
     from pyhanko.pdf_utils.misc import PdfError
     from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.diff_analysis import DiffResult, ModificationLevel
     from pyhanko.sign.validation.dss import DocumentSecurityStore
     from pyhanko.sign.validation.errors import SignatureValidationError
     from pyhanko.sign.validation.status import SignatureCoverageLevel
@@ -40,24 +41,20 @@ def read_pdf_signature(pdf: bytes) -> PdfSignature:
         raise Verdict(r.INDETERMINATE, r.SIGNED_DATA_NOT_FOUND, "the PDF carries no signature")
     sig = signatures[-1]
     try:
-        coverage = sig.evaluate_signature_coverage()
-    except (PdfError, ValueError, KeyError, TypeError) as exc:
-        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"byte range unreadable: {exc}"
+        sig.compute_integrity_info()     # digest, coverage, pyHanko's diff analysis
+    except (PdfError, SignatureValidationError, ValueError, KeyError, TypeError,
+            NotImplementedError) as exc:
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"byte range unreadable: {exc}"[:300]
                       ) from None
-    if coverage < SignatureCoverageLevel.ENTIRE_REVISION:
+    if sig.coverage < SignatureCoverageLevel.ENTIRE_REVISION:
         raise Verdict(r.TOTAL_FAILED, r.HASH_FAILURE,
                       "the signature does not cover its whole revision of the document")
-    if coverage != SignatureCoverageLevel.ENTIRE_FILE:
-        from pyhanko.sign.diff_analysis import ModificationLevel
-
-        try:
-            changes = sig.evaluate_modifications()
-        except (PdfError, ValueError, KeyError, TypeError) as exc:
-            raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"later revisions unreadable: {exc}"
-                          ) from None
-        if not isinstance(changes, ModificationLevel) or changes > ModificationLevel.LTA_UPDATES:
-            raise Verdict(r.TOTAL_FAILED, r.HASH_FAILURE,
-                          "the document was changed after it was signed")
+    changes = sig.diff_result
+    if sig.coverage != SignatureCoverageLevel.ENTIRE_FILE and (
+            not isinstance(changes, DiffResult)
+            or changes.modification_level > ModificationLevel.LTA_UPDATES):
+        raise Verdict(r.TOTAL_FAILED, r.HASH_FAILURE,
+                      "the document was changed after it was signed")
     ocsp: list[bytes] = []
     try:
         dss = DocumentSecurityStore.read_dss(reader)

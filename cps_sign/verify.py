@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from asn1crypto import cms, core
+from asn1crypto import tsp as _tsp  # noqa: F401 - registers signing-certificate-v2 and TSTInfo
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes

@@ -64,6 +64,9 @@ def create_broker_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     app.extensions[EXTENSION] = services
     app.register_blueprint(broker.bp)
     app.register_blueprint(records.bp)
+    from cps_sign.web import bp as verify_bp
+
+    app.register_blueprint(verify_bp)      # POST /verify: signature reports (cps_sign)
     from cps_login.oidc import install as install_oidc
 
     install_oidc(app, services, clock)     # the OpenID Connect provider (docs/oidc.md)

@@ -1,0 +1,93 @@
+"""PAdES B-B / B-T / B-LT with the card's signature key: pyHanko's own validator passes them
+(trust: our root; B-LT: from the DSS with fetching off), and our verifier agrees."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pyhanko.pdf_utils import generic
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.pdf_utils.writer import PdfFileWriter
+from pyhanko.sign.validation import validate_pdf_signature
+
+from cps_sign.card_signer import CardSigner
+from cps_sign.fetch import HttpTimeStamper
+from cps_sign.signing import Level, sign_pades, validation_context
+from tests.signatures.conftest import PIN, SignEnv
+from tests.signatures.test_cades import verdict, verifier
+
+
+def make_pdf(text: str = "Ordonnance: paracetamol 1 g, 3 fois par jour") -> bytes:
+    writer = PdfFileWriter()
+    content = generic.StreamObject(stream_data=(
+        f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET").encode())
+    font = generic.DictionaryObject({
+        generic.pdf_name("/Type"): generic.pdf_name("/Font"),
+        generic.pdf_name("/Subtype"): generic.pdf_name("/Type1"),
+        generic.pdf_name("/BaseFont"): generic.pdf_name("/Helvetica")})
+    page = generic.DictionaryObject({
+        generic.pdf_name("/Type"): generic.pdf_name("/Page"),
+        generic.pdf_name("/MediaBox"): generic.ArrayObject(
+            [generic.NumberObject(n) for n in (0, 0, 595, 842)]),
+        generic.pdf_name("/Contents"): writer.add_object(content),
+        generic.pdf_name("/Resources"): generic.DictionaryObject({
+            generic.pdf_name("/Font"): generic.DictionaryObject({
+                generic.pdf_name("/F1"): writer.add_object(font)})})})
+    writer.insert_page(page)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("level", ["B-B", "B-T", "B-LT"])
+def test_pyhanko_validator_passes_pades(sign_env: SignEnv, level: Level) -> None:
+    card = sign_env.cards["alice"]
+    signed = sign_pades(make_pdf(), CardSigner(card, PIN), level=level,
+                        timestamper=HttpTimeStamper(sign_env.tsa_url) if level != "B-B" else None,
+                        chain=sign_env.chain)
+    assert signed.startswith(b"%PDF-")
+    reader = PdfFileReader(io.BytesIO(signed))
+    embedded = reader.embedded_signatures[0]
+    assert embedded.sig_object["/SubFilter"] == "/ETSI.CAdES.detached"
+    # pyHanko's validator with our root; for B-LT, no fetching: only what the PDF carries
+    ltv = level == "B-LT"
+    context = validation_context([sign_env.root], [sign_env.issuing], fetch=not ltv)
+    if ltv:
+        from pyhanko.sign.validation.dss import DocumentSecurityStore
+
+        dss = DocumentSecurityStore.read_dss(reader)
+        assert dss.ocsps, "B-LT: the DSS carries the OCSP responses"
+    status = validate_pdf_signature(embedded, signer_validation_context=context,
+                                    ts_validation_context=context)
+    assert status.intact and status.valid and status.trusted, status.pretty_print_details()
+    assert status.bottom_line
+    if level != "B-B":
+        assert status.timestamp_validity is not None and status.timestamp_validity.trusted
+    report = verifier(sign_env, live=not ltv).verify_pades(signed)
+    assert verdict(report) == ("TOTAL_PASSED", None), report
+    assert report.format == "pades" and report.level == level
+    assert report.signer == "8" + card.holder().rpps
+
+
+def test_pades_refusals(sign_env: SignEnv) -> None:
+    card = sign_env.cards["alice"]
+    signed = sign_pades(make_pdf(), CardSigner(card, PIN), level="B-T",
+                        timestamper=HttpTimeStamper(sign_env.tsa_url))
+    v = verifier(sign_env)
+    # a changed byte of the signed text: the byte-range digest differs
+    forged = signed.replace(b"paracetamol 1 g", b"paracetamol 9 g")
+    assert forged != signed
+    assert verdict(v.verify_pades(forged)) == ("TOTAL_FAILED", "HASH_FAILURE")
+    # an unsigned PDF, a truncated one, not a PDF
+    assert verdict(v.verify_pades(make_pdf())) == ("INDETERMINATE", "SIGNED_DATA_NOT_FOUND")
+    assert v.verify_pades(signed[: len(signed) // 2]).indication != "TOTAL_PASSED"
+    assert verdict(v.verify_pades(b"%PDF-1.7 garbage")) == ("TOTAL_FAILED", "FORMAT_FAILURE")
+    # a page appended after the signature: not covered
+    reader_bytes = signed + b"\n% appended\n"
+    assert v.verify_pades(reader_bytes).indication in {"TOTAL_PASSED", "TOTAL_FAILED"}
+
+
+def test_pades_refuses_non_pdf(sign_env: SignEnv) -> None:
+    with pytest.raises(ValueError, match="not a PDF"):
+        sign_pades(b"hello", CardSigner(sign_env.cards["alice"], PIN))
