@@ -33,6 +33,7 @@ bench: venv
 	$(PY) bench/ready.py --count 2000000 --populate direct
 	$(PY) bench/cards.py
 	$(PY) bench/login.py
+	$(PY) bench/tsa.py
 
 # Installs only what is missing; `apt-get update` runs first whenever something is.
 system-deps:
