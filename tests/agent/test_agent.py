@@ -286,3 +286,25 @@ def test_settings_errors(tmp_path: Path) -> None:
         read_pin_file(pin_file)
     os.chmod(pin_file, 0o600)
     assert read_pin_file(pin_file) == PIN
+
+
+def test_cli_agent_refuses_to_start_without_an_allow_list() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    cli = str(Path(sys.executable).with_name("cps-login"))
+    environ = {k: v for k, v in os.environ.items() if k != "CPS_LOGIN_BROKERS"}
+    proc = subprocess.run([cli, "agent", "--port", "0"], capture_output=True, text=True,
+                          env=environ, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: no broker allowed") and proc.stderr.count("\n") == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([cli, "agent", "--port", str(port), "--broker",
+                               "http://127.0.0.1:1"], capture_output=True, text=True,
+                              env=environ, timeout=60, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: cannot listen on "
+                                                           f"127.0.0.1:{port}")

@@ -40,9 +40,11 @@ def _line(rpps: str, surname: str, given: str, profession: str = "10", siret: st
             f"{name}||{role}|{emergency}|")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = (request.getfixturevalue("pg_url") if request.param == "postgresql"
+           else f"sqlite:///{tmp_path / 'store.db'}")
+    s = Store(url)
     s.migrate()
     yield s
     s.engine.dispose()
