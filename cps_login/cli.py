@@ -130,6 +130,7 @@ def info(
         holder = card.holder()
         certs = {usage: card.certificate(usage) for usage in USAGES}
         tries = card.pin_tries_left()
+        note = getattr(card, "pin_tries_note", lambda: None)()  # PKCS#11: why None
     finally:
         card.close()
     if as_json:
@@ -155,6 +156,7 @@ def info(
                         for u, c in certs.items()
                     },
                     "pin_tries_left": tries,
+                    "pin_tries_note": note,
                 }
             )
         )
@@ -164,7 +166,10 @@ def info(
     for usage, cert in certs.items():
         click.echo(f"{usage} certificate: {cert.subject.rfc4514_string()}")
         click.echo(f"  serial {cert.serial_number:X}, expires {cert.not_valid_after_utc:%Y-%m-%d}")
-    click.echo(f"PIN tries left: {'unknown' if tries is None else tries}")
+    if tries is not None:
+        click.echo(f"PIN tries left: {tries}")
+    else:
+        click.echo(f"PIN tries left: {note or 'unknown'}")
 
 
 if __name__ == "__main__":

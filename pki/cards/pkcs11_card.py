@@ -31,6 +31,7 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from pki import pkcs11lib
 from pki.cards.card import (
+    PIN_MAX_TRIES,
     USAGES,
     HolderData,
     Usage,
@@ -98,11 +99,24 @@ class Pkcs11Module:
 
 
 def _retries_from_flags(flags: int) -> int | None:
+    """PIN tries left as the token flags tell them (PKCS#11 2.40 §5.3, CK_TOKEN_INFO).
+
+    ``USER_PIN_LOCKED`` → 0; ``USER_PIN_FINAL_TRY`` → 1; ``USER_PIN_COUNT_LOW`` (a wrong PIN
+    since the last good one) → one fewer than a CPS card's :data:`PIN_MAX_TRIES`, exact for a
+    3-try PIN; none of them → ``None`` (all tries left, or a module that never says).
+    """
     if flags & TokenFlag.USER_PIN_LOCKED:
         return 0
     if flags & TokenFlag.USER_PIN_FINAL_TRY:
         return 1
+    if flags & TokenFlag.USER_PIN_COUNT_LOW:
+        return PIN_MAX_TRIES - 1
     return None
+
+
+# Modules known to keep no PIN retry counter of their own, so their flags say nothing: SoftHSM
+# v2 sets USER_PIN_COUNT_LOW after a wrong PIN but never FINAL_TRY or LOCKED: it never locks.
+SILENT_MODULES = ("SoftHSM",)
 
 
 def _ec_raw_to_der(raw: bytes) -> bytes:
@@ -205,8 +219,31 @@ class Pkcs11Card:
 
     # --- PIN -------------------------------------------------------------------------------
 
+    @property
+    def reports_pin_tries(self) -> bool:
+        """Whether the module keeps (and flags) a PIN retry counter: not SoftHSM."""
+        maker = str(self._token.manufacturer_id)
+        return not any(name.lower() in maker.lower() for name in SILENT_MODULES)
+
+    def _tries_left(self) -> int | None:
+        if not self.reports_pin_tries:
+            return None
+        left = _retries_from_flags(self._token_flags())
+        return PIN_MAX_TRIES if left is None else left
+
     def pin_tries_left(self) -> int | None:
-        return self._call(lambda: _retries_from_flags(self._token_flags()))
+        """From the token flags; ``None`` when the module cannot tell (:meth:`pin_tries_note`)."""
+        return self._call(self._tries_left)
+
+    def pin_tries_note(self) -> str | None:
+        """Why :meth:`pin_tries_left` is ``None``, for ``cps-login info``."""
+        if self.reports_pin_tries:
+            return None
+        maker = str(self._token.manufacturer_id).strip()
+        return (
+            f"not reported by the PKCS#11 module ({maker}): the module, not this middleware, "
+            "enforces PIN tries, and this one keeps no retry counter"
+        )
 
     def verify_pin(self, pin: str) -> None:
         check_pin(pin)
@@ -217,7 +254,7 @@ class Pkcs11Card:
             except p11e.UserAlreadyLoggedIn:
                 return  # PKCS#11 login is per application, not per session
             except p11e.PinIncorrect:
-                raise PinIncorrect(_retries_from_flags(self._token_flags())) from None
+                raise PinIncorrect(self._tries_left()) from None
             except p11e.PinLocked:
                 raise PinLocked() from None
             self._session.close()
@@ -235,7 +272,7 @@ class Pkcs11Card:
                 try:
                     session.set_pin(old_pin, new_pin)
                 except p11e.PinIncorrect:
-                    raise PinIncorrect(_retries_from_flags(self._token_flags())) from None
+                    raise PinIncorrect(self._tries_left()) from None
                 except p11e.PinLocked:
                     raise PinLocked() from None
 

@@ -79,16 +79,24 @@ def main() -> int:
             "opensc-pkcs11-sign",
             card_path,
             "pkcs11-tool -O, then --sign --id 01 -m RSA-PKCS --login --pin 1234 (no OPENSC_CONF)",
-            lambda: (_run([*m, "-O"], stock),
-                     _run([*sign, "-o", str(work / "sig"), "--login", "--pin", PIN], stock))[-1],
+            lambda: (
+                _run([*m, "-O"], stock),
+                _run([*sign, "-o", str(work / "sig"), "--login", "--pin", PIN], stock),
+            )[-1],
         )
 
         def block_and_unlock() -> None:
             for _ in range(3):
-                subprocess.run([*m, "--login", "--pin", "9999", "-O"], env=stock,
-                               capture_output=True, timeout=120)
-            _run([*m, "--unlock-pin", "--puk", puk, "--new-pin", NEW_PIN],
-                 dict(stock, OPENSC_CONF=str(OPENSC_UNBLOCK_CONF)))
+                subprocess.run(
+                    [*m, "--login", "--pin", "9999", "-O"],
+                    env=stock,
+                    capture_output=True,
+                    timeout=120,
+                )
+            _run(
+                [*m, "--unlock-pin", "--puk", puk, "--new-pin", NEW_PIN],
+                dict(stock, OPENSC_CONF=str(OPENSC_UNBLOCK_CONF)),
+            )
             _run([*sign, "-o", str(work / "sig2"), "--login", "--pin", NEW_PIN], stock)
 
         record(

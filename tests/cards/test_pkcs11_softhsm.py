@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, ObjectClass, TokenFlag
 
 from pki.cards.errors import NoCard, PinIncorrect, PukIncorrect, SecurityStatusNotSatisfied
 from pki.cards.personalise import PersonalisationResult, personalise
@@ -109,3 +109,46 @@ def test_token_change_pin(module: Pkcs11Module, softhsm: SoftHsmHome) -> None:
 def test_unknown_token_is_no_card(module: Pkcs11Module) -> None:
     with pytest.raises(NoCard):
         Pkcs11Card(module, "no such token")
+
+
+def test_softhsm_cannot_tell_tries_and_says_so(
+    module: Pkcs11Module, softhsm: SoftHsmHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SoftHSM keeps no retry counter: five wrong PINs, then the right one still works; the
+    backend answers None with the reason, and `cps-login info` prints that reason."""
+    issue_token(module, softhsm)
+    with Pkcs11Card(module, LABEL) as card:
+        for _ in range(5):
+            with pytest.raises(PinIncorrect):
+                card.verify_pin("9999")
+        assert card.pin_tries_left() is None and not card.reports_pin_tries
+        note = card.pin_tries_note()
+        assert note is not None and "SoftHSM" in note and "module" in note
+        card.verify_pin(PIN)
+    from click.testing import CliRunner
+
+    from cps_login.cli import main as cps_login
+
+    out = CliRunner().invoke(
+        cps_login,
+        ["info", "--pkcs11-module", "/usr/lib/softhsm/libsofthsm2.so", "--token-label", LABEL],
+    )
+    assert out.exit_code == 0, out.output
+    assert "PIN tries left: not reported by the PKCS#11 module (SoftHSM" in out.output
+    assert "unknown" not in out.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "left"),
+    [
+        (0, None),
+        (TokenFlag.USER_PIN_COUNT_LOW, 2),
+        (TokenFlag.USER_PIN_COUNT_LOW | TokenFlag.USER_PIN_FINAL_TRY, 1),
+        (TokenFlag.USER_PIN_FINAL_TRY, 1),
+        (TokenFlag.USER_PIN_LOCKED | TokenFlag.USER_PIN_COUNT_LOW, 0),
+    ],
+)
+def test_tries_from_token_flags(flags: int, left: int | None) -> None:
+    from pki.cards.pkcs11_card import _retries_from_flags
+
+    assert _retries_from_flags(int(flags) | int(TokenFlag.LOGIN_REQUIRED)) == left

@@ -111,7 +111,15 @@ def test_project_trace_speaks_ias_ecc(tmp_path: Path) -> None:
     heads = {c[:4].hex() for c, _ in commands}
     select = bytes.fromhex("00a4040c") + bytes((len(PKCS15_AID),)) + PKCS15_AID
     assert any(c == select for c, _ in commands)
-    for head in ("00b09c00", "002241a4", "00880000", "002241b6", "002a90a0", "002a9e9a",
-                 "00200002", "002c0201"):
+    for head in (
+        "00b09c00",
+        "002241a4",
+        "00880000",
+        "002241b6",
+        "002a90a0",
+        "002a9e9a",
+        "00200002",
+        "002c0201",
+    ):
         assert head in heads, head
     assert not any(c[:5] == bytes.fromhex("00a4040c0d") for c, _ in commands), "CPS AID used"
