@@ -176,12 +176,17 @@ def publish_delta_tracked(auth: AuthorityView, slug: str
     return published, event_ids
 
 
+# Candidates of a delta looked up by byte search in the published CRLs; more are indexed.
+_SEARCH_UP_TO = 64
+
+
 def _delta_floor(session: Session, auth: AuthorityView, ca: CaView, shard: int | None,
                  rows: list[builder.Row]) -> list[builder.Row]:
     """A delta's changed rows, checked against what was last published: removeFromCRL only for a
     certificate last listed on hold (RFC 5280 §5.3.1); a permanent revocation is listed again
     as it was, whatever the row now says (a store written around the lifecycle)."""
     published: list[bytes] | None = None
+    codes: dict[str, int] | None = None
     out: list[builder.Row] = []
     for row in rows:
         serial, status = row[0], row[4]
@@ -190,7 +195,14 @@ def _delta_floor(session: Session, auth: AuthorityView, ca: CaView, shard: int |
             continue
         if published is None:
             published = source.published_bases(session, ca.id, shard)
-        previous = source.previous_entry(published, serial)
+            if len(rows) > _SEARCH_UP_TO:      # an incident's burst: index once, not search
+                codes = source.previous_codes(published)
+        if codes is not None and (serial not in codes or codes[serial] in (
+                source.HOLD_CODE, source.REMOVE_CODE)):
+            previous = None if serial not in codes else source.Listed(serial, 0, b"",
+                                                                      codes[serial])
+        else:
+            previous = source.previous_entry(published, serial)
         if previous is not None and previous.permanent:
             _refuse(session, auth, ca.slug, serial, "delta", status)
             out.append(previous.row())

@@ -299,6 +299,13 @@ def permanent_entries(buf: bytes) -> Iterator[tuple[str, int, int]]:
     """(serial hex, entry start, entry end) of every permanent entry of a stored CRL: the hot
     loop of a floor check at 10^6 entries, so it reads the short forms our builder writes
     (one-byte lengths, a reasonCode without the critical flag) and falls back to ``_entry``."""
+    for serial, start, stop, code in listed_entries(buf):
+        if code != HOLD_CODE and code != REMOVE_CODE:
+            yield serial, start, stop
+
+
+def listed_entries(buf: bytes) -> Iterator[tuple[str, int, int, int]]:
+    """(serial hex, entry start, entry end, reason code) of every entry of a stored CRL."""
     bounds = _entries_bounds(buf)
     if bounds is None:
         return
@@ -315,14 +322,23 @@ def permanent_entries(buf: bytes) -> Iterator[tuple[str, int, int]]:
                 code = buf[at + 9]
             else:
                 code = _entry(buf, start, stop).code
-            if code != HOLD_CODE and code != REMOVE_CODE:
-                yield _hex(buf[start + 2:serial_end]), start, stop
+            yield _hex(buf[start + 2:serial_end]), start, stop, code
         else:
             _, start, stop = der.read_tlv(buf, pos, end)
             entry = _entry(buf, start, stop)
-            if entry.permanent:
-                yield entry.serial, start, stop
+            yield entry.serial, start, stop, entry.code
         pos = stop
+
+
+def previous_codes(published: list[bytes]) -> dict[str, int]:
+    """serial -> reason code of every entry relying parties were last told (the newest
+    publication's entry wins): one pass over the bytes, for a delta with many candidates,
+    where a byte search per candidate (``previous_entry``) would be quadratic."""
+    out: dict[str, int] = {}
+    for buf in reversed(published):         # the base first, its delta over it
+        for serial, _start, _stop, code in listed_entries(buf):
+            out[serial] = code
+    return out
 
 
 def undone_revocations(session: Session, ca_id: int, shard: int | None) -> dict[str, Listed]:

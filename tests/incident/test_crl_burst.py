@@ -67,3 +67,34 @@ def test_few_changes_make_no_new_full_crl(auth: Authority) -> None:
     lifecycle.change_many(auth, serials, "hold", selection={"card_model": WEAK})
     later = service.tick(auth.clock.now() + dt.timedelta(seconds=30))
     assert [p.kind for p in later if p.ca_slug == slug] == ["delta"]
+
+
+@pytest.mark.parametrize("search_up_to", [0, 10_000])
+def test_delta_floor_indexed_or_searched_alike(auth: Authority, monkeypatch: pytest.MonkeyPatch,
+                                               search_up_to: int) -> None:
+    """A delta's many candidates are checked against an index of the published CRLs (one
+    pass) instead of a byte search each: the same entries either way — holds listed,
+    released holds as removeFromCRL, a permanent revocation kept."""
+    from pki.crl import publisher
+
+    monkeypatch.setattr(publisher, "_SEARCH_UP_TO", search_up_to)
+    clock = FixedClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+    auth.clock = clock
+    service = CrlService(auth, PublicationCache())
+    service.load()
+    service.tick()
+    serials = [s for _, pair in add_cards(auth, WEAK, 10) for s in pair]
+    clock.advance(dt.timedelta(seconds=1))
+    lifecycle.change_many(auth, serials, "hold", selection={})
+    lifecycle.revoke(auth, serials[0], "keyCompromise")
+    clock.advance(dt.timedelta(seconds=10))
+    service.tick()                                   # a delta listing the holds
+    lifecycle.change_many(auth, serials[1:6], "release", selection={})
+    clock.advance(dt.timedelta(seconds=10))
+    slug = auth.issuing_ca("PERSONNES").slug
+    delta = next(p for p in service.tick() if p.ca_slug == slug and p.kind == "delta")
+    reasons = {f"{e.serial_number:X}".zfill(32): e.extensions.get_extension_for_class(
+        x509.CRLReason).value.reason for e in x509.load_der_x509_crl(delta.der)}
+    assert reasons[serials[0]] == x509.ReasonFlags.key_compromise
+    assert {reasons[s] for s in serials[1:6]} == {x509.ReasonFlags.remove_from_crl}
+    assert {reasons[s] for s in serials[6:]} == {x509.ReasonFlags.certificate_hold}
