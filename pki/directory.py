@@ -46,7 +46,7 @@ _COLUMN_ALIASES = {
     "raison_sociale_site": "structure_name", "raison_sociale": "structure_name",
     "structure_name": "structure_name", "enseigne_commerciale_site": "trade_name",
     "code_role": "role", "role": "role", "role_code": "role",
-    "libelle_departement_(coord._structure)": "state", "departement": "state", "state": "state",
+    "libelle_departement_(structure)": "state", "departement": "state", "state": "state",
     "emergency_centre": "emergency_centre", "centre_urgence": "emergency_centre",
 }
 # A header with any of these columns describes situations, one per row.

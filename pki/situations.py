@@ -14,10 +14,11 @@ prefix and the number (``1`` + FINESS, ``3`` + SIRET, ``2`` + SIREN; see ``pki.i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from pki import audit, ids
@@ -162,55 +163,68 @@ def emergency_structure_ids(session: Session) -> frozenset[str]:
 
 # --- writing ----------------------------------------------------------------------------
 
-def _structure_row(session: Session, entry: SituationEntry, *, actor: str,
-                   clock: Clock) -> Structure:
-    row = session.execute(select(Structure).where(
-        Structure.structure_id == entry.structure_id)).scalar_one_or_none()
-    if row is not None:
-        return row
-    row = Structure(structure_id=entry.structure_id, register=entry.register,
-                    name=entry.structure_name, state=entry.state, created_at=clock.now())
-    session.add(row)
-    session.flush()
-    audit.append(session, "structure.add", entry.structure_id,
-                 {"register": entry.register, "name": entry.structure_name,
-                  "state": entry.state}, actor=actor, clock=clock)
-    return row
+def _structure_rows(session: Session, entries: Sequence[SituationEntry], *, clock: Clock
+                    ) -> tuple[dict[str, int], list[tuple[str, str, dict[str, Any]]]]:
+    """Row ids of the entries' structures, creating the missing ones (first name wins), and
+    the audit links of those created."""
+    wanted = {e.structure_id: e for e in reversed(entries)}
+    ids_by_structure: dict[str, int] = {
+        sid: rid for sid, rid in session.execute(
+            select(Structure.structure_id, Structure.id)
+            .where(Structure.structure_id.in_(list(wanted))))}
+    created: list[tuple[str, str, dict[str, Any]]] = []
+    for structure_id, entry in wanted.items():
+        if structure_id in ids_by_structure:
+            continue
+        row = Structure(structure_id=structure_id, register=entry.register,
+                        name=entry.structure_name, state=entry.state, created_at=clock.now())
+        session.add(row)
+        session.flush()
+        ids_by_structure[structure_id] = row.id
+        created.append(("structure.add", structure_id,
+                        {"register": entry.register, "name": entry.structure_name,
+                         "state": entry.state}))
+    return ids_by_structure, created
 
 
-def write_situations(session: Session, entries: Iterable[SituationEntry], *, action: str,
+def write_situations(session: Session, entries: Sequence[SituationEntry], *, action: str,
                      actor: str, clock: Clock) -> int:
-    """Insert situations in the caller's transaction (structures created as needed), each with
-    its audit record; a situation already there is a Duplicate."""
-    count = 0
-    pro_ids: dict[str, int] = {}
+    """Insert situations in the caller's transaction (structures created as needed), with their
+    audit records; a situation already there is a Duplicate. A few queries per batch, not per
+    row: an extract has one row per activity of every professional."""
+    if not entries:
+        return 0
+    rpps = sorted({e.rpps for e in entries})
+    pro_ids: dict[str, int] = {
+        r: pid for r, pid in session.execute(select(Professional.rpps, Professional.id)
+                                             .where(Professional.rpps.in_(rpps)))}
+    missing = [r for r in rpps if r not in pro_ids]
+    if missing:
+        raise NotFound(f"no professional with RPPS {missing[0]}")
+    structures, audit_links = _structure_rows(session, entries, clock=clock)
+    existing: set[tuple[int, int, int]] = {
+        (pid, sid, code) for pid, sid, code in session.execute(
+            select(ExerciseSituationRow.professional_id, ExerciseSituationRow.structure_id,
+                   ExerciseSituationRow.profession_code)
+            .where(ExerciseSituationRow.professional_id.in_(list(pro_ids.values()))))}
+    rows = []
+    now = clock.now()
     for entry in entries:
-        if entry.rpps not in pro_ids:
-            pro_id = session.execute(select(Professional.id).where(
-                Professional.rpps == entry.rpps)).scalar_one_or_none()
-            if pro_id is None:
-                raise NotFound(f"no professional with RPPS {entry.rpps}")
-            pro_ids[entry.rpps] = pro_id
-        structure = _structure_row(session, entry, actor=actor, clock=clock)
-        exists = session.execute(select(ExerciseSituationRow.id).where(
-            ExerciseSituationRow.professional_id == pro_ids[entry.rpps],
-            ExerciseSituationRow.structure_id == structure.id,
-            ExerciseSituationRow.profession_code == entry.profession_code)).first()
-        if exists is not None:
+        key = (pro_ids[entry.rpps], structures[entry.structure_id], entry.profession_code)
+        if key in existing:
             raise Duplicate(f"RPPS {entry.rpps} already has a situation at {entry.structure_id} "
                             f"as profession {entry.profession_code}")
-        session.add(ExerciseSituationRow(
-            professional_id=pro_ids[entry.rpps], structure_id=structure.id,
-            profession_code=entry.profession_code, role_code=entry.role_code,
-            emergency_centre=entry.emergency_centre, source=action.rsplit(".", 1)[-1],
-            created_at=clock.now()))
-        audit.append(session, action, entry.rpps,
-                     {"structure": entry.structure_id, "profession": entry.profession_code,
-                      "role": entry.role_code, "emergency_centre": entry.emergency_centre},
-                     actor=actor, clock=clock)
-        count += 1
-    session.flush()
-    return count
+        existing.add(key)
+        rows.append({"professional_id": key[0], "structure_id": key[1],
+                     "profession_code": entry.profession_code, "role_code": entry.role_code,
+                     "emergency_centre": entry.emergency_centre,
+                     "source": action.rsplit(".", 1)[-1], "created_at": now})
+        audit_links.append((action, entry.rpps, {
+            "structure": entry.structure_id, "profession": entry.profession_code,
+            "role": entry.role_code, "emergency_centre": entry.emergency_centre}))
+    session.execute(insert(ExerciseSituationRow), rows)
+    audit.append_many(session, audit_links, actor=actor, clock=clock)
+    return len(rows)
 
 
 def add_situation(store: Store, entry: SituationEntry, *, actor: str = "cps-admin",
