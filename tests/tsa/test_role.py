@@ -320,3 +320,38 @@ except ConfigError as exc:
     done = _python(script, str(home))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refused:") and "cps-admin tsa cert" in done.stdout
+
+
+def test_pyhanko_stamps_through_the_role_and_validates_the_token(tsa: TsaProcess,
+                                                                 home: Path) -> None:
+    """pyHanko's own RFC 3161 client and its TST validator (trust: the home's root only)."""
+    import asyncio
+
+    pytest.importorskip("pyhanko")
+    from asn1crypto import x509 as asn1_x509
+    from pyhanko.sign.timestamps import HTTPTimeStamper
+    from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
+    from pyhanko_certvalidator import ValidationContext
+
+    root = asn1_x509.Certificate.load(x509.load_pem_x509_certificate(
+        root_certificate(home).read_bytes()).public_bytes(serialization.Encoding.DER))
+    digest = hashlib.sha256(b"feuille de soins").digest()
+
+    async def stamp_and_check() -> dict[str, object]:
+        token = await HTTPTimeStamper(tsa.url).async_timestamp(digest, "sha256")
+        context = ValidationContext(trust_roots=[root], allow_fetching=False,
+                                    revocation_mode="soft-fail")
+        return await validate_tst_signed_data(token["content"], context, lambda _alg: digest)
+
+    status = asyncio.run(stamp_and_check())
+    assert status["intact"] is True and status["valid"] is True
+    assert status["md_algorithm"] == "sha256"
+    other = hashlib.sha256(b"autre").digest()
+
+    async def wrong_imprint() -> dict[str, object]:
+        token = await HTTPTimeStamper(tsa.url).async_timestamp(digest, "sha256")
+        context = ValidationContext(trust_roots=[root], allow_fetching=False,
+                                    revocation_mode="soft-fail")
+        return await validate_tst_signed_data(token["content"], context, lambda _alg: other)
+
+    assert asyncio.run(wrong_imprint())["intact"] is False
