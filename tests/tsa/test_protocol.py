@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from asn1crypto import cms, tsp
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cps_sign.tsa import MAX_QUERY, TimeStampResp, rejection
 from cps_sign.tsa_client import build_query, token_info
@@ -234,3 +236,31 @@ def test_no_token_outside_the_tsa_certificate_validity(tsa: SoftwareTsa,
         clock.advance(dt.timedelta(days=-60))
     assert status(resp) == ("rejection", {"time_not_available"})
     assert status(reply(tsa, query)) == ("granted", set())
+
+
+ALGORITHMS = ["sha1", "sha224", "sha256", "sha384", "sha512", "md5", "sha3_256", "sha512_224"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(alg=st.sampled_from(ALGORITHMS), length=st.integers(0, 80),
+       nonce=st.one_of(st.none(), st.integers(-(2**600), 2**600)), cert_req=st.booleans())
+def test_any_well_formed_request_gets_exactly_its_verdict(tsa: SoftwareTsa, alg: str,
+                                                          length: int, nonce: int | None,
+                                                          cert_req: bool) -> None:
+    digest = bytes(range(length % 256))[:length].ljust(length, b"\x07")
+    fields: dict[str, object] = {"cert_req": cert_req}
+    if nonce is not None:
+        fields["nonce"] = nonce
+    resp = reply(tsa, _query(alg, digest, **fields))
+    expected = {"sha256": 32, "sha384": 48, "sha512": 64}
+    if alg not in expected:
+        assert status(resp) == ("rejection", {"bad_alg"})
+    elif length != expected[alg]:
+        assert status(resp) == ("rejection", {"bad_data_format"})
+    else:
+        assert status(resp) == ("granted", set())
+        token = resp["time_stamp_token"]
+        info = token_info(token)
+        assert info["nonce"].native == nonce
+        assert info["message_imprint"]["hashed_message"].native == digest
+        assert bool(token["content"]["certificates"].native) is cert_req
