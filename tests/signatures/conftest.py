@@ -2,37 +2,30 @@
 home's base URL so that the AIA and CRL URLs of every certificate are live, a test TSA on the
 same server (``POST /tsa``), and software cards that implement the ``Card`` protocol.
 
-The TSA here is pyHanko's ``DummyTimeStamper`` with a certificate from our ORGANISATIONS CA
-(``id-kp-timeStamping`` critical), made with the CA's HSM key by the test (the tsa role and its
-own token are another piece of work); the verifier trusts it because it chains to our root.
+The TSA here is ``cps_sign.testing.LocalTsa`` (pyHanko's ``DummyTimeStamper``) with a
+certificate from our ORGANISATIONS CA (``id-kp-timeStamping`` critical), made with the CA's
+HSM key by the test; the verifier trusts it because it chains to our root.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from asn1crypto import keys as asn1_keys
-from asn1crypto import tsp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cps_sign.testing import LocalTsa, SoftwareCard, tsa_certificate
 from pki import ids
 from pki.ca import lifecycle
 from pki.ca.authority import Authority, IssueRequest
 from pki.ca.hierarchy import init_home
-from pki.cards.card import HolderData, Usage, check_pin
-from pki.cards.errors import PinIncorrect, PinLocked, SecurityStatusNotSatisfied
+from pki.cards.card import HolderData, Usage
 from pki.clock import SYSTEM_CLOCK, FixedClock
 from pki.crl.service import CrlService
-from pki.http import Request, Response
 from pki.http.server import HttpServer
 from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.service import OcspService
@@ -40,86 +33,7 @@ from pki.store.models import Professional
 from tests.servers import Running, free_port, run_server
 
 PIN = "1234"
-
-
-class SoftCard:
-    """A card in software: two keys, their certificates, one PIN with 3 tries (``Card``)."""
-
-    def __init__(self, holder: HolderData, keys: dict[Usage, rsa.RSAPrivateKey],
-                 certs: dict[Usage, x509.Certificate]) -> None:
-        self._holder = holder
-        self.keys = keys
-        self.certs = certs
-        self.tries = 3
-        self.verified = False
-        self.signatures: list[Usage] = []
-
-    def holder(self) -> HolderData:
-        return self._holder
-
-    def certificate(self, usage: Usage) -> x509.Certificate:
-        return self.certs[usage]
-
-    def pin_tries_left(self) -> int | None:
-        return self.tries
-
-    def verify_pin(self, pin: str) -> None:
-        check_pin(pin)
-        if self.tries == 0:
-            raise PinLocked()
-        if pin != PIN:
-            self.tries -= 1
-            self.verified = False
-            if self.tries == 0:
-                raise PinLocked()
-            raise PinIncorrect(self.tries)
-        self.tries = 3
-        self.verified = True
-
-    def change_pin(self, old_pin: str, new_pin: str) -> None:
-        raise NotImplementedError
-
-    def unblock_pin(self, puk: str, new_pin: str) -> None:
-        raise NotImplementedError
-
-    def sign(self, usage: Usage, data: bytes) -> bytes:
-        if not self.verified:
-            raise SecurityStatusNotSatisfied("verify the PIN first")
-        self.verified = usage != "sign"     # the signature PIN is per operation
-        self.signatures.append(usage)
-        return self.keys[usage].sign(data, padding.PKCS1v15(), hashes.SHA256())
-
-    def close(self) -> None:
-        self.verified = False
-
-
-class TestTsa:
-    """pyHanko's DummyTimeStamper behind ``POST /tsa`` with a certificate of our CA."""
-
-    def __init__(self, cert: x509.Certificate, key: rsa.RSAPrivateKey,
-                 chain: list[x509.Certificate]) -> None:
-        from asn1crypto import x509 as asn1_x509
-        from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
-
-        der = serialization.Encoding.DER
-        self.cert = cert
-        self.stamper = DummyTimeStamper(
-            tsa_cert=asn1_x509.Certificate.load(cert.public_bytes(der)),
-            tsa_key=asn1_keys.PrivateKeyInfo.load(key.private_bytes(
-                der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())),
-            certs_to_embed=[asn1_x509.Certificate.load(c.public_bytes(der)) for c in chain])
-        self.requests = 0
-
-    def handler(self, req: Request) -> Response | None:
-        if req.path != "/tsa":
-            return None
-        self.requests += 1
-        try:
-            query = tsp.TimeStampReq.load(req.body)
-            answer = self.stamper.request_tsa_response(query)
-        except ValueError:
-            return Response(400, b"bad time-stamp query")
-        return Response(200, answer.dump(), "application/timestamp-reply")
+SoftCard = SoftwareCard
 
 
 @dataclass
@@ -130,7 +44,7 @@ class SignEnv:
     ocsp: OcspService
     crl: CrlService
     running: Running
-    tsa: TestTsa
+    tsa: LocalTsa
     root: x509.Certificate
     issuing: x509.Certificate
     _counter: int = 200
@@ -160,7 +74,7 @@ class SignEnv:
                                               rpps=rpps, key_storage="card")).certificate
                  for u in ("auth", "sign")}
         issuer.clock = SYSTEM_CLOCK
-        card = SoftCard(HolderData(rpps, name.title(), "Test", 10), keys, certs)
+        card = SoftwareCard(HolderData(rpps, name.title(), "Test", 10), keys, certs, PIN)
         self.cards[name] = card
         return card
 
@@ -183,30 +97,6 @@ class SignEnv:
             time.sleep(0.05)
 
 
-def tsa_certificate(auth: Authority, key: rsa.RSAPrivateKey) -> x509.Certificate:
-    """A time-stamping certificate from the ORGANISATIONS CA (critical id-kp-timeStamping)."""
-    ca = auth.issuing_ca("ORGANISATIONS")
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ASIP-SANTE"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "TEST TSA IGC-SANTE")])
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.certificate.subject)
-               .public_key(key.public_key())
-               .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
-               .not_valid_before(now - dt.timedelta(days=1))
-               .not_valid_after(now + dt.timedelta(days=10 * 366))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(True, True, False, False, False, False, False,
-                                            False, False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]),
-                              critical=True)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   ca.certificate.public_key()), critical=False)  # type: ignore[arg-type]
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False))
-    return builder.sign(auth._key(ca), hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def sign_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignEnv]:
     port = free_port()
@@ -221,7 +111,9 @@ def sign_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignEnv]:
     tsa_key = rsa.generate_private_key(65537, 2048)
     org = auth.issuing_ca("ORGANISATIONS").certificate
     root = next(c.certificate for c in auth.cas() if c.role == "ROOT")
-    tsa = TestTsa(tsa_certificate(auth, tsa_key), tsa_key, [org])
+    org_ca = auth.issuing_ca("ORGANISATIONS")
+    tsa = LocalTsa(tsa_certificate(org_ca.certificate, auth._key(org_ca), tsa_key), tsa_key,
+                   [org])
     running = run_server(HttpServer([OcspEndpoint(ocsp), crl.handler, tsa.handler]), port)
     issuing = auth.issuing_ca("PERSONNES").certificate
     env = SignEnv(home, auth, base, ocsp, crl, running, tsa, root, issuing)
@@ -238,9 +130,3 @@ def sign_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignEnv]:
         ocsp.stop()
         auth.close()
 
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-__all__ = ["PIN", "SignEnv", "SoftCard", "ec"]
