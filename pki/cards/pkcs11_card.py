@@ -50,6 +50,7 @@ from pki.cards.errors import (
     SecurityStatusNotSatisfied,
     WrongCard,
 )
+from pki.cards.opensc import OPENSC_UNBLOCK_CONF
 
 CPS_LABELS: dict[Usage, str] = {
     "auth": "Certificat d'Authentification CPS",
@@ -289,7 +290,10 @@ class Pkcs11Card:
             self.module.lib.reinitialize()
             self._token = self.module.token(self.token_label)
             try:
-                so_unblock()
+                if self.is_opensc:
+                    opensc_unblock()
+                else:
+                    so_unblock()
             finally:
                 self._session = self._token.open()
                 self._logged_in = False
@@ -316,7 +320,31 @@ class Pkcs11Card:
             with session:
                 session.init_pin(new_pin)
 
+        def opensc_unblock() -> None:
+            # OpenSC (a card with a PUK, no SO PIN): C_SetPIN(PUK, new PIN) in a session not
+            # logged in, which OpenSC turns into VERIFY PUK + RESET RETRY COUNTER only with
+            # user_pin_unblock_style = set_pin_in_unlogged_session (opensc-unblock.conf). Its
+            # default takes the call for a PIN change and refuses the 8-digit "old PIN" before
+            # the card sees it (CKR_PIN_LEN_RANGE): no try is spent either way.
+            with self._token.open(rw=True) as session:
+                try:
+                    session.set_pin(puk, new_pin)
+                except p11e.PinLenRange:
+                    raise CardError(
+                        "OpenSC does not unblock through PKCS#11 by default: run with "
+                        f"OPENSC_CONF={OPENSC_UNBLOCK_CONF} "
+                        "(user_pin_unblock_style = set_pin_in_unlogged_session)"
+                    ) from None
+                except p11e.PinIncorrect:
+                    raise PukIncorrect(None) from None
+                except p11e.PinLocked:
+                    raise PukLocked() from None
+
         self._call(unblock)
+
+    @property
+    def is_opensc(self) -> bool:
+        return "opensc" in os.path.basename(self.module.path).lower()
 
     # --- signing ---------------------------------------------------------------------------
 

@@ -152,3 +152,52 @@ def test_puk_unblock_through_pkcs11_tool(personalised: Personalised, tmp_path: P
     verify(personalised, "auth", (tmp_path / "s").read_bytes(), b"after unblock")
     shown = run([*cli, "--pkcs11-module", OPENSC_PKCS11, "--token-label", TOKEN])
     assert "PIN tries left: 3" in shown.stdout, shown.stdout + shown.stderr
+
+
+_UNBLOCK = """
+import sys
+from pki.cards.errors import CardError, PinLocked, PukIncorrect
+from pki.cards.pkcs11_card import Pkcs11Card, Pkcs11Module
+card = Pkcs11Card(Pkcs11Module(sys.argv[1]), sys.argv[2])
+for _ in range(4):
+    try:
+        card.verify_pin("9999")
+    except (CardError,) as exc:
+        last = exc
+print(type(last).__name__, card.pin_tries_left())
+try:
+    card.unblock_pin("00000000", "1357")
+except PukIncorrect:
+    print("wrong PUK")
+except CardError as exc:
+    print("refused", "opensc-unblock.conf" in str(exc))
+    sys.exit(0)
+card.unblock_pin(sys.argv[3], "1357")
+card.verify_pin("1357")
+print("unblocked", card.pin_tries_left())
+"""
+
+
+def test_project_unblocks_through_opensc(personalised: Personalised) -> None:
+    """Pkcs11Card.unblock_pin over OpenSC: C_SetPIN(PUK, new PIN) unlogged. OpenSC's default
+    refuses with a pointer to opensc-unblock.conf; with it, a wrong PUK is PukIncorrect and
+    the right one unblocks."""
+    argv = [sys.executable, "-c", _UNBLOCK, OPENSC_PKCS11, TOKEN, personalised.result.puk]
+    stock = subprocess.run(
+        argv,
+        env=dict(stock_env(), PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stock.returncode == 0, stock.stderr
+    assert stock.stdout.splitlines() == ["PinLocked 0", "refused True"]
+    out = subprocess.run(
+        argv,
+        env=dict(opensc_unblock_env(), PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["PinLocked 0", "wrong PUK", "unblocked 3"]
