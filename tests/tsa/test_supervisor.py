@@ -61,3 +61,18 @@ def test_serve_starts_the_tsa_role_and_routes_post_tsa(
     text = log.read_text()
     assert "tsa     pid" in text or "tsa pid" in text
     assert "TSA token CPS-TSA" in text
+
+
+def test_the_role_without_a_certificate_exits_with_one_error_line(bare_home: Path) -> None:
+    import subprocess
+
+    from tests.servers import free_port
+    from tests.tsa.helpers import BIN
+
+    done = subprocess.run([str(BIN / "cps-admin"), "--home", str(bare_home), "serve", "--role",
+                           "tsa", "--port", str(free_port())], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: no TSA certificate at {bare_home / TSA_CHAIN_FILE}: run "
+                      "`cps-admin tsa cert` first"]
