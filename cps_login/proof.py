@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import struct
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from pki.sigcheck import verify_signature
 
 DOMAIN = b"CPS-LOGIN-V1\x00"
 
@@ -34,13 +33,4 @@ def login_message(challenge: bytes, audience: str) -> bytes:
 def verify_login_signature(public_key: CertificatePublicKeyTypes, message: bytes,
                            signature: bytes) -> bool:
     """True when ``signature`` is the card's signature over ``message``; False otherwise."""
-    try:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        else:
-            return False
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+    return verify_signature(public_key, signature, message)

@@ -22,20 +22,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from cps_login.errors import RevocationUnavailable
 from cps_login.httpfetch import FetchError, HttpFetcher
 from pki.clock import Clock
+from pki.sigcheck import verify_signature
 
 
 class Fetcher(Protocol):
@@ -67,22 +67,6 @@ def _issuer_key_bits(issuer: x509.Certificate) -> bytes:
     raise _Unusable("issuer key type not supported")
 
 
-def _verify(public_key: object, signature: bytes, data: bytes,
-            algorithm: hashes.HashAlgorithm | None) -> bool:
-    if algorithm is None:
-        return False
-    try:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, data, padding.PKCS1v15(), algorithm)
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, ec.ECDSA(algorithm))
-        else:
-            return False
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def _urls(cert: x509.Certificate, ext_class: type[x509.CRLDistributionPoints]
           | type[x509.FreshestCRL]) -> list[str]:
     try:
@@ -105,25 +89,13 @@ def ocsp_urls(cert: x509.Certificate) -> list[str]:
 
 @dataclass(frozen=True)
 class _IssuerFacts:
-    """Per issuing CA, computed once: CertID hashes and the DER prefix of our requests."""
+    """Per issuing CA, computed once: the CertID hashes."""
 
     certificate: x509.Certificate
     public_key: object
     name_hash: dict[str, bytes]
     key_hash: dict[str, bytes]
-    request_prefix: bytes          # CertID up to the serial (SHA-1, RFC 5019)
     fingerprint: bytes
-
-
-def _der_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _der(tag: int, body: bytes) -> bytes:
-    return bytes([tag]) + _der_len(len(body)) + body
 
 
 def _issuer_facts(issuer: x509.Certificate) -> _IssuerFacts:
@@ -131,23 +103,17 @@ def _issuer_facts(issuer: x509.Certificate) -> _IssuerFacts:
     key_bits = _issuer_key_bits(issuer)
     names = {h: hashlib.new(h, name_der).digest() for h in ("sha1", "sha256")}
     keys = {h: hashlib.new(h, key_bits).digest() for h in ("sha1", "sha256")}
-    sha1_alg = bytes.fromhex("300906052b0e03021a0500")
-    prefix = sha1_alg + _der(0x04, names["sha1"]) + _der(0x04, keys["sha1"])
-    return _IssuerFacts(issuer, issuer.public_key(), names, keys, prefix,
+    return _IssuerFacts(issuer, issuer.public_key(), names, keys,
                         issuer.fingerprint(hashes.SHA256()))
 
 
-def _serial_content(serial: int) -> bytes:
-    """Content octets of a (positive) DER INTEGER."""
-    return serial.to_bytes(serial.bit_length() // 8 + 1, "big", signed=False)
-
-
 def ocsp_request_der(facts: _IssuerFacts, serial: int) -> bytes:
-    """OCSPRequest{TBSRequest{requestList{Request{CertID}}}}, no nonce, no extensions (the
-    RFC 5019 shape the responder answers from pre-signed bytes)."""
-    body = _serial_content(serial)
-    cert_id = _der(0x30, facts.request_prefix + _der(0x02, body))
-    return _der(0x30, _der(0x30, _der(0x30, _der(0x30, cert_id))))
+    """One SHA-1 CertID, no nonce, no extensions: the RFC 5019 shape the responder answers from
+    pre-signed bytes (built by cryptography from the issuer hashes computed once)."""
+    return (ocsp.OCSPRequestBuilder()
+            .add_certificate_by_hash(facts.name_hash["sha1"], facts.key_hash["sha1"], serial,
+                                     hashes.SHA1())  # noqa: S303 - CertID hash (RFC 5019)
+            .build().public_bytes(serialization.Encoding.DER))
 
 
 @dataclass
@@ -283,12 +249,12 @@ class RevocationChecker:
             return
         by_issuer = (resp.responder_name == issuer.subject if resp.responder_name is not None
                      else resp.responder_key_hash == facts.key_hash["sha1"])
-        if by_issuer and _verify(facts.public_key, sig, tbs, alg):
+        if by_issuer and verify_signature(facts.public_key, sig, tbs, alg):
             self._remember(signed, issuer.not_valid_after_utc)
             return
         for responder in resp.certificates:
             key = self._delegated_key(responder, facts)
-            if key is not None and _verify(key, sig, tbs, alg):
+            if key is not None and verify_signature(key, sig, tbs, alg):
                 self._remember(signed, responder.not_valid_after_utc)
                 return
         raise _Unusable("OCSP answer not signed by the issuer or its delegated responder")
@@ -393,6 +359,3 @@ def _is_delegated_responder(responder: x509.Certificate, issuer: x509.Certificat
         return False
     return ExtendedKeyUsageOID.OCSP_SIGNING in eku
 
-
-def issuers_by_name(cas: Sequence[x509.Certificate]) -> dict[bytes, x509.Certificate]:
-    return {c.subject.public_bytes(): c for c in cas}

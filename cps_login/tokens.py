@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import json
 import math
 import secrets
@@ -23,9 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
@@ -34,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cps_login.errors import TokenInvalid
 from cps_login.token_key import TokenKey, b64url
 from pki.clock import Clock
+from pki.sigcheck import verify_signature
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type
 PALIER = "APPPRIP3"
@@ -152,19 +150,12 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> rsa.RSAPublicKey | ec.EllipticCurveP
 
 def _check_signature(alg: str, key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
                      signing_input: bytes, signature: bytes) -> bool:
-    try:
-        if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
-            return True
-        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
-            if len(signature) != 64:
-                return False
-            der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                                       int.from_bytes(signature[32:], "big"))
-            key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
-            return True
-    except (InvalidSignature, ValueError):
-        return False
+    if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
+        return verify_signature(key, signature, signing_input)
+    if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey) and len(signature) == 64:
+        der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
+                                   int.from_bytes(signature[32:], "big"))
+        return verify_signature(key, der, signing_input)
     return False
 
 
@@ -264,6 +255,3 @@ class CachedJwksValidator:
                 self._fetched = time.monotonic()
             return self._validator
 
-
-def claims_time(claims: Mapping[str, Any], name: str) -> dt.datetime:
-    return dt.datetime.fromtimestamp(float(claims[name]), dt.UTC)

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pki.clock import SYSTEM_CLOCK, Clock
+from pki.sigcheck import verify_signature
 
 if TYPE_CHECKING:
     from cps_login.revocation import Fetcher, RevocationChecker
@@ -49,22 +50,6 @@ class Status:
 
 class Unusable(Exception):
     """This revocation data cannot be relied on (bad signature, other certificate, ...)."""
-
-
-def verify_signature(public_key: object, signature: bytes, data: bytes,
-                     algorithm: hashes.HashAlgorithm | None) -> bool:
-    if algorithm is None:
-        return False
-    try:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, data, padding.PKCS1v15(), algorithm)
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, ec.ECDSA(algorithm))
-        else:
-            return False
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def _key_bits(cert: x509.Certificate) -> bytes:

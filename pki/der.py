@@ -18,10 +18,14 @@ def length(n: int) -> bytes:
 
 
 def tlv(tag: int, content: bytes) -> bytes:
+    """Tag, definite minimal length, content. ``tag`` is the tag's octets read as a number: one
+    octet in X.509 and CRLs, up to three in the card's BER-TLV (``5F C1 05``, pki.cards.apdu)."""
     n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    return bytes((tag,)) + length(n) + content
+    if tag < 0x100:
+        if n < 0x80:
+            return bytes((tag, n)) + content
+        return bytes((tag,)) + length(n) + content
+    return tag.to_bytes((tag.bit_length() + 7) // 8, "big") + length(n) + content
 
 
 def sequence(*parts: bytes) -> bytes:

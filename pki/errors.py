@@ -120,7 +120,3 @@ class NotAuthorised(PkiError):
         super().__init__(message or f"refused by rule {rule}")
         self.rule = rule
 
-
-class AuditError(PkiError):
-    code = "audit_broken"
-    http_status = 500

@@ -22,7 +22,6 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -397,15 +396,3 @@ _PKCS1v15 = padding.PKCS1v15
 
 SigningKey = HsmRsaKey | HsmEcKey
 
-
-@dataclass(frozen=True)
-class TokenSpec:
-    """Where a home's token lives and how to reach it."""
-
-    module: str
-    label: str
-    user_pin: str
-    softhsm_conf: Path | None
-
-    def open(self) -> Hsm:
-        return Hsm(self.module, self.label, self.user_pin, self.softhsm_conf)

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from cps_login.broker import LoginRequest
 from cps_login.errors import CredentialRefused, TokenInvalid
-from pki.errors import InvalidInput, PkiError
+from pki.errors import PkiError
 
 bp = Blueprint("broker", __name__)
 
@@ -24,13 +24,6 @@ def _services() -> Any:
     from cps_login.web import services_of
 
     return services_of(current_app)
-
-
-def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidInput("expected a JSON object body")
-    return body
 
 
 @bp.post("/login/challenge")

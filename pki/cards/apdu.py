@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pki import der
+
 CPS_AID = bytes.fromhex("E828BD080F802500 0001FF0010".replace(" ", ""))
 PIV_AID = bytes.fromhex("A000000308000010000100")
 CPS3_ATR = bytes.fromhex("3BAC00402A001225006480000310009000")
@@ -123,24 +125,8 @@ class ResponseAPDU:
 # --- BER-TLV --------------------------------------------------------------------------------
 
 
-def _tag_bytes(tag: int) -> bytes:
-    return tag.to_bytes(max(1, (tag.bit_length() + 7) // 8), "big")
-
-
-def _length_bytes(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    if n <= 0xFF:
-        return bytes((0x81, n))
-    if n <= 0xFFFF:
-        return b"\x82" + n.to_bytes(2, "big")
-    if n <= 0xFFFFFF:
-        return b"\x83" + n.to_bytes(3, "big")
-    raise ValueError(f"TLV value too long: {n} bytes")
-
-
-def tlv(tag: int, value: bytes) -> bytes:
-    return _tag_bytes(tag) + _length_bytes(len(value)) + value
+# Encoding: the one DER/BER-TLV writer (definite, minimal lengths; multi-octet tags).
+tlv = der.tlv
 
 
 def iter_tlv(data: bytes) -> Iterator[tuple[int, bytes]]:

@@ -89,16 +89,6 @@ class HolderData:
             raise ValueError(f"holder data incomplete or not UTF-8: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class CardInfo:
-    """What ``cps-login info`` shows."""
-
-    holder: HolderData
-    certificates: dict[Usage, x509.Certificate]
-    pin_tries_left: int | None
-    serial: str | None = None
-
-
 def sha256_digest_info(data: bytes) -> bytes:
     """Host-side hashing: the card never sees the message, only DigestInfo(SHA-256(data))."""
     return SHA256_DIGEST_INFO_PREFIX + hashlib.sha256(data).digest()
@@ -128,11 +118,3 @@ class Card(Protocol):
 
     def close(self) -> None: ...
 
-
-def card_info(card: Card, serial: str | None = None) -> CardInfo:
-    return CardInfo(
-        holder=card.holder(),
-        certificates={usage: card.certificate(usage) for usage in USAGES},
-        pin_tries_left=card.pin_tries_left(),
-        serial=serial,
-    )

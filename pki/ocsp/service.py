@@ -22,12 +22,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pki import audit
 from pki.ca import responder as responders
+from pki.ca.authority import CaInfo
 from pki.ca.responder import AuthorityLike, Responder
 from pki.keytypes import KeyType
 from pki.ocsp import records as rec
@@ -48,15 +48,6 @@ FILL_CHUNK = 20_000            # records handed to _sign_items at once by the in
 EVENTS_PAGE = 10_000           # status events read per watcher cycle (a burst: cycles back to back)
 GAP_TTL = 10.0                 # seconds an id gap in status_event is watched for a late commit
 LOAD_RETRY = 5.0               # seconds between attempts at the initial load
-
-
-class IssuingCa(Protocol):
-    @property
-    def id(self) -> int: ...
-    @property
-    def slug(self) -> str: ...
-    @property
-    def certificate(self) -> x509.Certificate: ...
 
 
 class OcspAuthority(AuthorityLike, Protocol):
@@ -100,7 +91,7 @@ def refused(floor: bytes | None, status: int, reason: int, revoked_at: int) -> b
     return reason != f_reason and reason not in _ESCALATIONS
 
 
-def ca_state(ca: IssuingCa, responder: Responder) -> rec.CaState:
+def ca_state(ca: CaInfo, responder: Responder) -> rec.CaState:
     return rec.CaState(ca.id, ca.slug, ca.certificate, responder.der,
                        responder.signer.algorithm_identifier, responder.not_after,
                        responder.signer)
