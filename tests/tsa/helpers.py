@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cps_sign.tsa import TimeStampAuthority, TsaSettings
@@ -112,11 +112,15 @@ class SoftwareTsa:
         return path
 
 
-def software_tsa(clock: Clock = SYSTEM_CLOCK, policy: str = TEST_POLICY) -> SoftwareTsa:
-    """A TSA with software keys: root (self-signed) -> TSA certificate (timeStamping, critical)."""
+def software_tsa(clock: Clock = SYSTEM_CLOCK, policy: str = TEST_POLICY,
+                 rsa_key: bool = False) -> SoftwareTsa:
+    """A TSA with software keys: root (self-signed) -> TSA certificate (timeStamping, critical);
+    the TSA key P-256, or RSA-2048 with ``rsa_key``."""
     now = clock.now().replace(microsecond=0)
     root_key = ec.generate_private_key(ec.SECP256R1())
-    tsa_key = ec.generate_private_key(ec.SECP256R1())
+    tsa_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        rsa.generate_private_key(65537, 2048) if rsa_key
+        else ec.generate_private_key(ec.SECP256R1()))
     root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test TSA Root")])
     root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
             .public_key(root_key.public_key()).serial_number(x509.random_serial_number())

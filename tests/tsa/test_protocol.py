@@ -264,3 +264,16 @@ def test_any_well_formed_request_gets_exactly_its_verdict(tsa: SoftwareTsa, alg:
         assert info["nonce"].native == nonce
         assert info["message_imprint"]["hashed_message"].native == digest
         assert bool(token["content"]["certificates"].native) is cert_req
+
+
+def test_an_rsa_tsa_key_signs_tokens_openssl_accepts(data: Path, tmp_path: Path) -> None:
+    tsa = software_tsa(FixedClock(AT), rsa_key=True)
+    query = query_file(tmp_path, data, "-sha384", "-cert")
+    resp = tmp_path / "r.tsr"
+    resp.write_bytes(tsa.authority.respond(query.read_bytes()))
+    token = TimeStampResp.load(resp.read_bytes())["time_stamp_token"]
+    signer = token["content"]["signer_infos"][0]
+    assert signer["signature_algorithm"]["algorithm"].native == "sha256_rsa"
+    done = openssl("ts", "-verify", "-in", resp, "-queryfile", query, "-CAfile",
+                   tsa.root_pem(tmp_path / "root.pem"))
+    assert "Verification: OK" in done.stdout, done.stderr
