@@ -43,6 +43,7 @@ from pki.store.patient_models import (
     LegalRepresentative,
     Patient,
     PatientBlock,
+    PatientUpload,
     ProfileShare,
 )
 
@@ -414,7 +415,7 @@ class PatientService:
                      "profession_code": e.profession_code, "organisation": e.organisation_id,
                      "action": e.action, "document": e.document_id, "mode": e.mode,
                      "granted": e.granted, "rule": e.rule, "reason": e.reason,
-                     "flagged": e.flagged} for e in rows]
+                     "flagged": e.flagged, "subject": e.subject} for e in rows]
 
     def patient_overview(self, actor_ins: str, ins: str, limit: int = 500) -> dict[str, Any]:
         """What the patient pages show, behind one recorded ``history`` decision: the access
@@ -440,8 +441,13 @@ class PatientService:
                 return [{"national_id": "8" + p.rpps, "name": f"{p.given_name} {p.surname}",
                          "profession_code": p.profession_code} for p in rows.scalars()]
 
+            uploads = {u.id: u.title for u in session.execute(select(PatientUpload).where(
+                PatientUpload.patient_id == patient.id)).scalars()}
             return {"ins": patient.ins, "name": f"{patient.given_name} {patient.surname}",
                     "is_minor": state.is_minor, "events": events, "documents": documents,
+                    "upload_titles": uploads,
+                    "hidden_from": {d["id"]: sorted(hidden_from("document", d["id"], session))
+                                    for d in documents},
                     "emergency_opposed": patient.emergency_opposed,
                     "blocked": pros(PatientBlock), "consents": pros(Consent),
                     "care_team": pros(CareTeamMember)}

@@ -275,6 +275,7 @@ def _timeline(record: dict[str, Any], actor: str) -> dict[str, Any]:
     since, bad_since = _date_arg("from")
     until, bad_until = _date_arg("to")
     titles = {d["id"]: d["title"] for d in record["documents"]}
+    uploads: dict[int, str] = record.get("upload_titles", {})
     blocked = {p["national_id"] for p in record["blocked"]}
     pros: dict[str, str] = {}
     entries = []
@@ -289,6 +290,12 @@ def _timeline(record: dict[str, Any], actor: str) -> dict[str, Any]:
         if (since and day < since) or (until and day > until):
             continue
         doc = event["document"]
+        title = None if doc is None else (titles.get(doc)
+                                          or t("history.document_unknown", id=doc))
+        subject = event.get("subject") or ""
+        if subject.startswith("upload:"):       # one of the patient's own documents
+            title = uploads.get(int(subject[7:])) or t("history.document_unknown",
+                                                        id=subject[7:])
         entries.append({
             "at_iso": at.isoformat(), "at": _when(at),
             "who": t("history.you") if event["actor_id"] == actor else event["who"],
@@ -296,8 +303,7 @@ def _timeline(record: dict[str, Any], actor: str) -> dict[str, Any]:
             "profession": _profession(event["profession_code"]) if is_pro else "",
             "action": t(f"action.{event['action']}")
             if f"action.{event['action']}" in i18n.CATALOGUE else event["action"],
-            "document": (None if doc is None else titles.get(doc)
-                         or t("history.document_unknown", id=doc)),
+            "document": title,
             "mode": event["mode"], "mode_label": t(f"mode.{event['mode']}"),
             "emergency": event["mode"] in EMERGENCY_MODES or event["flagged"],
             "granted": event["granted"], "rule": _rule_text(event["rule"]),

@@ -201,3 +201,87 @@ def space_actor(patient: Patient) -> Any:
     from cps_login.access import Actor
 
     return Actor("patient", patient.ins)
+
+
+def test_hide_a_document_from_one_professional_from_the_page(
+        signed_in: Any, env: Env, world: World) -> None:  # noqa: F811
+    browser, patient, token = signed_in
+    nurse = world.token("Infirmière", 60)
+    nid = world.api(nurse, "GET", "/api/whoami")[1]["national_id"]
+    doc = world.document(token, patient.ins, "Bilan biologique", "lab")
+    csrf = browser.csrf(f"/espace/records/{patient.ins}/controls")
+    browser.post(f"/espace/records/{patient.ins}/controls",
+                 {"csrf": csrf, "change": "consent", "target": nid})
+    assert world.api(nurse, "GET", f"/api/patients/{patient.ins}/documents/{doc}")[0] == 200
+    page = text(browser.get(f"/espace/records/{patient.ins}/documents"))
+    response = browser.post(f"/espace/records/{patient.ins}/documents/visibility", {
+        "csrf": csrf_of(page), "kind": "document", "doc": str(doc), "change": "hide_from",
+        "target": nid})
+    assert response.status_code == 303
+    status, body = world.api(nurse, "GET", f"/api/patients/{patient.ins}/documents/{doc}")
+    assert (status, body.get("rule")) == (403, "hidden_from_professional")
+    assert world.api(token, "GET", f"/api/patients/{patient.ins}/documents/{doc}")[0] == 200
+    page = text(browser.get(f"/espace/records/{patient.ins}/documents"))
+    assert "Masqué à Infirmière Test." in page
+    # a document id of another record, or made up: refused and audited, nothing changed
+    for bad in ("999999", "abc"):
+        response = browser.post(f"/espace/records/{patient.ins}/documents/visibility", {
+            "csrf": csrf_of(page), "kind": "document", "doc": bad, "change": "show_to",
+            "target": nid})
+        assert response.status_code == 404
+    browser.post(f"/espace/records/{patient.ins}/documents/visibility", {
+        "csrf": csrf_of(page), "kind": "document", "doc": str(doc), "change": "show_to",
+        "target": nid})
+    assert world.api(nurse, "GET", f"/api/patients/{patient.ins}/documents/{doc}")[0] == 200
+    # the professional's read of the patient's own document names it in the timeline
+    csrf = csrf_of(page)
+    browser.post(f"/espace/records/{patient.ins}/documents", {
+        "csrf": csrf, "title": "Radio du genou", "file": (io.BytesIO(png()), "genou.png")})
+    up = world.api(token, "GET", f"/api/patients/{patient.ins}/uploads")[1]["uploads"][0]["id"]
+    services_of(env.patient_app).space.read_upload(
+        space_actor_pro(world, token), patient.ins, up, download=True)
+    history = text(browser.get(f"/espace/records/{patient.ins}/history"))
+    assert "a consulté vos documents" in history
+    assert "a téléchargé un document : Radio du genou" in re.sub(r"<[^>]+>", "", history)
+
+
+def test_a_parent_acts_on_the_childs_record_not_on_an_adult_childs(
+        env: Env, world: World) -> None:  # noqa: F811
+    token = world.token("Pédiatre2")
+    parent = world.enrol(token, "Paule", dt.date(1980, 5, 1))
+    today = dt.date.today()
+    child = world.enrol(token, "Lou", today.replace(year=today.year - 8), reps=(parent.ins,))
+    adult = world.enrol(token, "Max", today.replace(year=today.year - 25), reps=(parent.ins,))
+    status, body = world.api(token, "POST", f"/api/patients/{child.ins}/messages",
+                             {"subject": "Vaccins de Lou", "body": "Le rappel est à faire."})
+    assert status == 201
+    browser = Browserless(env)
+    assert browser.sign_in(parent).status_code == 303
+    page = text(browser.get(f"/espace/records/{child.ins}/messages"))
+    assert "Vaccins de Lou" in page and "profil enfant" in page
+    response = browser.post(f"/espace/records/{child.ins}/messages/{body['conversation']}",
+                            {"csrf": csrf_of(page), "body": "Rendez-vous pris, merci."})
+    assert response.status_code == 303
+    response = browser.post(f"/espace/records/{child.ins}/health", {
+        "csrf": csrf_of(page), "kind": "measure", "measure": "height", "value": "128",
+        "date": today.strftime("%d/%m/%Y")})
+    assert response.status_code == 303
+    status, read = world.api(token, "GET", f"/api/patients/{child.ins}/messages")
+    assert read["conversations"][0]["messages"][-1]["author_id"] == parent.ins
+    status, health = world.api(token, "GET", f"/api/patients/{child.ins}/health")
+    assert health["entries"][0]["written_by"] == parent.ins
+    for path in ("documents", "health", "messages", "shares"):
+        response = browser.get(f"/espace/records/{adult.ins}/{path}")
+        assert response.status_code == 403, path
+    before = count(env, HealthEntry)
+    response = browser.post(f"/espace/records/{adult.ins}/health", {
+        "csrf": csrf_of(page), "kind": "allergy", "name": "Latex",
+        "date": today.strftime("%d/%m/%Y")})
+    assert response.status_code == 403 and count(env, HealthEntry) == before
+
+
+def space_actor_pro(world: World, token: str) -> Any:  # noqa: F811
+    from cps_login.access import Actor
+
+    me = world.api(token, "GET", "/api/whoami")[1]
+    return Actor("professional", me["national_id"], me["profession_code"])
