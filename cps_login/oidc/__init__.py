@@ -1,7 +1,8 @@
 """The broker as an OpenID Connect provider (issue 14): see docs/oidc.md.
 
 ``install(app, services, clock)`` adds the provider to the broker app: its state in Redis when
-the broker has ``redis_url`` (replicas), else in the store (``oidc_state``).
+the broker has ``redis_url`` (replicas), else in the broker's memory (one worker, like its
+challenges), or in the store with ``"extra": {"oidc_state": "store"}`` (cps_login.oidc.state).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
     from cps_login.oidc import web
     from cps_login.oidc.provider import Provider
-    from cps_login.oidc.state import RedisState, SharedState, StoreState
+    from cps_login.oidc.state import MemoryState, RedisState, SharedState, StoreState
 
     config = services.config
     state: SharedState
@@ -28,8 +29,10 @@ def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
         from cps_login.services import redis_client
 
         state = RedisState(redis_client(config.redis_url), config.redis_prefix)
-    else:
+    elif config.extra.get("oidc_state") == "store":
         state = StoreState(services.store, clock)
+    else:
+        state = MemoryState(clock)
     provider = Provider(services, state, clock)
     app.extensions[web.EXTENSION] = provider
     app.register_blueprint(web.bp)

@@ -41,7 +41,7 @@ from sqlalchemy import select
 
 from cps_login.claims_psc import AuthContext
 from cps_login.errors import CredentialRefused, TokenInvalid
-from cps_login.oidc.claims import claims_for
+from cps_login.oidc.claims import Claims
 from cps_login.oidc.clients import Client, ClientRegistry
 from cps_login.oidc.state import SharedState, Value
 from cps_login.oidc.subject import Subject, digest, half_hash, sign_jwt
@@ -289,6 +289,7 @@ class Provider:
         self.clock = clock
         self.issuer = services.config.issuer.rstrip("/")
         self.clients = ClientRegistry(services.store)
+        self._claims = Claims(services.store)
         server = _Server(query_client=self.clients.query, save_token=self.save_token)
         server.register_token_generator("default", self.generate_token)
         server.register_client_auth_method("private_key_jwt", _PrivateKeyJwt(self))
@@ -317,7 +318,7 @@ class Provider:
         return self.services.tokens.jwks()
 
     def user_claims(self, subject: Subject) -> dict[str, Any]:
-        return claims_for(self.services.store, subject)
+        return self._claims(subject)
 
     def subject_of_token(self, claims: dict[str, Any], sid: str) -> Subject:
         """Who a broker access token speaks for, and how they authenticated (the token's own

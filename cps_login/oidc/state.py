@@ -1,8 +1,10 @@
-"""The provider's shared state: login transactions, codes, refresh tokens, CIBA requests.
+"""The provider's state: login transactions, codes, refresh tokens, CIBA requests.
 
-One small contract, two backends, so that every broker replica (and every gunicorn worker)
-sees the same state: the store (``oidc_state``, when no Redis is configured) and Redis (the
-broker's ``redis_url``, as challenges use it). A value is a JSON object under a key, with an
+One small contract, three backends, chosen like the login challenges' store: Redis (the
+broker's ``redis_url``) shared by every replica and worker; without Redis the broker runs one
+worker, and the state lives in its memory (``MemoryState``, bounded in bytes) — or, with
+``"extra": {"oidc_state": "store"}`` in login.json, in the store's ``oidc_state`` table
+(replicas sharing a PostgreSQL store; their challenges then need Redis all the same). A value is a JSON object under a key, with an
 expiry in seconds of the injected clock; it changes only by compare-and-set, so of two
 concurrent uses of one code or one ``auth_req_id`` exactly one wins.
 
@@ -17,11 +19,13 @@ Values are serialised canonically (sorted keys), so "unchanged" is "the same tex
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Protocol
 
 from sqlalchemy import delete, insert, select, update
 
 from cps_login.challenges import redis_guard
+from cps_login.errors import SharedStateUnavailable
 from cps_login.oidc.models import OidcState
 from pki.clock import Clock
 from pki.errors import Duplicate
@@ -40,6 +44,68 @@ class SharedState(Protocol):
     def get(self, key: str) -> Value | None: ...
 
     def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool: ...
+
+
+class MemoryState:
+    """One process: a dict under a lock, expired values swept when the byte budget is reached
+    (then ``SharedStateUnavailable``, 503, rather than unbounded memory: authorization requests
+    come from anonymous browsers)."""
+
+    def __init__(self, clock: Clock, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._clock = clock
+        self._values: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._max = max_bytes
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
+
+    @staticmethod
+    def _cost(key: str, text: str) -> int:
+        return 200 + len(key) + len(text)
+
+    def _set(self, key: str, text: str | None, ttl: int) -> None:
+        old = self._values.pop(key, None)
+        if old is not None:
+            self._bytes -= self._cost(key, old[0])
+        if text is not None:
+            self._values[key] = (text, self._now() + ttl)
+            self._bytes += self._cost(key, text)
+
+    def _sweep(self) -> None:
+        now = self._now()
+        for key in [k for k, (_, exp) in self._values.items() if exp <= now]:
+            self._set(key, None, 0)
+
+    def put(self, key: str, value: Value, ttl: int) -> bool:
+        text = _text(value)
+        with self._lock:
+            current = self._values.get(key)
+            if current is not None and current[1] > self._now():
+                return False
+            if self._bytes + self._cost(key, text) > self._max:
+                self._sweep()
+                if self._bytes + self._cost(key, text) > self._max:
+                    raise SharedStateUnavailable("oidc state: memory budget reached")
+            self._set(key, text, ttl)
+        return True
+
+    def get(self, key: str) -> Value | None:
+        with self._lock:
+            current = self._values.get(key)
+        if current is None or current[1] <= self._now():
+            return None
+        value = json.loads(current[0])
+        return value if isinstance(value, dict) else None
+
+    def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool:
+        with self._lock:
+            current = self._values.get(key)
+            if current is None or current[0] != _text(old) or current[1] <= self._now():
+                return False
+            self._set(key, None if new is None else _text(new), ttl)
+        return True
 
 
 class StoreState:

@@ -1,0 +1,296 @@
+"""OpenID Connect code-flow logins per CPU-second of the broker role, over HTTP.
+
+    .venv/bin/python bench/oidc.py [--logins 1500] [--cards 100] [--threads 6] [--redis URL]
+
+The roles as deployed: a fresh SoftHSM home (SQLite); the signer and the status role as their
+own processes (OCSP pre-signed, live revocation over HTTP), and the broker role as its own
+process (``cps-admin serve --role broker``, gunicorn, one worker without Redis; with
+``--redis`` two workers sharing challenges and the provider's state in Redis). One confidential
+client (client_secret_basic) is registered as the officer does.
+
+One login, every step over HTTP as a relying service, a browser and the local agent make them:
+``GET /oidc/authorize`` (client, redirect URI, PKCE S256, nonce checked; transaction stored,
+cookie set) → ``GET /oidc/tx/<tx>/challenge`` → card proof ``POST /oidc/tx/<tx>/proof``
+(signature, path, usage, key location, LIVE OCSP revocation from the status process, audit
+record) → ``GET /oidc/tx/<tx>/continue`` (cookie + one-time key; code stored) →
+``POST /oidc/token`` (client authenticated, code used once, PKCE verified, ES256 ID token and
+RFC 9068 access token signed in SoftHSM's broker token, refresh token stored). The card's own
+signature is made by this process with a software RSA-2048 key (a card takes ~150 ms for it,
+nothing of which is the broker's).
+
+Figures: logins per CPU-second of the broker role's processes (user + system of the gunicorn
+arbiter and workers, from /proc), beside, in the same run against the same broker, the card
+login of the broker's own protocol (``/login/challenge`` + ``/login``: the same proof checks,
+one token) — and beside Keycloak's published sizing guidance, about 15 password-based logins
+per second per vCPU (a reference point from its documentation, not measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from bench.harness import tree
+from bench.login import ROOT, cpu_seconds, free_port, make_cards, start_role, wait_health
+from cps_login.oidc.clients import register
+from cps_login.proof import login_message
+from pki.ca.authority import Authority
+from pki.ca.hierarchy import init_home
+
+ASYNCIO_BROKER = """
+import sys, threading
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from bench.login import serve
+from cps_login.config import LoginConfig
+from cps_login.web import create_broker_app
+from pki.http.server import HttpServer
+serve(HttpServer([], create_broker_app(LoginConfig.from_home(Path(sys.argv[1])))),
+      int(sys.argv[2]))
+print("ready", flush=True)
+threading.Event().wait()
+"""
+KEYCLOAK_PER_VCPU = 15.0       # password logins/s per vCPU, Keycloak's sizing guidance
+REDIRECT = "https://service.example/cb"
+Card = tuple[rsa.RSAPrivateKey, bytes]
+
+
+class Client:
+    """A relying service + browser + agent on one keep-alive connection to the broker."""
+
+    def __init__(self, port: int, issuer: str, client_id: str, secret: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.issuer = issuer
+        self.client_id = client_id
+        self.basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        self.conn.request(method, path, body=body, headers=headers or {})
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def oidc_login(self, card: Card) -> dict[str, Any]:
+        key, der = card
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()
+                                             ).rstrip(b"=").decode()
+        query = urlencode({"response_type": "code", "client_id": self.client_id,
+                           "redirect_uri": REDIRECT, "scope": "openid",
+                           "state": secrets.token_hex(8), "nonce": secrets.token_hex(8),
+                           "code_challenge": challenge, "code_challenge_method": "S256"})
+        status, headers, page = self.call("GET", "/oidc/authorize?" + query)
+        found = re.search(rb"tx=([A-Za-z0-9_-]+)", page)
+        if status != 200 or found is None:
+            raise RuntimeError(f"authorize: {status} {page[:200]!r}")
+        tx = found.group(1).decode()
+        cookie = headers["set-cookie"].split(";", 1)[0]
+        status, _, raw = self.call("GET", f"/oidc/tx/{tx}/challenge")
+        ch = json.loads(raw)["challenge"]
+        signature = key.sign(login_message(base64.b64decode(ch), self.issuer),
+                             padding.PKCS1v15(), hashes.SHA256())
+        body = json.dumps({"certificate": base64.b64encode(der).decode(), "challenge": ch,
+                           "signature": base64.b64encode(signature).decode()}).encode()
+        status, _, raw = self.call("POST", f"/oidc/tx/{tx}/proof", body,
+                                   {"Content-Type": "application/json"})
+        if status != 200:
+            raise RuntimeError(f"proof: {status} {raw[:200]!r}")
+        target = urlsplit(json.loads(raw)["continue"])
+        status, headers, _ = self.call("GET", f"{target.path}?{target.query}",
+                                       headers={"Cookie": cookie})
+        if status != 302:
+            raise RuntimeError(f"continue: {status}")
+        code = parse_qs(urlsplit(headers["location"]).query)["code"][0]
+        form = urlencode({"grant_type": "authorization_code", "code": code,
+                          "redirect_uri": REDIRECT, "code_verifier": verifier}).encode()
+        status, _, raw = self.call("POST", "/oidc/token", form, {
+            "Authorization": self.basic,
+            "Content-Type": "application/x-www-form-urlencoded"})
+        if status != 200:
+            raise RuntimeError(f"token: {status} {raw[:200]!r}")
+        tokens: dict[str, Any] = json.loads(raw)
+        return tokens
+
+    def plain_login(self, card: Card) -> None:
+        key, der = card
+        status, _, raw = self.call("POST", "/login/challenge")
+        ch = json.loads(raw)["challenge"]
+        signature = key.sign(login_message(base64.b64decode(ch), self.issuer),
+                             padding.PKCS1v15(), hashes.SHA256())
+        body = json.dumps({"certificate": base64.b64encode(der).decode(), "challenge": ch,
+                           "signature": base64.b64encode(signature).decode()}).encode()
+        status, _, raw = self.call("POST", "/login", body, {"Content-Type": "application/json"})
+        if status != 200:
+            raise RuntimeError(f"login: {status} {raw[:200]!r}")
+
+
+def request_floor(make: Any, pid: int, count: int = 2000) -> float:
+    """Broker CPU seconds per ``GET /health`` (gunicorn + Flask + the app's wrappers)."""
+    client = make()
+    cpu0 = broker_cpu(pid)
+    for _ in range(count):
+        client.call("GET", "/health")
+    return (broker_cpu(pid) - cpu0) / count
+
+
+def broker_cpu(pid: int) -> float:
+    total = 0.0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def run_logins(make: Any, cards: list[Card], count: int, threads: int, plain: bool,
+               pid: int) -> tuple[float, float]:
+    """(logins per broker CPU-second, logins per wall second)."""
+    clients = [make() for _ in range(threads)]
+    counter = iter(range(count))
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def worker(client: Client) -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None or errors:
+                return
+            try:
+                (client.plain_login if plain else client.oidc_login)(cards[i % len(cards)])
+            except Exception as exc:
+                errors.append(repr(exc))
+                return
+
+    cpu0, t0 = broker_cpu(pid), time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(c,)) for c in clients]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall, cpu = time.perf_counter() - t0, broker_cpu(pid) - cpu0
+    if errors:
+        raise RuntimeError(errors[0])
+    return count / cpu, count / wall
+
+
+def start_broker(kind: str, home: Path, port: int, redis: str | None
+                 ) -> subprocess.Popen[bytes]:
+    if kind == "gunicorn":
+        extra = ["--redis", redis, "--workers", "2"] if redis else ["--workers", "1"]
+        return start_role(home, None, "broker", "--port", str(port), *extra)
+    log = open(home / "run" / "bench-broker-asyncio.log", "wb")  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-c", ASYNCIO_BROKER, str(home), str(port),
+                             str(ROOT)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def measure(kind: str, home: Path, port: int, args: argparse.Namespace, cards: list[Card],
+            client_id: str, secret: str) -> None:
+    issuer = f"http://127.0.0.1:{port}"
+    broker = start_broker(kind, home, port, args.redis)
+    try:
+        wait_health(issuer, broker)
+
+        def make() -> Client:
+            return Client(port, issuer, client_id, secret)
+
+        warm = make()
+        for _attempt in range(600):       # until the signer has pre-signed every card
+            try:
+                for card in cards:
+                    warm.plain_login(card)
+                break
+            except (RuntimeError, OSError):
+                time.sleep(0.5)
+                warm = make()
+        for card in cards[:20]:
+            warm.oidc_login(card)
+        server = ("gunicorn (the broker role as deployed: cps-admin serve --role broker, "
+                  + ("2 workers, Redis)" if args.redis else "1 worker, state in memory)")
+                  if kind == "gunicorn" else
+                  "the project's asyncio HTTP server (pki.http.server, as bench/login.py "
+                  "serves the broker app), state in memory")
+        print(f"--- broker on {server}")
+        plain_cpu, _ = run_logins(make, cards, args.logins, args.threads, True, broker.pid)
+        oidc_cpu, oidc_wall = run_logins(make, cards, args.logins, args.threads, False,
+                                         broker.pid)
+        floor = request_floor(make, broker.pid)
+        print(f"OIDC code flow (authorize, challenge, card proof, continue, token): "
+              f"{oidc_cpu:6.0f} logins per broker CPU-second ({1e6 / oidc_cpu:5.0f} µs); "
+              f"{oidc_wall:5.0f}/s wall; {args.logins} logins; goal >= 500")
+        print(f"same broker, its own card login (/login/challenge + /login), same run: "
+              f"{plain_cpu:6.0f} logins per broker CPU-second ({1e6 / plain_cpu:5.0f} µs); "
+              f"OIDC/own = {oidc_cpu / plain_cpu:.2f}")
+        print(f"HTTP floor of this server: {floor * 1e6:.0f} µs CPU per request "
+              f"(GET /health); a code-flow login makes 5 requests, the own card login 2")
+        print(f"reference: Keycloak's published sizing guidance, ~{KEYCLOAK_PER_VCPU:.0f} "
+              f"password-based logins per second per vCPU (not measured here): "
+              f"OIDC card logins here = {oidc_cpu / KEYCLOAK_PER_VCPU:.0f}x that")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(broker.pid, signal.SIGTERM)
+        broker.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--logins", type=int, default=1500)
+    parser.add_argument("--cards", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=6)
+    parser.add_argument("--server", choices=("gunicorn", "asyncio", "both"), default="both")
+    parser.add_argument("--redis", default=None, help="Redis URL: two gunicorn workers")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-oidc-"))
+    home = tmp / "home"
+    port, broker_port = free_port(), free_port()
+    base, issuer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{broker_port}"
+    init_home(home, key_type="rsa2048", base_url=base)
+    (home / "run").mkdir(exist_ok=True, mode=0o700)
+    login_json = {"issuer": issuer, "redis_prefix": f"bench-oidc-{secrets.token_hex(4)}:"}
+    (home / "login.json").write_text(json.dumps(login_json))
+    auth = Authority.open(home)
+    cards = make_cards(auth, args.cards)
+    client = register(auth.store, name="Bench service", redirect_uris=[REDIRECT])
+    auth.close()
+    procs = [start_role(home, None, "signer"),
+             start_role(home, None, "status", "--port", str(port))]
+    try:
+        wait_health(base, procs[1])
+        print(f"home: {home}  cards: {args.cards} (RSA-2048)  client threads: {args.threads}"
+              f"  CPU cores: {os.cpu_count()}  load average: {os.getloadavg()[0]:.1f}")
+        kinds = ("gunicorn", "asyncio") if args.server == "both" else (args.server,)
+        for kind in kinds:
+            measure(kind, home, broker_port, args, cards, client.client_id,
+                    str(client.client_secret))
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
