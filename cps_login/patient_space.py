@@ -54,6 +54,46 @@ _AD = b"cps-message-v1:"
 
 class MessageUnreadable(PkiError):
     code = "message_unreadable"
+    http_status = 500
+
+
+# Why a patient's or professional's input is refused: ``Refused(key, **fields)`` carries the key,
+# so the pages say it in their language (cps_login/pages/i18n.py ``invalid.<key>``); the JSON
+# API gives this English text.
+REFUSALS = {
+    "file_empty": "the file is empty",
+    "file_too_large": "the file is too large: {size} bytes, at most {max}",
+    "file_type": "only PDF, PNG and JPEG files are accepted; this file is none of them",
+    "file_disguised": "the file is named '{name}' but its content is {type}",
+    "pdf_truncated": "the PDF is truncated (no end-of-file marker)",
+    "pdf_active": "the PDF contains active content ({what}); print it to a plain PDF first",
+    "pdf_unreadable": "the PDF cannot be read ({detail})",
+    "pdf_no_page": "the PDF has no page",
+    "image_too_large": "the image is too large: {width}x{height} pixels",
+    "image_unreadable": "the image cannot be read ({detail})",
+    "image_mismatch": "the image's content ({format}) does not match its type",
+    "required": "{field} is required",
+    "too_long": "{field} is too long: {length} characters, at most {max}",
+    "health_kind": "kind must be one of {kinds}",
+    "date_future": "the date is in the future",
+    "date_too_old": "the date is before 1900",
+    "measure_unknown": "unknown measure '{name}'; known: {known}",
+    "measure_value": "a {name} needs a value in {unit}",
+    "measure_range": "{name} {value} {unit} is outside the plausible range {min}–{max} {unit}",
+    "measure_two": "a {name} needs two values (systolic/diastolic)",
+    "diastolic_below": "the diastolic pressure must be below the systolic",
+    "share_days": "a share lasts 1 to {max} days, not {days}",
+    "document_kind": "kind must be document or upload",
+}
+
+
+class Refused(InvalidInput):
+    """Bad input, with the key and fields to say it in the page's language."""
+
+    def __init__(self, key: str, **fields: Any) -> None:
+        super().__init__(REFUSALS[key].format(**fields))
+        self.key = key
+        self.fields = fields
 
 
 @functools.cache
@@ -100,16 +140,16 @@ def check_file(filename: str, data: bytes, max_bytes: int) -> CheckedFile:
     type, and that it parses; refused with a message naming the problem."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()[:128] or "document"
     if not data:
-        raise InvalidInput("the file is empty")
+        raise Refused("file_empty")
     if len(data) > max_bytes:
-        raise InvalidInput(f"the file is too large: {len(data)} bytes, at most {max_bytes}")
+        raise Refused("file_too_large", size=len(data), max=max_bytes)
     media_type = _sniff(data)
     if media_type is None:
-        raise InvalidInput("only PDF, PNG and JPEG files are accepted; this file is none of them")
+        raise Refused("file_type")
     expected = {"pdf": "application/pdf", "png": "image/png", "jpg": "image/jpeg",
                 "jpeg": "image/jpeg"}.get(name.rsplit(".", 1)[-1].lower() if "." in name else "")
     if expected is not None and expected != media_type:
-        raise InvalidInput(f"the file is named {name!r} but its content is {media_type}")
+        raise Refused("file_disguised", name=name, type=media_type)
     if media_type == "application/pdf":
         _check_pdf(data)
     else:
@@ -135,18 +175,17 @@ def _check_pdf(data: bytes) -> None:
     from pyhanko.pdf_utils.reader import PdfFileReader
 
     if b"%%EOF" not in data[-2048:]:
-        raise InvalidInput("the PDF is truncated (no end-of-file marker)")
+        raise Refused("pdf_truncated")
     for marker in _ACTIVE_PDF:
         if marker in data:
-            raise InvalidInput(f"the PDF contains active content ({marker.decode()[1:]}); "
-                               "print it to a plain PDF first")
+            raise Refused("pdf_active", what=marker.decode()[1:])
     try:
         reader = PdfFileReader(io.BytesIO(data), strict=False)
         pages = int(reader.root["/Pages"]["/Count"])
     except (PdfError, KeyError, TypeError, ValueError, IndexError) as exc:
-        raise InvalidInput(f"the PDF cannot be read ({str(exc)[:80]})") from None
+        raise Refused("pdf_unreadable", detail=str(exc)[:80]) from None
     if pages < 1:
-        raise InvalidInput("the PDF has no page")
+        raise Refused("pdf_no_page")
 
 
 def _check_image(data: bytes, media_type: str) -> None:
@@ -158,23 +197,23 @@ def _check_image(data: bytes, media_type: str) -> None:
             fmt = image.format
             width, height = image.size
             if width * height > max_pixels:
-                raise InvalidInput(f"the image is too large: {width}x{height} pixels")
+                raise Refused("image_too_large", width=width, height=height)
             image.verify()
     except InvalidInput:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as exc:
-        raise InvalidInput(f"the image cannot be read ({str(exc)[:80]})") from None
+        raise Refused("image_unreadable", detail=str(exc)[:80]) from None
     if {"PNG": "image/png", "JPEG": "image/jpeg"}.get(fmt or "") != media_type:
-        raise InvalidInput(f"the image's content ({fmt}) does not match its type")
+        raise Refused("image_mismatch", format=fmt)
 
 
 def check_text(text: str, field: str, max_chars: int, required: bool = True) -> str:
     value = (text or "").strip()
     if required and not value:
-        raise InvalidInput(f"{field} is required")
+        raise Refused("required", field=field)
     if len(value) > max_chars:
-        raise InvalidInput(f"{field} is too long: {len(value)} characters, at most {max_chars}")
+        raise Refused("too_long", field=field, length=len(value), max=max_chars)
     return value
 
 
@@ -192,33 +231,33 @@ def check_health(entry: HealthInput, today: dt.date) -> tuple[float | None, floa
                                                               str | None]:
     """(value, value2, unit) of a valid entry; InvalidInput naming the field otherwise."""
     if entry.kind not in HEALTH_KINDS:
-        raise InvalidInput(f"kind must be one of {', '.join(HEALTH_KINDS)}")
+        raise Refused("health_kind", kinds=", ".join(HEALTH_KINDS))
     if entry.on_date > today:
-        raise InvalidInput("the date is in the future")
+        raise Refused("date_future")
     if entry.on_date < dt.date(1900, 1, 1):
-        raise InvalidInput("the date is before 1900")
+        raise Refused("date_too_old")
     check_text(entry.note, "note", 500, required=False)
     if entry.kind != "measure":
         check_text(entry.name, "allergy" if entry.kind == "allergy" else "vaccine", 128)
         return None, None, None
     spec = health_data()["measures"].get(entry.name)
     if spec is None:
-        raise InvalidInput(f"unknown measure {entry.name!r}; known: "
-                           f"{', '.join(sorted(health_data()['measures']))}")
+        raise Refused("measure_unknown", name=entry.name,
+                      known=", ".join(sorted(health_data()["measures"])))
     unit = str(spec["unit"])
     if entry.value is None:
-        raise InvalidInput(f"a {entry.name} needs a value in {unit}")
+        raise Refused("measure_value", name=entry.name, unit=unit)
     if not spec["min"] <= entry.value <= spec["max"]:
-        raise InvalidInput(f"{entry.name} {entry.value:g} {unit} is outside the plausible "
-                           f"range {spec['min']:g}–{spec['max']:g} {unit}")
+        raise Refused("measure_range", name=entry.name, value=f"{entry.value:g}", unit=unit,
+                      min=f"{spec['min']:g}", max=f"{spec['max']:g}")
     if "min2" in spec:
         if entry.value2 is None:
-            raise InvalidInput(f"a {entry.name} needs two values (systolic/diastolic)")
+            raise Refused("measure_two", name=entry.name)
         if not spec["min2"] <= entry.value2 <= spec["max2"]:
-            raise InvalidInput(f"diastolic {entry.value2:g} {unit} is outside the plausible "
-                               f"range {spec['min2']:g}–{spec['max2']:g} {unit}")
+            raise Refused("measure_range", name="diastolic", value=f"{entry.value2:g}",
+                          unit=unit, min=f"{spec['min2']:g}", max=f"{spec['max2']:g}")
         if entry.value2 >= entry.value:
-            raise InvalidInput("the diastolic pressure must be below the systolic")
+            raise Refused("diastolic_below")
         return entry.value, entry.value2, unit
     return entry.value, None, unit
 
@@ -517,7 +556,7 @@ class PatientSpace:
     # --- shared summaries ----------------------------------------------------------------
     def share(self, actor_ins: str, ins: str, national_id: str, days: int) -> int:
         if not 1 <= days <= SHARE_DAYS_MAX:
-            raise InvalidInput(f"a share lasts 1 to {SHARE_DAYS_MAX} days, not {days}")
+            raise Refused("share_days", max=SHARE_DAYS_MAX, days=days)
         actor = Actor("patient", actor_ins)
         with self._store.session() as session:
             pro = self._records.professional(session, national_id.strip())
@@ -604,7 +643,7 @@ class PatientSpace:
         """Hide a document (``document`` of a professional or ``upload`` of the patient) from
         one professional, or show it to them again; audited."""
         if kind not in ("document", "upload"):
-            raise InvalidInput("kind must be document or upload")
+            raise Refused("document_kind")
         actor = Actor("patient", actor_ins)
         self._allowed(ins, actor, "control")
         with self._store.session() as session:

@@ -328,6 +328,66 @@ CATALOGUE: dict[str, dict[str, str]] = {
                         "en": "the duration must be 1 to {max} days"},
     "done.shared": {"fr": "Votre résumé est partagé.", "en": "Your summary is shared."},
     "done.revoked": {"fr": "Le partage est révoqué.", "en": "The share is revoked."},
+    # --- why input was refused (cps_login.patient_space.REFUSALS) ---------------------------
+    "field.subject": {"fr": "le sujet", "en": "the subject"},
+    "field.message": {"fr": "le message", "en": "the message"},
+    "field.title": {"fr": "le titre", "en": "the title"},
+    "field.note": {"fr": "la précision", "en": "the note"},
+    "field.allergy": {"fr": "la substance", "en": "the substance"},
+    "field.vaccine": {"fr": "le vaccin", "en": "the vaccine"},
+    "field.diastolic": {"fr": "diastolique", "en": "diastolic"},
+    "invalid.file_empty": {"fr": "le fichier est vide", "en": "the file is empty"},
+    "invalid.file_too_large": {"fr": "le fichier est trop volumineux : {size} octets, {max} au "
+                                     "plus",
+                               "en": "the file is too large: {size} bytes, at most {max}"},
+    "invalid.file_type": {"fr": "seuls les fichiers PDF, PNG et JPEG sont acceptés ; ce fichier "
+                                "n'en est pas un",
+                          "en": "only PDF, PNG and JPEG files are accepted; this file is none "
+                                "of them"},
+    "invalid.file_disguised": {"fr": "le fichier s'appelle « {name} » mais son contenu est "
+                                     "{type}",
+                               "en": "the file is named '{name}' but its content is {type}"},
+    "invalid.pdf_truncated": {"fr": "le PDF est tronqué (pas de marque de fin)",
+                              "en": "the PDF is truncated (no end-of-file marker)"},
+    "invalid.pdf_active": {"fr": "le PDF contient du contenu actif ({what}) ; imprimez-le en "
+                                 "PDF simple d'abord",
+                           "en": "the PDF contains active content ({what}); print it to a "
+                                 "plain PDF first"},
+    "invalid.pdf_unreadable": {"fr": "le PDF est illisible ({detail})",
+                               "en": "the PDF cannot be read ({detail})"},
+    "invalid.pdf_no_page": {"fr": "le PDF n'a aucune page", "en": "the PDF has no page"},
+    "invalid.image_too_large": {"fr": "l'image est trop grande : {width}x{height} pixels",
+                                "en": "the image is too large: {width}x{height} pixels"},
+    "invalid.image_unreadable": {"fr": "l'image est illisible ({detail})",
+                                 "en": "the image cannot be read ({detail})"},
+    "invalid.image_mismatch": {"fr": "le contenu de l'image ({format}) ne correspond pas à son "
+                                     "type",
+                               "en": "the image's content ({format}) does not match its type"},
+    "invalid.required": {"fr": "{field} est obligatoire", "en": "{field} is required"},
+    "invalid.too_long": {"fr": "{field} est trop long : {length} caractères, {max} au plus",
+                         "en": "{field} is too long: {length} characters, at most {max}"},
+    "invalid.health_kind": {"fr": "type de donnée inconnu (attendu : {kinds})",
+                            "en": "kind must be one of {kinds}"},
+    "invalid.date_future": {"fr": "la date est dans le futur", "en": "the date is in the future"},
+    "invalid.date_too_old": {"fr": "la date est antérieure à 1900",
+                             "en": "the date is before 1900"},
+    "invalid.measure_unknown": {"fr": "mesure inconnue « {name} » (connues : {known})",
+                                "en": "unknown measure '{name}'; known: {known}"},
+    "invalid.measure_value": {"fr": "{name} : une valeur en {unit} est nécessaire",
+                              "en": "a {name} needs a value in {unit}"},
+    "invalid.measure_range": {"fr": "{name} {value} {unit} est hors de l'intervalle plausible "
+                                    "{min}–{max} {unit}",
+                              "en": "{name} {value} {unit} is outside the plausible range "
+                                    "{min}–{max} {unit}"},
+    "invalid.measure_two": {"fr": "{name} : deux valeurs sont nécessaires "
+                                  "(systolique/diastolique)",
+                            "en": "a {name} needs two values (systolic/diastolic)"},
+    "invalid.diastolic_below": {"fr": "la pression diastolique doit être inférieure à la "
+                                      "systolique",
+                                "en": "the diastolic pressure must be below the systolic"},
+    "invalid.share_days": {"fr": "un partage dure de 1 à {max} jours, pas {days}",
+                           "en": "a share lasts 1 to {max} days, not {days}"},
+    "invalid.document_kind": {"fr": "type de document inconnu", "en": "unknown kind of document"},
     # --- consent (controls) ------------------------------------------------------------
     "controls.consent.title": {"fr": "Consentement", "en": "Consent"},
     "controls.consent.intro": {"fr": "Un professionnel hors de votre équipe de soins peut "

@@ -33,7 +33,13 @@ from cps_login.pages.views import (
     bp,
     t,
 )
-from cps_login.patient_space import SHARE_DAYS_MAX, HealthInput, health_data, limits
+from cps_login.patient_space import (
+    SHARE_DAYS_MAX,
+    HealthInput,
+    Refused,
+    health_data,
+    limits,
+)
 from pki.errors import InvalidInput, NotAuthorised, NotFound
 
 SHARE_DAYS = (1, 7, 30, 90)
@@ -66,6 +72,21 @@ def _refusing(exc: Exception) -> PageRefused:
     if isinstance(exc, NotAuthorised):
         return PageRefused(403, "error.forbidden", exc.rule, audit=False)
     return PageRefused(404, "error.not_found", "unknown_target")
+
+
+def _say(exc: InvalidInput) -> str:
+    """Why input was refused, in the page's language when the service said it with a key."""
+    if not isinstance(exc, Refused):
+        return str(exc)
+    fields = dict(exc.fields)
+    if "field" in fields:
+        fields["field"] = t(f"field.{fields['field']}")
+    if "name" in fields and exc.key.startswith("measure"):
+        spec = health_data()["measures"].get(fields["name"])
+        fields["name"] = (spec["label"][g.lang].lower() if spec is not None
+                          else t("field.diastolic") if fields["name"] == "diastolic"
+                          else fields["name"])
+    return t(f"invalid.{exc.key}", **fields)
 
 
 def _done() -> str | None:
@@ -125,7 +146,7 @@ def upload(ins: str) -> tuple[str, int] | Response:
         _space().upload(session.ins, rec["ins"], request.form.get("title", ""),
                         file.filename or "", file.read(int(limits()["upload_max_bytes"]) + 1))
     except InvalidInput as exc:
-        return _documents_page(ins, str(exc), 400)
+        return _documents_page(ins, _say(exc), 400)
     except NotAuthorised as exc:
         raise _refusing(exc) from None
     return redirect(url_for("pages.documents", ins=rec["ins"], done="uploaded"), 303)
@@ -161,7 +182,7 @@ def document_visibility(ins: str) -> tuple[str, int] | Response:
         else:
             raise PageRefused(400, "error.bad_request", "unknown_change", {"change": change[:32]})
     except InvalidInput as exc:
-        return _documents_page(ins, str(exc), 400)
+        return _documents_page(ins, _say(exc), 400)
     except NotFound:
         return _documents_page(ins, t("documents.unknown_pro"), 400)
     except NotAuthorised as exc:
@@ -291,7 +312,7 @@ def health_post(ins: str) -> tuple[str, int] | Response:
                             _number(form["value2"], "value2"), form["note"])
         _space().add_health(session.ins, rec["ins"], entry)
     except InvalidInput as exc:
-        return _health_page(ins, str(exc), 400, form)
+        return _health_page(ins, _say(exc), 400, form)
     except NotAuthorised as exc:
         raise _refusing(exc) from None
     return redirect(url_for("pages.health", ins=rec["ins"], done="health"), 303)
@@ -339,7 +360,7 @@ def reply(ins: str, conversation_id: int) -> tuple[str, int] | Response:
         _space().send(Actor("patient", session.ins), rec["ins"], conversation_id,
                       request.form.get("body", ""), attachment)
     except InvalidInput as exc:
-        return _messages_page(ins, str(exc), 400)
+        return _messages_page(ins, _say(exc), 400)
     except NotAuthorised as exc:
         raise _refusing(exc) from None
     except NotFound:
@@ -409,7 +430,7 @@ def share_post(ins: str) -> tuple[str, int] | Response:
             raise InvalidInput(t("shares.bad_days", max=SHARE_DAYS_MAX))
         _space().share(session.ins, rec["ins"], request.form.get("target", "")[:32], days)
     except InvalidInput as exc:
-        return _shares_page(ins, str(exc), 400)
+        return _shares_page(ins, _say(exc), 400)
     except NotFound:
         return _shares_page(ins, t("documents.unknown_pro"), 400)
     except NotAuthorised as exc:

@@ -81,7 +81,7 @@ def test_measure_out_of_range_is_refused_and_nothing_stored(signed_in: Any,
         "csrf": csrf, "kind": "measure", "measure": "weight", "value": "950",
         "date": dt.date.today().strftime("%d/%m/%Y")})
     assert response.status_code == 400
-    assert "outside the plausible range 0.3–400 kg" in text(response)
+    assert "poids 950 kg est hors de l'intervalle plausible 0.3–400 kg" in text(response)
     assert "Refusé, rien n'a été enregistré" in text(response)
     response = browser.post(f"/espace/records/{patient.ins}/health", {
         "csrf": csrf, "kind": "measure", "measure": "weight", "value": "70",
@@ -112,8 +112,8 @@ def test_upload_then_view_and_download_in_the_history(signed_in: Any,
 
 
 @pytest.mark.parametrize(("name", "data", "message"), [
-    ("photo.pdf", png(), "named 'photo.pdf' but its content is image/png"),
-    ("run.pdf", b"#!/bin/sh\n", "only PDF, PNG and JPEG"),
+    ("photo.pdf", png(), "le fichier s'appelle « photo.pdf » mais son contenu est image/png"),
+    ("run.pdf", b"#!/bin/sh\n", "seuls les fichiers PDF, PNG et JPEG sont acceptés"),
 ])
 def test_disguised_upload_is_refused(signed_in: Any, env: Env, name: str, data: bytes,  # noqa: F811
                                      message: str) -> None:
@@ -285,3 +285,17 @@ def space_actor_pro(world: World, token: str) -> Any:  # noqa: F811
 
     me = world.api(token, "GET", "/api/whoami")[1]
     return Actor("professional", me["national_id"], me["profession_code"])
+
+
+def test_every_refusal_is_said_in_both_languages() -> None:
+    import string
+
+    from cps_login.pages.i18n import CATALOGUE
+    from cps_login.patient_space import REFUSALS
+
+    def fields(text: str) -> set[str]:
+        return {f for _, f, _, _ in string.Formatter().parse(text) if f}
+
+    for key, english in REFUSALS.items():
+        entry = CATALOGUE[f"invalid.{key}"]
+        assert fields(entry["fr"]) == fields(entry["en"]) == fields(english), key
