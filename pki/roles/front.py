@@ -55,11 +55,15 @@ _DROP_REQUEST = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"tra
 _DROP_RESPONSE = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                   b"upgrade", b"transfer-encoding"}
 _COPY = 64 * 1024
+TSA_MAX_QUERY = 4 * 1024
 
 
 @dataclass(frozen=True)
 class FrontLimits:
-    request: Limits = field(default_factory=Limits)   # head size, header count, body size per path
+    # Head size, header count, body size per path (a time-stamp query is small: the tsa role's
+    # own bound, cps_sign.tsa.MAX_QUERY, so the front never buffers more for it).
+    request: Limits = field(default_factory=lambda: Limits(
+        body_limits=(*Limits().body_limits, ("/tsa", TSA_MAX_QUERY))))
     idle_timeout: float = 30.0          # keep-alive connection waiting for a request head
     connect_timeout: float = 2.0
     backend_timeout: float = 60.0       # a role's answer head, and each read of its body

@@ -31,6 +31,15 @@ def test_the_front_routes_tsa_to_the_tsa_role() -> None:
     assert route("/tsaX") != "tsa"
 
 
+def test_the_front_bounds_a_query_as_the_role_does() -> None:
+    from cps_sign.tsa import MAX_QUERY
+    from pki.roles.front import FrontLimits
+    from pki.roles.tsa import LIMITS
+
+    assert FrontLimits().request.body_limit("/tsa") == MAX_QUERY == LIMITS.body_limit("/tsa")
+    assert FrontLimits().request.body_limit("/ocsp") == LIMITS.body_limit("/ocsp")
+
+
 def test_no_tsa_child_until_the_ceremony(bare_home: Path) -> None:
     roles = [c.role for c in plan(bare_home, None, RoleOptions(), web=True)]
     assert "tsa" not in roles
