@@ -308,3 +308,14 @@ def test_cli_agent_refuses_to_start_without_an_allow_list() -> None:
                               env=environ, timeout=60, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith(f"error: cannot listen on "
                                                            f"127.0.0.1:{port}")
+
+
+def test_organisation_goes_with_the_proof(running: Running) -> None:
+    code, _, _ = running.get(f"/authorize?broker={quote(running.broker.base, safe='')}"
+                             f"&tx={TX}&organisation=1130000110")
+    assert code == 303
+    assert running.broker.proofs[-1]["organisation_id"] == "1130000110"
+    running.agent.settings = AgentSettings(**{**running.agent.settings.__dict__,
+                                              "organisation": "3735000000000"})
+    assert running.authorize()[0] == 303
+    assert running.broker.proofs[-1]["organisation_id"] == "3735000000000"
