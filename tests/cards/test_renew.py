@@ -313,3 +313,32 @@ def test_pkcs11_activation_stopped_half_way_is_finished_by_settle(
         card.verify_pin(PIN)
         data = hashlib.sha256(b"x").digest()
         verify(now["auth"], card.sign("auth", data), data)
+
+
+def test_cli_card_renew_on_a_token(token_card: TokenCard, home: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    before = token_certs(token_card.module)
+    token_card.module.finalize()   # the CLI is its own process; let it have the token
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(PIN)
+    pin_file.chmod(0o600)
+    cli = str(Path(sys.executable).with_name("cps-admin"))
+    proc = subprocess.run([cli, "--home", str(home), "--json", "card", "renew",
+                           token_card.number, "--token-label", "cps-renew", "--pin-file",
+                           str(pin_file)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert sorted(answer["superseded"]) == sorted(serial(c) for c in before.values())
+    after = token_certs(Pkcs11Module(str(SOFTHSM_MODULE)))
+    assert answer["certificates"] == {u: serial(c) for u, c in after.items()}
+    wrong = tmp_path / "wrong"
+    wrong.write_text("0000")
+    wrong.chmod(0o600)
+    proc = subprocess.run([cli, "--home", str(home), "card", "renew", token_card.number,
+                           "--token-label", "cps-renew", "--pin-file", str(wrong)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ")
+    assert len(proc.stderr.splitlines()) == 1 and "PIN" in proc.stderr, proc.stderr
