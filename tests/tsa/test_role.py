@@ -355,3 +355,50 @@ def test_pyhanko_stamps_through_the_role_and_validates_the_token(tsa: TsaProcess
         return await validate_tst_signed_data(token["content"], context, lambda _alg: other)
 
     assert asyncio.run(wrong_imprint())["intact"] is False
+
+
+def test_a_cades_b_t_signature_carries_a_token_openssl_accepts(tsa: TsaProcess, home: Path,
+                                                               tmp_path: Path) -> None:
+    """pyHanko signs CAdES with a software key and asks the role for the signature time stamp
+    (B-T); OpenSSL then verifies the embedded token over the signature value."""
+    import asyncio
+
+    pytest.importorskip("pyhanko")
+    from asn1crypto import keys as asn1_keys
+    from asn1crypto import x509 as asn1_x509
+    from pyhanko.sign import signers
+    from pyhanko.sign.timestamps import HTTPTimeStamper
+    from pyhanko_certvalidator.registry import SimpleCertificateStore
+
+    from tests.tsa.helpers import software_tsa
+
+    # Any signer will do here (the signer's own chain is the signature tests' business).
+    material = software_tsa()
+    key = material.authority.key
+    signer = signers.SimpleSigner(
+        signing_cert=asn1_x509.Certificate.load(
+            material.certificate.public_bytes(serialization.Encoding.DER)),
+        signing_key=asn1_keys.PrivateKeyInfo.load(key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())),
+        cert_registry=SimpleCertificateStore())
+    content = b"<feuille-de-soins numero='42'/>"
+    signed = asyncio.run(signer.async_sign_general_data(
+        content, "sha256", detached=True, use_cades=True,
+        timestamper=HTTPTimeStamper(tsa.url)))
+    signer_info = signed["content"]["signer_infos"][0]
+    tokens = [a["values"][0] for a in signer_info["unsigned_attrs"]
+              if a["type"].native == "signature_time_stamp_token"]
+    assert len(tokens) == 1
+    imprint = hashlib.sha256(signer_info["signature"].native).hexdigest()
+    token_file = tmp_path / "token.der"
+    token_file.write_bytes(tokens[0].dump())
+    done = subprocess.run(["openssl", "ts", "-verify", "-token_in", "-in", token_file,
+                           "-digest", imprint, "-CAfile", root_certificate(home)],
+                          capture_output=True, text=True, check=False)
+    assert "Verification: OK" in done.stdout, done.stdout + done.stderr
+    wrong = hashlib.sha256(content).hexdigest()       # over the content is not B-T's imprint
+    done = subprocess.run(["openssl", "ts", "-verify", "-token_in", "-in", token_file,
+                           "-digest", wrong, "-CAfile", root_certificate(home)],
+                          capture_output=True, text=True, check=False)
+    assert "Verification: OK" not in done.stdout
