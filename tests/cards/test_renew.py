@@ -29,11 +29,12 @@ from pki.cards.card import USAGES, Usage
 from pki.cards.errors import CardRemoved, SecurityStatusNotSatisfied
 from pki.cards.pkcs11_card import Pkcs11Card, Pkcs11Module, Pkcs11Personaliser
 from pki.cards.sim import CardFile, SoftCard
+from pki.cards.testing import ThrowawayIssuer
 from pki.cli.admin import main
 from pki.issuance.cards import issue_card
 from pki.issuance.renew import PcscRenewal, Pkcs11Renewal, RenewableCard, renew_card
 from pki.store.models import Card, Certificate
-from tests.cards.conftest import PIN, SOFTHSM_MODULE, LoopbackCard, SoftHsmHome
+from tests.cards.conftest import HOLDER, PIN, SOFTHSM_MODULE, LoopbackCard, SoftHsmHome
 from tests.conftest import add_professional
 
 
@@ -190,6 +191,18 @@ def test_the_card_guards_its_pending_keys(pcsc_card: tuple[LoopbackCard, str]) -
         renewal.write_pending_certificate("auth", current.public_bytes(Encoding.DER))
     with pytest.raises(Exception, match="6985"):       # nothing to activate
         renewal.activate_pending("auth")
+    # a certificate written for a pending key goes when the pending key is generated anew
+    from pki.issuance.renew import _spki
+
+    stand_in = ThrowawayIssuer().callback(HOLDER)("auth", renewal.generate_pending_key(
+        "auth", "p256"))
+    renewal.write_pending_certificate("auth", stand_in)
+    assert renewal.pending_certificate("auth") is not None
+    fresh = renewal.generate_pending_key("auth", "p256")
+    assert renewal.pending_certificate("auth") is None
+    with pytest.raises(Exception, match="6985"):
+        renewal.activate_pending("auth")
+    assert _spki(card.certificate("auth").public_key()) != _spki(fresh)
 
 
 def test_cli_cert_renew_of_a_card_certificate_points_to_card_renew(
