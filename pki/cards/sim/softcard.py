@@ -433,6 +433,9 @@ class SoftCard:
         key = keys.generate(alg[0])
         self.state.keys[apdu.p2] = keys.to_der(key)
         self._keys[apdu.p2] = key
+        if apdu.p2 & PENDING:   # a pending certificate certified the key this one replaces
+            fid = FID_CERT_AUTH if apdu.p2 & ~PENDING == KEY_AUTH else FID_CERT_SIGN
+            self.state.files.pop(fid + 0x100, None)
         self.persist()
         return Reply(keys.public_spki(key))
 
