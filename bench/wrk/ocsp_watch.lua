@@ -5,9 +5,12 @@
 --
 -- REQUESTS.hex: one DER request per line, hex-encoded (bench/incident.py writes it). The
 -- count is printed at the end as "OCSP failures: N of M" (bench/incident.py reads it).
+-- With DELAY_MS (a third argument) each connection waits that long between requests: a paced
+-- load, so the status role is measured answering while the machine's two cores also sign.
 
 local requests = {}
 local index = 1
+local pause = 0
 local threads = {}
 failures = 0
 answers = 0
@@ -22,6 +25,7 @@ end
 
 function init(args)
   local file = args[1]
+  pause = tonumber(args[2] or "0")
   if file == nil then
     error("usage: wrk ... -s ocsp_watch.lua URL -- REQUESTS.hex")
   end
@@ -42,6 +46,10 @@ function request()
     index = 1
   end
   return r
+end
+
+function delay()
+  return pause
 end
 
 -- A successful OCSPResponse is SEQUENCE { ENUMERATED 0, [0] responseBytes }: long; an error

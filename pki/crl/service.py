@@ -12,7 +12,9 @@ only served from the store here.
 * a full CRL (and its delta) once a burst of at least ``FULL_AFTER_CHANGES`` status changes
   since the newest full CRL has settled (none for ``delta_after_change_seconds``): after an
   incident suspends hundreds of thousands of certificates, relying parties fetch one new base
-  instead of an ever larger delta;
+  instead of an ever larger delta; while such a burst is still coming in, no delta either
+  (each would be larger than the last, every few seconds, for nothing OCSP does not already
+  say);
 * a delta ``delta_after_change_seconds`` after the first revocation, hold or release it does not
   cover yet (a burst of changes lands in one delta), when a partition has no delta on the newest
   base, or when the delta's nextUpdate is near (within ``republish_before_hours``, at most half
@@ -143,4 +145,9 @@ class CrlService(CrlReader):
         covered = self._covered.get(ca.id, set())
         pending = [c.at for c in changes if c.event_id not in covered]
         delay = dt.timedelta(seconds=cfg.delta_after_change_seconds)
+        if len(pending) >= FULL_AFTER_CHANGES and now - max(pending) < delay:
+            # A burst still coming in (an incident): no delta of a size that keeps growing
+            # every few seconds; the full CRL and its delta follow once it settles, and OCSP
+            # answers carry each change meanwhile.
+            return False
         return bool(pending) and now - min(pending) >= delay

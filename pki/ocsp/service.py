@@ -421,8 +421,7 @@ class OcspService(RecordIndex):
                        for serial, status, reason, revoked_at in chunk}
             if pool is not None:
                 label = responders.key_label(state.slug, _even_hex(state.responder_serial))
-                futures = pool.submit(label, [state.tbs(serial, header)
-                                              for serial, header in headers.items()])
+                futures = pool.submit(state, label, headers)
                 if pending is not None:
                     self._finish(state, target, pending, why)
                 pending = (headers, now, next_update, futures)
@@ -439,14 +438,13 @@ class OcspService(RecordIndex):
         headers, now, next_update, futures = pending
         assert self.pool is not None
         try:
-            signatures = self.pool.gather(futures)
+            records = self.pool.gather(futures)
         except BrokenProcessPool:
             log.exception("OCSP signing process died; signing in the signer from now on")
             self.pool.broken = True
             signed = {serial: state.sign(serial, header) for serial, header in headers.items()}
         else:
-            signed = {serial: header + signature for (serial, header), signature
-                      in zip(headers.items(), signatures, strict=True)}
+            signed = dict(zip(headers, records, strict=True))
         self._store_batch(state, target, signed, now, next_update, why)
 
     def _store_batch(self, state: rec.CaState, target: dict[bytes, bytes],

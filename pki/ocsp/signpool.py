@@ -4,8 +4,9 @@ One token session signs on one core, and a session may not be shared between thr
 crashes), so a burst — an incident re-signing the answers of hundreds of thousands of
 certificates — is spread over ``ocsp.sign_processes`` child processes of the signer, each with
 its own session on the CA token, opened with the signer's own PIN file. They sign what the
-signer hands them (to-be-signed ResponseData, a responder key label) and nothing else; they
-hold no store connection and listen on nothing. Started on the first large batch ("spawn":
+signer hands them (record headers: status and times; they build the ResponseData beside the
+signature) with the responder key named, and nothing else; they hold no store connection and
+listen on nothing. Started on the first large batch ("spawn":
 a forked child would share the parent's PKCS#11 session), stopped with the signer.
 
 The per-process globals below are the worker side: one session per child process.
@@ -21,9 +22,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from cryptography.hazmat.primitives.serialization import Encoding
 
-_WORKER: dict[str, Any] = {}        # in a child process: its Hsm session
+log = logging.getLogger(__name__)
+_DER = Encoding.DER
+
+_WORKER: dict[Any, Any] = {}        # in a child process: its Hsm session, CaStates by key
 
 
 def _open(home: str) -> None:
@@ -36,16 +40,42 @@ def _open(home: str) -> None:
                          config.softhsm_conf_path())
 
 
-def _sign(label: str, tbs_list: list[bytes]) -> list[bytes]:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding
+def _sign(state_key: tuple[str, bytes, bytes, bytes], label: str,
+          headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Complete records: each header with the responder's signature over its ResponseData
+    (built here, beside the signature, so the signer's own thread only stores)."""
+    import datetime as dt
 
-    from pki.hsm import HsmRsaKey
+    from cryptography import x509
 
-    key = _WORKER["hsm"].key(label)
-    if isinstance(key, HsmRsaKey):
-        return [key.sign(tbs, padding.PKCS1v15(), hashes.SHA256()) for tbs in tbs_list]
-    return [key.sign(tbs, ec.ECDSA(hashes.SHA256())) for tbs in tbs_list]
+    from pki.ocsp import records as rec
+
+    state = _WORKER.get(state_key)
+    if state is None:
+        slug, issuer_der, responder_der, algorithm = state_key
+        state = rec.CaState(0, slug, x509.load_der_x509_certificate(issuer_der), responder_der,
+                            algorithm, dt.datetime.max.replace(tzinfo=dt.UTC),
+                            signer=_KeySigner(_WORKER["hsm"].key(label)))
+        _WORKER[state_key] = state
+    return [state.sign(serial, header) for serial, header in headers]
+
+
+class _KeySigner:
+    """``records.TbsSigning`` over an HSM key of this process's session."""
+
+    def __init__(self, key: Any) -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding
+
+        from pki.hsm import HsmRsaKey
+
+        self._key = key
+        self._rsa = isinstance(key, HsmRsaKey)
+        self._args: tuple[Any, ...] = ((padding.PKCS1v15(), hashes.SHA256()) if self._rsa
+                                       else (ec.ECDSA(hashes.SHA256()),))
+
+    def sign(self, tbs: bytes) -> bytes:
+        return bytes(self._key.sign(tbs, *self._args))
 
 
 class SignPool:
@@ -57,7 +87,7 @@ class SignPool:
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.broken = False
-        self.signed = 0                 # signatures the children returned
+        self.signed = 0                 # records the children signed
 
     def _pool(self) -> concurrent.futures.ProcessPoolExecutor:
         with self._lock:
@@ -68,15 +98,20 @@ class SignPool:
                 log.info("OCSP signing pool: %d processes", self.processes)
             return self._executor
 
-    def submit(self, label: str, tbs_list: list[bytes]) -> list[concurrent.futures.Future[Any]]:
-        """Start signing ``tbs_list`` with the key ``label``, split over the processes."""
+    def submit(self, state: Any, label: str, headers: dict[bytes, bytes]
+               ) -> list[concurrent.futures.Future[Any]]:
+        """Start signing the records ``headers`` (serial -> header) of ``state`` (a
+        ``records.CaState``) with the responder key ``label``, split over the processes."""
         pool = self._pool()
-        size = -(-len(tbs_list) // self.processes)
-        return [pool.submit(_sign, label, tbs_list[i:i + size])
-                for i in range(0, len(tbs_list), size)]
+        key = (state.slug, state.issuer.public_bytes(_DER), state.responder_der,
+               state.algorithm)
+        items = list(headers.items())
+        size = -(-len(items) // self.processes)
+        return [pool.submit(_sign, key, label, items[i:i + size])
+                for i in range(0, len(items), size)]
 
     def gather(self, futures: list[concurrent.futures.Future[Any]]) -> list[bytes]:
-        """The signatures, in order (raises BrokenProcessPool if a child died)."""
+        """The complete records, in order (raises BrokenProcessPool if a child died)."""
         out: list[bytes] = []
         for future in futures:
             out.extend(future.result())

@@ -46,7 +46,7 @@ def test_burst_resigned_by_the_pool_then_in_process(auth: Authority,
         before = {s: state.records[rec.serial_content(s)] for s in weak + strong}
         # Another process (the CLI) suspends: the signer's watcher finds the events.
         lifecycle.change_many(auth, weak, "hold", selection={"card_model": WEAK},
-                              batch_size=400)
+                              batch_size=2000)     # one commit: one burst
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if all(rec.status_of(state.records[rec.serial_content(s)])[1] == 6 for s in weak):
