@@ -33,13 +33,8 @@ from cps_login.pages.views import (
     bp,
     t,
 )
-from cps_login.patient_space import (
-    SHARE_DAYS_MAX,
-    HealthInput,
-    Refused,
-    health_data,
-    limits,
-)
+from cps_login.patient_checks import HealthInput, Refused, health_data, limits
+from cps_login.patient_space import SHARE_DAYS_MAX
 from pki.errors import InvalidInput, NotAuthorised, NotFound
 
 SHARE_DAYS = (1, 7, 30, 90)
@@ -198,13 +193,17 @@ def read_document(ins: str, doc_id: int) -> str | Response:
     if session is None:
         return _to_signin(expired=True)
     rec = _overview(session.ins, ins)
+    download = request.args.get("download") == "1"
     try:
-        doc = _space().read_document(session.ins, rec["ins"], doc_id)
+        doc = _space().read_document(session.ins, rec["ins"], doc_id, download=download)
     except NotAuthorised as exc:
         raise _refusing(exc) from None
     except (NotFound, InvalidInput):
         raise PageRefused(404, "error.not_found", "unknown_document",
                           {"document": doc_id}) from None
+    if download:
+        return _file(doc["content"].encode(), "text/plain; charset=utf-8",
+                     f"document-{doc_id}.txt", download=True)
     return render_template("pages/document.html", **_frame(session.ins, rec), page="documents",
                            doc={**doc, "date": _when(dt.datetime.fromisoformat(
                                doc["created_at"]))})

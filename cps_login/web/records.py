@@ -176,7 +176,7 @@ def _attachment(body: dict[str, Any]) -> tuple[str, bytes] | None:
 
 def _large_body() -> None:
     """Messages may carry an attachment (limits in health_data.json), base64 in JSON."""
-    from cps_login.patient_space import limits
+    from cps_login.patient_checks import limits
 
     request.max_content_length = int(limits()["attachment_max_bytes"]) * 4 // 3 + 64 * 1024
 

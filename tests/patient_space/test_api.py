@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from cps_login.access import Actor
-from cps_login.patient_space import HealthInput
+from cps_login.patient_checks import HealthInput
 from cps_login.web import services_of
 from pki.store.patient_models import AccessEvent, Conversation, Message
 from tests.login.conftest import Env, env  # noqa: F401 - fixture

@@ -242,6 +242,15 @@ def test_hide_a_document_from_one_professional_from_the_page(
         space_actor_pro(world, token), patient.ins, up, download=True)
     history = text(browser.get(f"/espace/records/{patient.ins}/history"))
     assert "a consulté vos documents" in history
+    # the patient reads the professional's document in the page, then downloads it
+    page = text(browser.get(f"/espace/records/{patient.ins}/documents/{doc}"))
+    assert "<h1>Bilan biologique</h1>" in page
+    download = browser.get(f"/espace/records/{patient.ins}/documents/{doc}?download=1")
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    with env.auth.store.read() as session:
+        reads = [e.action for e in session.execute(select(AccessEvent).where(
+            AccessEvent.document_id == doc, AccessEvent.actor_id == patient.ins)).scalars()]
+    assert reads == ["view", "download"]
     assert "a téléchargé un document : Radio du genou" in re.sub(r"<[^>]+>", "", history)
 
 
@@ -291,7 +300,7 @@ def test_every_refusal_is_said_in_both_languages() -> None:
     import string
 
     from cps_login.pages.i18n import CATALOGUE
-    from cps_login.patient_space import REFUSALS
+    from cps_login.patient_checks import REFUSALS
 
     def fields(text: str) -> set[str]:
         return {f for _, f, _, _ in string.Formatter().parse(text) if f}

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from cps_login.access import Actor
-from cps_login.patient_space import HealthInput, MessageBox, MessageUnreadable, limits
+from cps_login.patient_checks import HealthInput, limits
+from cps_login.patient_space import MessageBox, MessageUnreadable
 from pki.errors import InvalidInput, NotAuthorised
 from pki.store.models import AuditRecord
 from pki.store.patient_models import (
