@@ -77,6 +77,7 @@ class AdminGroup(click.Group):
         "cert": ("pki.cli.certs", None), "bench-populate": ("pki.cli.bench", None),
         "broker": ("pki.cli.broker", "broker"), "root": ("pki.cli.root", "root"),
         "db": ("pki.cli.db", "db"), "tsa": ("pki.cli.tsa", "tsa"),
+        "incident": ("pki.cli.incident", "incident"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
