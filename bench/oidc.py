@@ -84,12 +84,19 @@ class Client:
         self.issuer = issuer
         self.client_id = client_id
         self.basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+        self.probe: list[int] | None = None        # broker pids: CPU per step, one client
+        self.steps: dict[str, float] = {}
 
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        before = _cpu(self.probe) if self.probe else 0.0
         self.conn.request(method, path, body=body, headers=headers or {})
         response = self.conn.getresponse()
         data = response.read()
+        if self.probe:
+            step = path.split("?")[0].rsplit("/", 1)[-1] if "/tx/" in path else \
+                path.split("?")[0]
+            self.steps[step] = self.steps.get(step, 0.0) + _cpu(self.probe) - before
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
     def oidc_login(self, card: Card) -> dict[str, Any]:
@@ -153,6 +160,23 @@ def request_floor(make: Any, pid: int, count: int = 2000) -> float:
     for _ in range(count):
         client.call("GET", "/health")
     return (broker_cpu(pid) - cpu0) / count
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def steps(make: Any, cards: list[Card], pid: int, count: int = 300) -> dict[str, float]:
+    """Broker CPU per request of the code flow (one client, requests one at a time)."""
+    client = make()
+    client.probe = tree(pid)
+    for i in range(count):
+        client.oidc_login(cards[i % len(cards)])
+    return {k: v / count for k, v in client.steps.items()}
 
 
 def broker_cpu(pid: int) -> float:
@@ -237,12 +261,15 @@ def measure(kind: str, home: Path, port: int, args: argparse.Namespace, cards: l
         oidc_cpu, oidc_wall = run_logins(make, cards, args.logins, args.threads, False,
                                          broker.pid)
         floor = request_floor(make, broker.pid)
+        per_step = steps(make, cards, broker.pid)
         print(f"OIDC code flow (authorize, challenge, card proof, continue, token): "
               f"{oidc_cpu:6.0f} logins per broker CPU-second ({1e6 / oidc_cpu:5.0f} µs); "
               f"{oidc_wall:5.0f}/s wall; {args.logins} logins; goal >= 500")
         print(f"same broker, its own card login (/login/challenge + /login), same run: "
               f"{plain_cpu:6.0f} logins per broker CPU-second ({1e6 / plain_cpu:5.0f} µs); "
               f"OIDC/own = {oidc_cpu / plain_cpu:.2f}")
+        print("broker CPU per request, one client at a time: " + ", ".join(
+            f"{k} {v * 1e6:.0f} µs" for k, v in per_step.items()))
         print(f"HTTP floor of this server: {floor * 1e6:.0f} µs CPU per request "
               f"(GET /health); a code-flow login makes 5 requests, the own card login 2")
         print(f"reference: Keycloak's published sizing guidance, ~{KEYCLOAK_PER_VCPU:.0f} "
@@ -290,6 +317,12 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(30)
+        if args.redis:          # this run's keys only (refresh tokens would stay 8 hours)
+            import redis
+
+            r = redis.Redis.from_url(args.redis)
+            for key in r.scan_iter(login_json["redis_prefix"] + "*", count=1000):
+                r.delete(key)
 
 
 if __name__ == "__main__":

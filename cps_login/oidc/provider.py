@@ -25,9 +25,11 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from dataclasses import replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -36,6 +38,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core.grants import OpenIDCode
 from authlib.oidc.rpinitiated import EndSessionEndpoint
+from flask import request as flask_request
 from joserfc import jwt as jose_jwt
 from sqlalchemy import select
 
@@ -277,7 +280,22 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
     def create_oauth2_request(self, request: Any) -> Any:
         if isinstance(request, OAuth2Request):
             return request
-        return super().create_oauth2_request(request)
+        return OAuthRequest(flask_request)
+
+
+class _Payload(FlaskOAuth2Payload):  # type: ignore[misc]
+    """Authlib's Flask payload rebuilds ``request.values`` at every parameter it reads (some
+    fifty per token request): built once here."""
+
+    @cached_property
+    def data(self) -> Any:
+        return self._request.values
+
+
+class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
+    def __init__(self, request: Any) -> None:
+        super().__init__(request)
+        self.payload = _Payload(request)
 
 
 class Provider:
@@ -491,8 +509,6 @@ class Provider:
 
     # --- tls_client_auth (RFC 8705 §2.1) -------------------------------------------------
     def _tls_client_auth(self, query_client: Any, request: Any) -> Client | None:
-        from flask import request as flask_request
-
         client_id = request.payload.data.get("client_id")
         der = flask_request.environ.get(PEER_CERT_ENVIRON)
         if not client_id or not isinstance(der, bytes | bytearray):

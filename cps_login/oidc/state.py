@@ -4,9 +4,10 @@ One small contract, three backends, chosen like the login challenges' store: Red
 broker's ``redis_url``) shared by every replica and worker; without Redis the broker runs one
 worker, and the state lives in its memory (``MemoryState``, bounded in bytes) — or, with
 ``"extra": {"oidc_state": "store"}`` in login.json, in the store's ``oidc_state`` table
-(replicas sharing a PostgreSQL store; their challenges then need Redis all the same). A value is a JSON object under a key, with an
-expiry in seconds of the injected clock; it changes only by compare-and-set, so of two
-concurrent uses of one code or one ``auth_req_id`` exactly one wins.
+(replicas sharing a PostgreSQL store; their challenges then need Redis all the same). A value
+is a JSON object under a key, with an expiry in seconds of the injected clock; it changes only
+by compare-and-set, so of two concurrent uses of one code or one ``auth_req_id`` exactly one
+wins.
 
 * ``put(key, value, ttl)`` — create (True) unless the key holds a live value (False);
 * ``get(key)`` — the value, or None when absent or expired;

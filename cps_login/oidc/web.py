@@ -15,7 +15,6 @@ import secrets
 from typing import Any
 from urllib.parse import quote
 
-from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import OAuth2Error
 from flask import Blueprint, Response, current_app, jsonify, make_response, request
 from flask.wrappers import Request
@@ -23,7 +22,7 @@ from werkzeug.test import EnvironBuilder
 
 from cps_login.errors import TokenInvalid
 from cps_login.oidc import browser, ciba
-from cps_login.oidc.provider import Provider
+from cps_login.oidc.provider import OAuthRequest, Provider
 
 bp = Blueprint("oidc", __name__)
 EXTENSION = "cps_login.oidc"
@@ -107,16 +106,16 @@ def _error_page(error: OAuth2Error) -> Response:
     return _page("Connexion refusée", f"<p>{html.escape(text)}</p>", error.status_code or 400)
 
 
-def _oauth_request(query_string: str) -> FlaskOAuth2Request:
+def _oauth_request(query_string: str) -> OAuthRequest:
     environ = EnvironBuilder(path="/oidc/authorize", base_url=provider().issuer,
                              query_string=query_string).get_environ()
-    return FlaskOAuth2Request(Request(environ))
+    return OAuthRequest(Request(environ))
 
 
 @bp.get("/oidc/authorize")
 def authorize() -> Response:
     p = provider()
-    oauth_request = FlaskOAuth2Request(request)
+    oauth_request = OAuthRequest(request)
     try:
         p.server.get_consent_grant(request=oauth_request)
     except OAuth2Error as error:
@@ -167,15 +166,16 @@ def tx_continue(tx: str) -> Response:
     p = provider()
     query, subject = browser.finish(p, tx, request.cookies.get(TX_COOKIE), request.args.get("k"))
     oauth_request = _oauth_request(query)
+    # The request was validated when the transaction was made, and is again now (client still
+    # registered, redirect URI, PKCE, nonce unused) by create_authorization_response.
+    oauth_request.user = subject
     try:
-        grant = p.server.get_consent_grant(request=oauth_request, end_user=subject)
-    except OAuth2Error as error:     # e.g. the client was removed meanwhile
-        if error.redirect_uri:
-            return p.server.handle_error_response(oauth_request, error)  # type: ignore[no-any-return]
+        grant = p.server.get_authorization_grant(oauth_request)
+    except OAuth2Error as error:
         return _error_page(error)
     response: Response = p.server.create_authorization_response(
         request=oauth_request, grant_user=subject, grant=grant)
-    return _no_store(response)
+    return _no_store(response)     # an error without a validated redirect URI: JSON, 400
 
 
 # --- token, userinfo, introspection, revocation, logout -----------------------------------
@@ -224,7 +224,7 @@ def logout() -> Response:
 @bp.post("/oidc/bc-authorize")
 def bc_authorize() -> Response:
     p = provider()
-    oauth_request = FlaskOAuth2Request(request)
+    oauth_request = OAuthRequest(request)
     try:
         client = p.server.authenticate_client(oauth_request, ciba.CibaGrant
                                               .TOKEN_ENDPOINT_AUTH_METHODS, "backchannel")

@@ -40,9 +40,11 @@ GRANTS: dict[str, dict[str, str]] = {
     # Serves pre-signed bytes: reads, never writes.
     "status": {t: "SELECT" for t in ("ca", "crl", "ocsp_record", "ocsp_responder",
                                      "certificate")},
-    # Logs professionals in: reads the directory and certificates, writes its audit records.
+    # Logs professionals in: reads the directory and certificates, writes its audit records;
+    # as OpenID Connect provider reads its clients and keeps its state (cps_login.oidc).
     "broker": {
         **{t: "SELECT" for t in ("ca", "certificate", "crl", *_DIRECTORY)}, **_AUDIT,
+        "oidc_client": "SELECT", "oidc_state": "SELECT, INSERT, UPDATE, DELETE",
     },
     # The patient space: its own tables, and its audit records.
     "patient": {

@@ -189,3 +189,17 @@ def test_requests_oauthlib_sees_invalid_grant_on_replay(oidc: OidcServer) -> Non
         assert type(exc).__name__ == "InvalidGrantError"
     else:
         raise AssertionError("the code was accepted twice")
+
+
+def test_a_client_removed_during_the_login_gets_no_code(oidc: OidcServer) -> None:
+    from cps_login.oidc.clients import remove
+
+    client = oidc.client()
+    browser = Browser(oidc)
+    tx = browser.open_authorization(authorize_url(oidc, client.client_id, "v" * 50))
+    proof = browser.agent(tx, oidc.env.cards["alice"])
+    remove(oidc.env.auth.store, client.client_id)
+    oidc.app.extensions["cps_login.oidc"].clients._cache.clear()   # not 10 s later
+    answer = browser.session.get(proof.json()["continue"], allow_redirects=False, timeout=10)
+    assert answer.status_code in (400, 401) and "Location" not in answer.headers
+    assert answer.json()["error"] == "invalid_client"
