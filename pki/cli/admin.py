@@ -76,7 +76,8 @@ class AdminGroup(click.Group):
         "pro": ("pki.cli.directory", None), "structure": ("pki.cli.directory", None),
         "cert": ("pki.cli.certs", None), "bench-populate": ("pki.cli.bench", None),
         "broker": ("pki.cli.broker", "broker"), "root": ("pki.cli.root", "root"),
-        "db": ("pki.cli.db", "db"), "tsa": ("pki.cli.tsa", "tsa"),
+        "db": ("pki.cli.db", "db"), "client": ("pki.cli.clients", "client"),
+        "tsa": ("pki.cli.tsa", "tsa"),
         "incident": ("pki.cli.incident", "incident"),
     }
 
