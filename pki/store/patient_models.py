@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -197,8 +198,8 @@ class HealthEntry(Base):
     patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))            # allergy | vaccination | measure
     name: Mapped[str] = mapped_column(String(128))           # substance, vaccine, measure code
-    value: Mapped[float | None] = mapped_column()
-    value2: Mapped[float | None] = mapped_column()            # diastolic pressure
+    value: Mapped[float | None] = mapped_column(Float)
+    value2: Mapped[float | None] = mapped_column(Float)       # diastolic pressure
     unit: Mapped[str | None] = mapped_column(String(16))
     on_date: Mapped[dt.date] = mapped_column(Date)
     note: Mapped[str | None] = mapped_column(String(512))
