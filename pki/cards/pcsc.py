@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from smartcard import scard
 
-from pki.cards.apdu import CPS_AID, CommandAPDU, ResponseAPDU, parse_tlv, tlv
+from pki.cards.apdu import CPS_AID, CommandAPDU, ResponseAPDU, iter_tlv, parse_tlv, tlv
 from pki.cards.card import (
     PIN_MAX_TRIES,
     HolderData,
@@ -44,14 +44,54 @@ FID_HOLDER, FID_CERT = 0xD001, {"auth": 0xC001, "sign": 0xC002}
 KEY_REF: dict[Usage, int] = {"auth": 0x01, "sign": 0x02}
 MSE_TEMPLATE: dict[Usage, int] = {"auth": 0xA4, "sign": 0xB6}
 PIN_REF, PUK_REF = 0x01, 0x02
-# The card as a CPS3 answers (IAS-ECC, see pki/cards/sim/iasecc.py and pki/cards/README.md):
-# the PKCS#15 application, its holder data objects (CPS_NAME_PS, CPS_INFO_PS), the local RSA
-# key SDOs (81 auth, 82 sign) and the IAS-ECC algorithm references.
+# The card as a CPS3 answers (IAS-ECC, pki/cards/README.md). Where its objects are is read
+# from the card's PKCS#15 structures (EF.DIR, ODF, TokenInfo, PrKDF, CDF, DODF), as OpenSC does:
+# nothing below but the PKCS#15 AID, the MF and the IAS-ECC defaults is assumed.
 PKCS15_AID = bytes.fromhex("A000000063504B43532D3135")
-FID_NAME, FID_INFO = 0xD003, 0xD004
+MF, EF_DIR = b"\x3f\x00", b"\x3f\x00\x2f\x00"
 SFI_SERIAL = 0x1C
-IAS_KEY_REF: dict[Usage, int] = {"auth": 0x81, "sign": 0x82}
-ALG_RSA_PKCS, ALG_SHA256 = 0x02, 0x40
+DATA_NAME, DATA_INFO = "CPS_NAME_PS", "CPS_INFO_PS"
+ALG_RSA_PKCS, ALG_SHA256 = 0x02, 0x40  # IAS-ECC algorithm references (TokenInfo's, if given)
+CKM_RSA_PKCS, CKM_SHA256_RSA_PKCS = 0x0001, 0x0040
+_NON_REPUDIATION = 9  # PKCS#15 KeyUsageFlags bit
+
+
+@dataclass(frozen=True)
+class Pkcs15Layout:
+    """Where a CPS3's objects are, as its PKCS#15 application describes them."""
+
+    app_path: bytes
+    cert_paths: dict[Usage, bytes]
+    key_refs: dict[Usage, int]
+    data_paths: dict[str, bytes]
+    alg_refs: dict[int, int]  # PKCS#11 mechanism -> IAS-ECC algorithm reference
+
+
+def _fields(data: bytes) -> list[tuple[int, bytes]]:
+    try:
+        return list(iter_tlv(data))
+    except ValueError as exc:
+        raise WrongCard(f"PKCS#15 structure unreadable: {exc}") from exc
+
+
+def _first(data: bytes, tag: int) -> bytes | None:
+    return next((v for t, v in _fields(data) if t == tag), None)
+
+
+def _path_of(value: bytes) -> bytes:
+    """A PKCS#15 Path (SEQUENCE { OCTET STRING ... }) → the path bytes."""
+    inner = _first(value, 0x30)
+    path = _first(value if inner is None else inner, 0x04)
+    if not path:
+        raise WrongCard("PKCS#15 path missing")
+    return path
+
+
+def _bit(bit_string: bytes | None, number: int) -> bool:
+    if not bit_string or len(bit_string) < 2:
+        return False
+    byte = 1 + number // 8
+    return byte < len(bit_string) and bool(bit_string[byte] & (0x80 >> (number % 8)))
 KEY_ALG: dict[KeyType, int] = {"rsa2048": 0x07, "p256": 0x11}
 _CHUNK = 0xE0  # READ BINARY / PUT DATA chunk: fits every reader's short-APDU buffer
 
@@ -156,6 +196,7 @@ class PcscCard:
         self._lock = threading.RLock()
         self._holder: HolderData | None = None
         self._certs: dict[Usage, x509.Certificate] = {}
+        self._layout: Pkcs15Layout | None = None
 
     # --- connection ------------------------------------------------------------------------
 
@@ -297,34 +338,114 @@ class PcscCard:
             raise WrongCard(f"card in {self.reader!r} is not a CPS card (no IAS-ECC PKCS#15)")
         check_sw(response.sw)
 
+    def _read_selected(self, fcp_answer: bytes) -> bytes:
+        fcp = parse_tlv(fcp_answer)
+        size = int.from_bytes(parse_tlv(fcp.get(0x62, fcp.get(0x6F, b""))).get(0x80, b""), "big")
+        out = bytearray()
+        while len(out) < size:
+            want = min(_CHUNK, size - len(out))
+            offset = len(out)
+            out += self.command(0xB0, offset >> 8, offset & 0xFF, le=want)
+        return bytes(out)
+
     def read_file(self, fid: int) -> bytes:
-        """SELECT the EF in the PKCS#15 application (FCP gives its size), READ BINARY."""
+        """An EF of the CPS personalisation application (the issuer's side, e.g. renewal)."""
         with self.transaction():
-            self.select_ias()
-            fcp = parse_tlv(self.command(0xA4, 0x02, 0x04, fid.to_bytes(2, "big"), le=256))
-            size = int.from_bytes(parse_tlv(fcp.get(0x62, b"")).get(0x80, b""), "big")
-            out = bytearray()
-            while len(out) < size:
-                want = min(_CHUNK, size - len(out))
-                offset = len(out)
-                out += self.command(0xB0, offset >> 8, offset & 0xFF, le=want)
-            return bytes(out)
+            self.select()
+            return self._read_selected(
+                self.command(0xA4, 0x02, 0x04, fid.to_bytes(2, "big"), le=256)
+            )
+
+    def read_path(self, path: bytes) -> bytes:
+        """SELECT by path from the MF (``00 A4 09 04``, what OpenSC sends a CPx), READ BINARY."""
+        if not path.startswith(MF):
+            path = self.layout().app_path + path
+        with self.transaction():
+            return self._read_selected(self.command(0xA4, 0x09, 0x04, path, le=256))
+
+    def layout(self) -> Pkcs15Layout:
+        """Read the card's PKCS#15 description once: EF.DIR → application → ODF → DFs."""
+        if self._layout is None:
+            self._layout = self._discover()
+        return self._layout
+
+    def _discover(self) -> Pkcs15Layout:
+        app_path = None
+        for tag, record in _fields(self.read_path(EF_DIR)):
+            if tag == 0x61 and _first(record, 0x4F) == PKCS15_AID:
+                app_path = _first(record, 0x51)
+        if not app_path:
+            raise WrongCard(f"card in {self.reader!r} lists no CPS PKCS#15 application")
+        odf_entries = _fields(self.read_path(app_path + b"\x50\x31"))
+        odf = {tag: _path_of(value) for tag, value in odf_entries}
+        alg_refs = {CKM_RSA_PKCS: ALG_RSA_PKCS, CKM_SHA256_RSA_PKCS: ALG_RSA_PKCS | ALG_SHA256}
+        token_info = _first(self.read_path(app_path + b"\x50\x32"), 0x30) or b""
+        for algo in _fields(_first(token_info, 0xA2) or b""):
+            ints = [int.from_bytes(v, "big") for t, v in _fields(algo[1]) if t == 0x02]
+            if len(ints) >= 3:  # reference, mechanism, ..., algRef
+                alg_refs[ints[1]] = ints[-1]
+        key_refs: dict[Usage, int] = {}
+        key_ids: dict[bytes, Usage] = {}
+        for _, key in _fields(self.read_path(odf[0xA0])) if 0xA0 in odf else []:
+            parts = [v for t, v in _fields(key) if t == 0x30]
+            if len(parts) < 2:
+                continue
+            key_attrs = _fields(parts[1])
+            key_id = next((v for t, v in key_attrs if t == 0x04), b"")
+            usage_bits = next((v for t, v in key_attrs if t == 0x03), None)
+            ref = next((v for t, v in key_attrs if t == 0x02), None)
+            usage: Usage = "sign" if _bit(usage_bits, _NON_REPUDIATION) else "auth"
+            if ref is not None and usage not in key_refs:
+                key_refs[usage] = int.from_bytes(ref, "big")
+                key_ids[key_id] = usage
+        # A key the PrKDF does not describe (the software card's P-256 keys: IAS-ECC and
+        # OpenSC's driver know RSA only) keeps the IAS-ECC defaults: ID 01/02, local SDO 81/82.
+        defaults: tuple[tuple[bytes, Usage], ...] = ((b"\x01", "auth"), (b"\x02", "sign"))
+        for default_id, default_usage in defaults:
+            if default_usage not in key_refs:
+                key_refs[default_usage] = 0x80 | default_id[0]
+                key_ids.setdefault(default_id, default_usage)
+        cert_paths: dict[Usage, bytes] = {}
+        for _, cert in _fields(self.read_path(odf[0xA4])) if 0xA4 in odf else []:
+            cert_fields = _fields(cert)
+            attrs = [v for t, v in cert_fields if t == 0x30]
+            type_attrs = next((v for t, v in cert_fields if t == 0xA1), b"")
+            cert_id = _first(attrs[1], 0x04) if len(attrs) > 1 else None
+            if cert_id in key_ids and key_ids[cert_id] not in cert_paths:
+                cert_paths[key_ids[cert_id]] = _path_of(_first(type_attrs, 0x30) or b"")
+        data_paths: dict[str, bytes] = {}
+        for _, obj in _fields(self.read_path(odf[0xA7])) if 0xA7 in odf else []:
+            data_fields = _fields(obj)
+            data_common = next((v for t, v in data_fields if t == 0x30), b"")
+            label = (_first(data_common, 0x0C) or b"").decode(errors="replace")
+            data_type = next((v for t, v in data_fields if t == 0xA1), b"")
+            if data_type:
+                data_paths[label] = _path_of(data_type)
+        if set(key_refs) != {"auth", "sign"} or set(cert_paths) != {"auth", "sign"}:
+            raise WrongCard(f"card in {self.reader!r}: PKCS#15 lacks a CPS key or certificate")
+        return Pkcs15Layout(app_path, cert_paths, key_refs, data_paths, alg_refs)
 
     def holder(self) -> HolderData:
+        """The CPS data objects CPS_INFO_PS + CPS_NAME_PS; else the certificate subject."""
         if self._holder is None:
+            paths = self.layout().data_paths
             try:
                 self._holder = HolderData.from_bytes(
-                    self.read_file(FID_INFO) + self.read_file(FID_NAME)
+                    self.read_path(paths[DATA_INFO]) + self.read_path(paths[DATA_NAME])
                 )
-            except ValueError as exc:
-                raise WrongCard(f"holder data unreadable: {exc}") from exc
+            except (KeyError, ValueError):
+                from pki.cards.pkcs11_card import holder_from_certificate
+
+                self._holder = holder_from_certificate(self.certificate("auth"))
         return self._holder
 
     def certificate(self, usage: Usage) -> x509.Certificate:
         cert = self._certs.get(usage)
         if cert is None:
             try:
-                cert = x509.load_der_x509_certificate(self.read_file(FID_CERT[usage]))
+                cert = x509.load_der_x509_certificate(
+                    self.read_path(self.layout().cert_paths[usage])
+                )
             except ValueError as exc:
                 raise WrongCard(f"{usage} certificate unreadable: {exc}") from exc
             self._certs[usage] = cert
@@ -391,14 +512,15 @@ class PcscCard:
         the SHA-256 value computed here (``90``) + PSO COMPUTE DIGITAL SIGNATURE.
         """
         ec_key = isinstance(self.certificate(usage).public_key(), ec.EllipticCurvePublicKey)
-        key_ref = bytes((IAS_KEY_REF[usage],))
+        layout = self.layout()
+        key_ref = bytes((layout.key_refs[usage],))
         digest = hashlib.sha256(data).digest()
         if usage == "auth":
-            algorithm = bytes((ALG_RSA_PKCS,))
+            algorithm = bytes((layout.alg_refs[CKM_RSA_PKCS],))
             self.command(0x22, 0x41, 0xA4, tlv(0x84, key_ref) + tlv(0x80, algorithm))
             card_input = digest if ec_key else sha256_digest_info(data)
             return self.command(0x88, 0x00, 0x00, card_input, le=256)  # ECDSA: DER already
-        algorithm = bytes((ALG_RSA_PKCS | ALG_SHA256,))
+        algorithm = bytes((layout.alg_refs[CKM_SHA256_RSA_PKCS],))
         self.command(0x22, 0x41, 0xB6, tlv(0x84, key_ref) + tlv(0x80, algorithm))
         self.command(0x2A, 0x90, 0xA0, tlv(0x90, digest))
         return self.command(0x2A, 0x9E, 0x9A, le=256)

@@ -123,3 +123,6 @@ def test_project_trace_speaks_ias_ecc(tmp_path: Path) -> None:
     ):
         assert head in heads, head
     assert not any(c[:5] == bytes.fromhex("00a4040c0d") for c, _ in commands), "CPS AID used"
+    # where things are comes from the card's PKCS#15: EF.DIR, then the ODF, by path from the MF
+    paths = [c[5:-1] for c, _ in commands if c[:4].hex() == "00a40904"]
+    assert paths[:2] == [bytes.fromhex("3f002f00"), bytes.fromhex("3f0050005031")]
