@@ -248,9 +248,11 @@ def _file(data: bytes, media_type: str, name: str, download: bool) -> Response:
     safe = "".join(c for c in name if c.isalnum() or c in "._-") or "document"
     disposition = "attachment" if download else "inline"
     response.headers["Content-Disposition"] = f'{disposition}; filename="{safe}"'
-    # a PDF opened in the page: the browser's own viewer, nothing of ours to run
-    response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; " \
-        "style-src 'unsafe-inline'; object-src 'self'; frame-ancestors 'none'; sandbox"
+    # nothing in a served file may run or load anything; an image is also sandboxed (a PDF is
+    # not: browsers refuse to open a PDF in a sandboxed document)
+    policy = "default-src 'none'; frame-ancestors 'none'; form-action 'none'"
+    response.headers["Content-Security-Policy"] = (
+        policy if media_type == "application/pdf" else policy + "; sandbox")
     return response
 
 

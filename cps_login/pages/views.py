@@ -99,7 +99,9 @@ def _set_state(state: PageSession) -> None:
 
 @bp.after_request
 def _finish(response: Response) -> Response:
-    response.headers.update(security_headers(g.get("secure", False)))
+    for name, value in security_headers(g.get("secure", False)).items():
+        if name not in response.headers:    # a served file keeps its own, stricter policy
+            response.headers[name] = value
     if request.endpoint != "pages.static":
         response.headers["Cache-Control"] = "no-store"
         response.headers["Content-Language"] = g.get("lang", i18n.DEFAULT)

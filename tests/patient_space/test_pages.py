@@ -103,6 +103,8 @@ def test_upload_then_view_and_download_in_the_history(signed_in: Any,
     view = browser.get(f"/espace/records/{patient.ins}/uploads/{upload_id}/file")
     assert view.status_code == 200 and view.data == sent
     assert view.headers["Content-Disposition"].startswith("inline")
+    assert view.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert view.headers["X-Content-Type-Options"] == "nosniff"
     download = browser.get(f"/espace/records/{patient.ins}/uploads/{upload_id}/file?download=1")
     assert download.headers["Content-Disposition"].startswith("attachment")
     with env.auth.store.read() as session:
