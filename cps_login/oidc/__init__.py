@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from cps_login.services import BrokerServices
 
 
+TX_PER_CLIENT = 100
+TX_WINDOW = 300
+
+
 def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
     from cps_login.oidc import web
     from cps_login.oidc.provider import Provider
@@ -33,7 +37,20 @@ def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
         state = StoreState(services.store, clock)
     else:
         state = MemoryState(clock)
-    provider = Provider(services, state, clock)
+    from cps_login.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+
+    # Login transactions are made for anonymous browsers: each address may open
+    # TX_PER_CLIENT of them per window (beyond: 429 for that address only), as challenges are
+    # bounded per address (issue 13).
+    limiter: RateLimiter
+    if config.redis_url:
+        from cps_login.services import redis_client
+
+        limiter = RedisRateLimiter(redis_client(config.redis_url), clock, TX_PER_CLIENT,
+                                   TX_WINDOW, prefix=config.redis_prefix + "oidc-tx:")
+    else:
+        limiter = MemoryRateLimiter(clock, TX_PER_CLIENT, TX_WINDOW)
+    provider = Provider(services, state, clock, tx_limiter=limiter)
     app.extensions[web.EXTENSION] = provider
     app.register_blueprint(web.bp)
     return provider

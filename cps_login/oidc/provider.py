@@ -53,6 +53,7 @@ from pki.errors import PkiError
 from pki.store.models import Professional
 
 if TYPE_CHECKING:
+    from cps_login.ratelimit import RateLimiter
     from cps_login.services import BrokerServices
 
 CODE_TTL = 60                 # seconds a code may wait for the token request
@@ -301,8 +302,10 @@ class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
 class Provider:
     """The Authlib server and the storage hooks it calls, over the broker's services."""
 
-    def __init__(self, services: BrokerServices, state: SharedState, clock: Clock) -> None:
+    def __init__(self, services: BrokerServices, state: SharedState, clock: Clock,
+                 tx_limiter: RateLimiter | None = None) -> None:
         self.services = services
+        self.tx_limiter = tx_limiter
         self.state = state
         self.clock = clock
         self.issuer = services.config.issuer.rstrip("/")
@@ -470,6 +473,9 @@ class Provider:
     def validate_access_token(self, token: str) -> dict[str, Any]:
         """Claims of a live access token of this provider; TokenInvalid otherwise."""
         claims = self.services.validator.validate(token)
+        client_id = claims.get("client_id")
+        if client_id != self.services.config.client_id and self.clients.query(client_id) is None:
+            raise TokenInvalid("token_revoked", "the client was removed")
         if self.state.get(f"jti-revoked:{digest(str(claims['jti']))}") is not None:
             raise TokenInvalid("token_revoked")
         if self.session_revoked(claims.get("sid")):

@@ -123,6 +123,10 @@ def authorize() -> Response:
             response: Response = p.server.handle_error_response(oauth_request, error)
             return response
         return _error_page(error)
+    if p.tx_limiter is not None:
+        address = request.remote_addr or ""
+        p.tx_limiter.check(address)          # RateLimited: 429 with Retry-After
+        p.tx_limiter.fail(address)           # counts every transaction opened
     secret = request.cookies.get(TX_COOKIE) or secrets.token_urlsafe(24)
     query = request.query_string.decode("ascii", "replace")
     tx = browser.create(p, query, str(request.args.get("client_id")), secret)

@@ -203,3 +203,23 @@ def test_a_client_removed_during_the_login_gets_no_code(oidc: OidcServer) -> Non
     answer = browser.session.get(proof.json()["continue"], allow_redirects=False, timeout=10)
     assert answer.status_code in (400, 401) and "Location" not in answer.headers
     assert answer.json()["error"] == "invalid_client"
+
+
+def test_transactions_are_bounded_per_address(oidc: OidcServer) -> None:
+    from cps_login.ratelimit import MemoryRateLimiter
+
+    provider = oidc.app.extensions["cps_login.oidc"]
+    saved = provider.tx_limiter
+    provider.tx_limiter = MemoryRateLimiter(oidc.clock, 3, 300)
+    try:
+        client = oidc.client()
+        url = authorize_url(oidc, client.client_id, "v" * 50)
+        web = oidc.app.test_client()
+        path = url[len(oidc.issuer):]
+        for _ in range(3):
+            assert web.get(path, environ_base={"REMOTE_ADDR": "127.0.0.7"}).status_code == 200
+        refused = web.get(path, environ_base={"REMOTE_ADDR": "127.0.0.7"})
+        assert refused.status_code == 429 and refused.headers["Retry-After"]
+        assert web.get(path, environ_base={"REMOTE_ADDR": "127.0.0.8"}).status_code == 200
+    finally:
+        provider.tx_limiter = saved

@@ -223,3 +223,20 @@ def test_officer_client_commands(oidc: OidcServer, tmp_path: Path) -> None:
     assert created["client_id"] not in {r["client_id"] for r in listing(oidc.env.auth.store)}
     again = runner.invoke(admin, ["--home", home, "client", "remove", created["client_id"]])
     assert again.exit_code != 0
+
+
+def test_removing_a_client_ends_its_tokens(oidc: OidcServer) -> None:
+    from cps_login.oidc.clients import remove
+
+    client = oidc.client()
+    tokens = tokens_for(oidc, client.client_id, str(client.client_secret))
+    userinfo = oidc.discovery()["userinfo_endpoint"]
+    bearer = {"Authorization": "Bearer " + tokens["access_token"]}
+    assert requests.get(userinfo, headers=bearer, timeout=10).status_code == 200
+    remove(oidc.env.auth.store, client.client_id)
+    oidc.app.extensions["cps_login.oidc"].clients._cache.clear()   # not 10 s later
+    refused = requests.get(userinfo, headers=bearer, timeout=10)
+    assert refused.status_code == 401 and refused.json()["reason"] == "token_revoked"
+    refresh = token_request(oidc, client.client_id, str(client.client_secret),
+                            grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert refresh.status_code == 401 and refresh.json()["error"] == "invalid_client"
