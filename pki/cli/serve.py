@@ -171,4 +171,10 @@ def serve(admin: Any, role: str | None, host: str, port: int, redis_url: str | N
     config = Config.load(home)     # a missing home is one error line, before any child starts
     if workers is not None and not no_web:      # likewise a worker count the roles refuse
         web_workers(home, db_url, redis_url or config.ocsp.redis_url, workers)
+    if not no_web:
+        from cps_login.config import LoginConfig
+
+        # made before any role hides the secrets of the others: one created later by a web
+        # role would stay visible to the roles already confined (the signer first)
+        LoginConfig.from_home(home, db_url).message_key()
     run_supervisor(home, db_url, options, web=not no_web)

@@ -80,3 +80,23 @@ def test_the_key_path_comes_from_login_json(tmp_path: Path) -> None:
     key.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by others"):
         login.message_key()
+
+
+def test_a_first_serve_hides_the_new_messages_key_from_the_signer(tmp_path: Path) -> None:
+    """``cps-admin serve`` on a home without the key: made before any role is confined, so the
+    signer (started first) finds it covered, while the web roles read it. Each process's view
+    is read through /proc/<pid>/root, which resolves in that process's mount namespace."""
+    from tests.roles.processes import serve
+
+    home = tmp_path / "home"
+    init_home(home, key_type="p256")
+    key = home / MESSAGE_KEY_FILE
+    assert not key.exists()
+    with serve(home, tmp_path / "serve.log") as pids:
+        def seen(role: str) -> bytes:
+            return Path(f"/proc/{pids[role]}/root{key}").read_bytes()
+
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert seen("signer") == b""
+        assert seen("patient").strip() == key.read_bytes().strip() != b""
+        assert seen("broker").strip() == key.read_bytes().strip()
