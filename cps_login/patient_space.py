@@ -448,7 +448,8 @@ class PatientSpace:
                        "documents": [{"id": u.id, "title": u.title} for u in session.execute(
                            select(PatientUpload).where(
                                PatientUpload.patient_id == patient.id,
-                               PatientUpload.hidden_by_patient.is_(False))).scalars()],
+                               PatientUpload.hidden_by_patient.is_(False))).scalars()
+                           if pro.national_id not in hidden_from("upload", u.id, session)],
                        "written_by_patient": True}
         if not decision.granted:
             raise NotAuthorised(decision.rule)

@@ -250,9 +250,13 @@ def test_share_for_a_day_then_revoke(space: Space) -> None:
     space.space.add_health(ins, ins, HealthInput("allergy", "Arachide", TODAY))
     with pytest.raises(NotAuthorised, match="not_shared"):
         space.space.summary(space.nurse, ins)
+    shown = space.space.upload(ins, ins, "Carnet", "carnet.png", png())
+    hidden = space.space.upload(ins, ins, "Privé", "prive.png", png())
+    space.space.hide_from(ins, ins, "upload", hidden, space.nurse.national_id, True)
     share = space.space.share(ins, ins, space.nurse.national_id, 1)
     summary = space.space.summary(space.nurse, ins)
     assert [a["name"] for a in summary["allergies"]] == ["Arachide"]
+    assert [d["id"] for d in summary["documents"]] == [shown]
     [listed] = space.space.shares(ins, ins)
     assert listed["active"] and listed["professional"] == space.nurse.national_id
     space.space.revoke_share(ins, ins, share)
