@@ -8,7 +8,8 @@ finishes the job:
    (``lifecycle.renew``, ``renewed_from`` the card's current certificate); the certificate is
    written as the pending one; the card activates it (PC/SC: one atomic swap on the chip);
 2. only when both usages hold their successor, the store revokes the predecessors
-   (``superseded``). The card therefore never holds only certificates the store revoked.
+   (``superseded``), both in one transaction. The card therefore never holds only certificates
+   the store revoked.
 
 A rerun reads the card: a current certificate whose predecessor is still unrevoked means step 2
 was not reached; a pending certificate already issued for this renewal is activated rather than
@@ -122,13 +123,15 @@ def renew_card(auth: Authority, card_number: str, device: RenewableCard, *,
                                     f"{row.status}; only active certificates are renewed")
         renewed[usage] = _write_successor(auth, device, usage, row, current, rows, actor)
         predecessors.append(row.serial)
-    # Only now, with both successors on the card, do the old certificates stop being valid.
-    for serial in predecessors:
-        lifecycle.revoke(auth, serial, "superseded", actor=actor)
+    # Only now, with both successors on the card, do the old certificates stop being valid —
+    # both in one transaction, so a rerun never sees one superseded and the other not.
     with auth.store.session() as session:
+        for serial in predecessors:
+            lifecycle.change_in(session, auth, serial, "revoke", "superseded", actor=actor)
         audit.append(session, "card.renew", number, {"renewed": dict(renewed),
                                                      "superseded": predecessors},
                      actor=actor, clock=auth.clock)
+    lifecycle.notify_changed(auth, predecessors)
     return RenewalResult(number, renewed, tuple(predecessors))
 
 

@@ -355,3 +355,33 @@ def test_cli_card_renew_on_a_token(token_card: TokenCard, home: Path, tmp_path: 
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ")
     assert len(proc.stderr.splitlines()) == 1 and "PIN" in proc.stderr, proc.stderr
+
+
+def test_a_failure_while_superseding_leaves_both_and_a_rerun_renews_nothing_again(
+        authority: Authority, pcsc_card: tuple[LoopbackCard, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pki.ca import lifecycle
+
+    card, number = pcsc_card
+    before = on_card(card)
+    real, calls = lifecycle.change_in, []
+
+    def second_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise OSError("store went away (test)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "change_in", second_fails)
+    with pytest.raises(OSError):
+        renew_card(authority, number, PcscRenewal(card, PIN))
+    monkeypatch.setattr(lifecycle, "change_in", real)
+    written = on_card(card)
+    rows = store_rows(authority, number)
+    assert {rows[serial(c)].status for c in before.values()} == {"active"}   # neither superseded
+    card.soft.reset()
+    result = renew_card(authority, number, PcscRenewal(card, PIN))
+    assert on_card(card) == written                  # the rerun renewed nothing again
+    assert result.renewed == {u: serial(c) for u, c in written.items()}
+    rows = store_rows(authority, number)
+    assert {rows[serial(c)].reason for c in before.values()} == {"superseded"}
