@@ -278,10 +278,12 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
     """Authlib's Flask server, also given requests other than Flask's current one (the
     authorization request a login transaction stored, replayed at ``continue``)."""
 
+    issuer = ""
+
     def create_oauth2_request(self, request: Any) -> Any:
         if isinstance(request, OAuth2Request):
             return request
-        return OAuthRequest(flask_request)
+        return OAuthRequest(flask_request, self.issuer)
 
 
 class _Payload(FlaskOAuth2Payload):  # type: ignore[misc]
@@ -294,8 +296,15 @@ class _Payload(FlaskOAuth2Payload):  # type: ignore[misc]
 
 
 class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
-    def __init__(self, request: Any) -> None:
-        super().__init__(request)
+    """A Flask request as Authlib sees it. Its URI is the configured issuer's plus the path:
+    Authlib refuses plain http off loopback by that URI (the issuer an operator set, not what
+    a proxy in front made of the scheme), and werkzeug's ``request.url`` (an IRI rebuilt by
+    quoting every part) is not computed three times a request."""
+
+    def __init__(self, request: Any, issuer: str) -> None:
+        OAuth2Request.__init__(self, request.method, issuer + request.full_path.rstrip("?"),
+                               headers=request.headers)
+        self._request = request
         self.payload = _Payload(request)
 
 
@@ -312,6 +321,7 @@ class Provider:
         self.clients = ClientRegistry(services.store)
         self._claims = Claims(services.store)
         server = _Server(query_client=self.clients.query, save_token=self.save_token)
+        server.issuer = self.issuer
         server.register_token_generator("default", self.generate_token)
         server.register_client_auth_method("private_key_jwt", _PrivateKeyJwt(self))
         server.register_client_auth_method("tls_client_auth", self._tls_client_auth)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import secrets
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +19,6 @@ from urllib.parse import quote
 from authlib.oauth2.rfc6749 import OAuth2Error
 from flask import Blueprint, Response, current_app, jsonify, make_response, request
 from flask.wrappers import Request
-from werkzeug.test import EnvironBuilder
 
 from cps_login.errors import TokenInvalid
 from cps_login.oidc import browser, ciba
@@ -107,15 +107,16 @@ def _error_page(error: OAuth2Error) -> Response:
 
 
 def _oauth_request(query_string: str) -> OAuthRequest:
-    environ = EnvironBuilder(path="/oidc/authorize", base_url=provider().issuer,
-                             query_string=query_string).get_environ()
-    return OAuthRequest(Request(environ))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/oidc/authorize",
+               "QUERY_STRING": query_string, "SERVER_NAME": "broker", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO()}
+    return OAuthRequest(Request(environ), provider().issuer)
 
 
 @bp.get("/oidc/authorize")
 def authorize() -> Response:
     p = provider()
-    oauth_request = OAuthRequest(request)
+    oauth_request = OAuthRequest(request, p.issuer)
     try:
         p.server.get_consent_grant(request=oauth_request)
     except OAuth2Error as error:
@@ -228,7 +229,7 @@ def logout() -> Response:
 @bp.post("/oidc/bc-authorize")
 def bc_authorize() -> Response:
     p = provider()
-    oauth_request = OAuthRequest(request)
+    oauth_request = OAuthRequest(request, p.issuer)
     try:
         client = p.server.authenticate_client(oauth_request, ciba.CibaGrant
                                               .TOKEN_ENDPOINT_AUTH_METHODS, "backchannel")
