@@ -54,6 +54,7 @@ DATA_NAME, DATA_INFO = "CPS_NAME_PS", "CPS_INFO_PS"
 ALG_RSA_PKCS, ALG_SHA256 = 0x02, 0x40  # IAS-ECC algorithm references (TokenInfo's, if given)
 CKM_RSA_PKCS, CKM_SHA256_RSA_PKCS = 0x0001, 0x0040
 _NON_REPUDIATION = 9  # PKCS#15 KeyUsageFlags bit
+_UNBLOCKING_PIN = 6  # PKCS#15 PinFlags bit
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class Pkcs15Layout:
     key_refs: dict[Usage, int]
     data_paths: dict[str, bytes]
     alg_refs: dict[int, int]  # PKCS#11 mechanism -> IAS-ECC algorithm reference
+    pin_ref: int = PIN_REF
+    puk_ref: int = PUK_REF
 
 
 def _fields(data: bytes) -> list[tuple[int, bytes]]:
@@ -421,9 +424,20 @@ class PcscCard:
             data_type = next((v for t, v in data_fields if t == 0xA1), b"")
             if data_type:
                 data_paths[label] = _path_of(data_type)
+        pin_ref, puk_ref = PIN_REF, PUK_REF
+        for _, auth in _fields(self.read_path(odf[0xA8])) if 0xA8 in odf else []:
+            pin_attrs = _first(next((v for t, v in _fields(auth) if t == 0xA1), b""), 0x30)
+            ref = _first(pin_attrs or b"", 0x80)
+            if ref:
+                if _bit(_first(pin_attrs or b"", 0x03), _UNBLOCKING_PIN):
+                    puk_ref = int.from_bytes(ref, "big")
+                else:
+                    pin_ref = int.from_bytes(ref, "big")
         if set(key_refs) != {"auth", "sign"} or set(cert_paths) != {"auth", "sign"}:
             raise WrongCard(f"card in {self.reader!r}: PKCS#15 lacks a CPS key or certificate")
-        return Pkcs15Layout(app_path, cert_paths, key_refs, data_paths, alg_refs)
+        return Pkcs15Layout(
+            app_path, cert_paths, key_refs, data_paths, alg_refs, pin_ref, puk_ref
+        )
 
     def holder(self) -> HolderData:
         """The CPS data objects CPS_INFO_PS + CPS_NAME_PS; else the certificate subject."""
@@ -465,9 +479,10 @@ class PcscCard:
 
     def pin_tries_left(self) -> int | None:
         """Retry counter (VERIFY with no body); 3 after a verified PIN, 0 when blocked."""
+        layout = self.layout()  # before the transaction: reading it is a few of its own
         with self.transaction():
             self.select_ias()
-            response = self.transmit(CommandAPDU(0x00, 0x20, 0x00, PIN_REF))
+            response = self.transmit(CommandAPDU(0x00, 0x20, 0x00, layout.pin_ref))
         if response.sw == 0x9000:
             return PIN_MAX_TRIES
         if response.sw & 0xFFF0 == 0x63C0:
@@ -479,30 +494,28 @@ class PcscCard:
 
     def verify_pin(self, pin: str) -> None:
         check_pin(pin)
+        layout = self.layout()
         with self.transaction():
             self.select_ias()
-            self.command(0x20, 0x00, PIN_REF, pin.encode())
+            self.command(0x20, 0x00, layout.pin_ref, pin.encode())
 
     def change_pin(self, old_pin: str, new_pin: str) -> None:
         check_pin(old_pin)
         check_pin(new_pin)
+        layout = self.layout()
         with self.transaction():
             self.select_ias()
-            self.command(0x24, 0x00, PIN_REF, old_pin.encode() + new_pin.encode())
+            self.command(0x24, 0x00, layout.pin_ref, old_pin.encode() + new_pin.encode())
 
     def unblock_pin(self, puk: str, new_pin: str) -> None:
         check_puk(puk)
         check_pin(new_pin)
         # IAS-ECC: VERIFY the PUK, then RESET RETRY COUNTER with the new PIN (P1 02).
+        layout = self.layout()
         with self.transaction():
             self.select_ias()
-            self.command(0x20, 0x00, PUK_REF, puk.encode(), kind="puk")
-            self.command(0x2C, 0x02, PIN_REF, new_pin.encode())
-
-    def _card_input(self, usage: Usage, data: bytes) -> bytes:
-        if isinstance(self.certificate(usage).public_key(), ec.EllipticCurvePublicKey):
-            return hashlib.sha256(data).digest()
-        return sha256_digest_info(data)
+            self.command(0x20, 0x00, layout.puk_ref, puk.encode(), kind="puk")
+            self.command(0x2C, 0x02, layout.pin_ref, new_pin.encode())
 
     def _private_key_operation(self, usage: Usage, data: bytes) -> bytes:
         """In a transaction, PIN already verified: MSE SET + the key's IAS-ECC operation.
@@ -541,9 +554,10 @@ class PcscCard:
         card transaction (what a login does)."""
         check_pin(pin)
         self.certificate("auth")
+        layout = self.layout()
         with self.transaction():
             self.select_ias()
-            self.command(0x20, 0x00, PIN_REF, pin.encode())
+            self.command(0x20, 0x00, layout.pin_ref, pin.encode())
             return self._private_key_operation("auth", challenge)
 
     # --- personalisation (refused by the card once activated) -----------------------------

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from pki.cards.apdu import tlv
 from pki.cards.card import SHA256_DIGEST_INFO_PREFIX
+from pki.cards.errors import CardError
 from pki.cards.sim import CardFile, SoftCard
 from pki.cards.sim.iasecc import PKCS15_AID
 from tests.cards.conftest import PIN, LoopbackCard, Personalised
@@ -105,3 +108,36 @@ def test_a_foreign_card_has_no_ias_ecc_application(tmp_path: Path) -> None:
     card = SoftCard(CardFile(tmp_path / "foreign.json"), applications=("piv",))
     assert sw(card, bytes.fromhex("00a40904043f002f01")) == "6d00"
     assert sw(card, SELECT_APP) == "6d00"
+
+
+class RecordingCard(LoopbackCard):
+    def __init__(self, card: SoftCard) -> None:
+        super().__init__(card)
+        self.sent: list[bytes] = []
+
+    def transmit_raw(self, raw: bytes) -> bytes:
+        self.sent.append(raw)
+        return super().transmit_raw(raw)
+
+
+def test_the_backend_takes_references_and_paths_from_the_pkcs15(
+    loopback: tuple[LoopbackCard, Personalised], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card whose AODF names PIN reference 05 gets VERIFY 00 20 00 05 (which this card then
+    refuses: its PIN is 01); one whose DODF has no CPS data objects gives the holder from the
+    certificate."""
+    from pki.cards.sim import iasecc
+
+    _, perso = loopback
+    card = RecordingCard(SoftCard(CardFile(perso.path)))
+    real_aodf = iasecc._aodf
+    monkeypatch.setattr(
+        iasecc, "_aodf", lambda: real_aodf().replace(b"\x80\x01\x01", b"\x80\x01\x05")
+    )
+    monkeypatch.setattr(iasecc, "_dodf", lambda: b"")
+    holder = card.holder()
+    assert holder.national_id == "810003456789" and holder.surname == "Martin"
+    assert card.layout().pin_ref == 0x05 and card.layout().puk_ref == 0x02
+    with pytest.raises(CardError):
+        card.verify_pin(PIN)
+    assert card.sent[-1][:4] == bytes.fromhex("00200005")
