@@ -105,25 +105,55 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-_ACTIVE_PDF = (b"/JavaScript", b"/JS", b"/Launch", b"/EmbeddedFile", b"/RichMedia", b"/XFA")
+_ACTIVE_PDF = ("/JavaScript", "/JS", "/Launch", "/EmbeddedFile", "/EmbeddedFiles", "/RichMedia",
+               "/XFA")
+_MAX_PDF_OBJECTS = 200_000
 
 
 def _check_pdf(data: bytes) -> None:
+    """A PDF that pyHanko's reader opens, with pages, and no active content anywhere — every
+    object of every revision is read (object streams decompressed), not just the raw bytes."""
     from pyhanko.pdf_utils.misc import PdfError
     from pyhanko.pdf_utils.reader import PdfFileReader
 
     if b"%%EOF" not in data[-2048:]:
         raise Refused("pdf_truncated")
-    for marker in _ACTIVE_PDF:
-        if marker in data:
-            raise Refused("pdf_active", what=marker.decode()[1:])
     try:
         reader = PdfFileReader(io.BytesIO(data), strict=False)
         pages = int(reader.root["/Pages"]["/Count"])
-    except (PdfError, KeyError, TypeError, ValueError, IndexError) as exc:
+        active = _active_content(reader)
+    except (PdfError, KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
         raise Refused("pdf_unreadable", detail=str(exc)[:80]) from None
+    if active is not None:
+        raise Refused("pdf_active", what=active[1:])
     if pages < 1:
         raise Refused("pdf_no_page")
+
+
+def _active_content(reader: Any) -> str | None:
+    """The first active-content key or name in any object of the file, or None."""
+    from pyhanko.pdf_utils import generic
+
+    seen = 0
+    for revision in range(reader.xrefs.total_revisions):
+        for ref in reader.xrefs.explicit_refs_in_revision(revision):
+            seen += 1
+            if seen > _MAX_PDF_OBJECTS:
+                raise ValueError("too many objects")
+            stack = [reader.get_object(ref)]
+            while stack:
+                obj = stack.pop()
+                if isinstance(obj, generic.DictionaryObject):   # streams too
+                    for key in obj:
+                        if str(key) in _ACTIVE_PDF:
+                            return str(key)
+                    stack.extend(v for v in obj.values()
+                                 if not isinstance(v, generic.IndirectObject))
+                elif isinstance(obj, generic.ArrayObject):
+                    stack.extend(v for v in obj if not isinstance(v, generic.IndirectObject))
+                elif isinstance(obj, generic.NameObject) and str(obj) in _ACTIVE_PDF:
+                    return str(obj)
+    return None
 
 
 def _check_image(data: bytes, media_type: str) -> None:

@@ -90,3 +90,28 @@ def space(tmp_path: Path) -> Iterator[Space]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives headless Chromium (Playwright)")
+
+
+def pdf_with_script(hidden: bool = True) -> bytes:
+    """A PDF whose open action runs JavaScript; ``hidden``: kept in a compressed object stream,
+    so the words /JavaScript and /JS are nowhere in its raw bytes."""
+    from pyhanko.pdf_utils import generic
+    from pyhanko.pdf_utils.writer import PdfFileWriter
+
+    writer = PdfFileWriter(stream_xrefs=True)
+    stream = writer.prepare_object_stream() if hidden else None
+    action = writer.add_object(generic.DictionaryObject({
+        generic.NameObject("/S"): generic.NameObject("/JavaScript"),
+        generic.NameObject("/JS"): generic.TextStringObject("app.alert(1)")}), obj_stream=stream)
+    writer.insert_page(generic.DictionaryObject({
+        generic.NameObject("/Type"): generic.NameObject("/Page"),
+        generic.NameObject("/MediaBox"): generic.ArrayObject(
+            [generic.NumberObject(n) for n in (0, 0, 595, 842)]),
+        generic.NameObject("/Contents"): writer.add_object(
+            generic.StreamObject(stream_data=b"BT ET"))}))
+    writer.root[generic.NameObject("/OpenAction")] = action
+    out = io.BytesIO()
+    writer.write(out)
+    data = out.getvalue()
+    assert (b"/JavaScript" in data) is not hidden
+    return data

@@ -22,7 +22,7 @@ from pki.store.patient_models import (
     PatientUpload,
     ProfileShare,
 )
-from tests.patient_space.conftest import Space, pdf, png
+from tests.patient_space.conftest import Space, pdf, pdf_with_script, png
 
 TODAY = dt.date.today()
 
@@ -164,8 +164,9 @@ def test_patient_uploads_and_professional_reads(space: Space) -> None:
     ("image.jpg", png(), "named 'image.jpg' but its content is image/png"),
     ("fake.pdf", b"%PDF-1.4\ngarbage\n%%EOF\n", "the PDF cannot be read"),
     ("cut.pdf", pdf()[:-20], "truncated"),
-    ("active.pdf", pdf().replace(b"/Type /Page", b"/Type /Page /JavaScript"), "active content"),
+    ("active.pdf", pdf_with_script(hidden=False), r"active content \(JS"),
     ("broken.png", png()[:30], "the image cannot be read"),
+    ("hidden.pdf", pdf_with_script(hidden=True), r"active content \(JS"),
 ])
 def test_bad_uploads_are_refused_and_nothing_stored(space: Space, name: str, data: bytes,
                                                     message: str) -> None:
