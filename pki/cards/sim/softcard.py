@@ -1,6 +1,11 @@
-"""The software CPS card: an APDU processor with a CPS application and a PIV view of it.
+"""The software CPS card: an APDU processor with three ways in to the same keys, PIN and files.
 
-CPS application (selected by ``E8 28 BD 08 0F 80 25 00 00 01 FF 00 10``), this card's layout:
+* its own file system, selected at power-up: IAS-ECC, as a CPS3 answers (``iasecc.py``: what
+  stock OpenSC and the PC/SC backend use);
+* the CPS personalisation application below (the issuer's commands);
+* a PIV view (``piv.py``).
+
+CPS personalisation application (selected by ``E8 28 BD 08 0F 80 25 00 00 01 FF 00 10``), this card's layout:
 
 =====================  ============================================================================
 EF ``D001``            holder data (BER-TLV: 80 RPPS, 81 given name, 82 surname, 83 profession code,
