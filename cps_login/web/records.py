@@ -146,19 +146,17 @@ def add_representative(ins: str) -> tuple[Response, int]:
 SPACE = "cps_login.patient_space"
 
 
-@bp.record_once
-def _setup_space(state: Any) -> None:
-    from cps_login.patient_space import MessageBox, PatientSpace
-
-    services = state.app.extensions.get("cps_login")
-    if services is None:            # a bare app (route listing): no services, no key
-        return
-    state.app.extensions[SPACE] = PatientSpace(services.patients,
-                                               MessageBox(services.config.message_key()))
-
-
 def _space() -> Any:
-    return current_app.extensions[SPACE]
+    """The patient space on the broker's record service, made at first use (the messages key
+    read then; an app given partial services for a test never needs it)."""
+    space = current_app.extensions.get(SPACE)
+    if space is None:
+        from cps_login.patient_space import MessageBox, PatientSpace
+
+        services = _services()
+        space = PatientSpace(services.patients, MessageBox(services.config.message_key()))
+        current_app.extensions[SPACE] = space
+    return space
 
 
 def _attachment(body: dict[str, Any]) -> tuple[str, bytes] | None:
