@@ -14,8 +14,9 @@ Any web page can make a browser request ``127.0.0.1``, so the agent trusts none 
   exact issuer URLs, and follows only a ``continue`` URL of that broker;
 * it serves top-level navigations only (``Sec-Fetch-Mode: navigate``, ``Sec-Fetch-Dest:
   document`` when the browser sends them), a ``Referer`` of another origin than the broker is
-  refused, and it never sends any CORS header: a script of another site can neither trigger a
-  card login in the background nor read an answer;
+  refused, and so is a navigation from a page with no ``Referer`` at all (``rel=noreferrer``:
+  the broker's page always sends its origin); it never sends any CORS header: a script of
+  another site can neither trigger a card login in the background nor read an answer;
 * the PIN is read inside this process and goes to the card only, never onto the network nor into
   a page; and one login at a time uses the card (a second one is told the agent is busy).
 """
@@ -139,6 +140,11 @@ class Agent:
             raise AgentError(400, "organisation is not a structure number")
         referer = headers.get("Referer")
         if referer and _origin(referer) != _origin(broker):
+            raise AgentError(403, f"this login was not started from the page of {broker}")
+        if not referer and headers.get("Sec-Fetch-Site", "none") != "none":
+            # a browser that sends fetch metadata sends the broker page's origin too (the page
+            # asks for it: referrerpolicy="origin"); none at all is a page of another site
+            # hiding where it comes from (rel=noreferrer): no PIN prompt for it
             raise AgentError(403, f"this login was not started from the page of {broker}")
         if not self._card_lock.acquire(blocking=False):
             raise AgentError(409, "another card login is in progress; finish it first")

@@ -126,7 +126,8 @@ class Running:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
         try:
             base = {"Host": f"127.0.0.1:{self.port}", "Sec-Fetch-Mode": "navigate",
-                    "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "cross-site"}
+                    "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "cross-site",
+                    "Referer": self.broker.base + "/"}     # the broker page sends its origin
             conn.request(method, path, headers={**base, **(headers or {})})
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, \
