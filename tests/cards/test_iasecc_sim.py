@@ -141,3 +141,31 @@ def test_the_backend_takes_references_and_paths_from_the_pkcs15(
     with pytest.raises(CardError):
         card.verify_pin(PIN)
     assert card.sent[-1][:4] == bytes.fromhex("00200005")
+
+
+def test_pso_signature_with_the_hash_mse_chose(
+    loopback: tuple[LoopbackCard, Personalised],
+) -> None:
+    """MSE SET HT/DST choose SHA-1 or SHA-256; PSO HASH takes that hash (or the whole short
+    message) and PSO CDS signs its DigestInfo with the non-repudiation key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    card, perso = loopback
+    soft = card.soft
+    key = perso.result.certificates["sign"].public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    for alg, hash_alg, name in ((0x10, hashes.SHA1(), "sha1"), (0x40, hashes.SHA256(), "sha256")):
+        soft.reset()
+        for apdu in (SELECT_APP, VERIFY_PIN, bytes.fromhex("002241aa038001") + bytes((alg,))):
+            assert sw(soft, apdu) == "9000"
+        dst = tlv(0x84, b"\x82") + tlv(0x80, bytes((0x02 | alg,)))
+        assert sw(soft, bytes.fromhex("002241b606") + dst) == "9000"
+        for hashed in (
+            tlv(0x90, hashlib.new(name, b"doc").digest()),
+            tlv(0x90, b"") + tlv(0x80, b"doc"),
+        ):
+            assert sw(soft, bytes.fromhex("002a90a0") + bytes((len(hashed),)) + hashed) == "9000"
+            answer = soft.process(bytes.fromhex("002a9e9a00"))
+            assert answer[-2:] == b"\x90\x00"
+            key.verify(answer[:-2], b"doc", padding.PKCS1v15(), hash_alg)

@@ -26,8 +26,8 @@ IAS-ECC access rules ``A1/8C``), READ BINARY (offset or SFI), VERIFY ``00 20 00 
 body: tries left), CHANGE REFERENCE DATA ``00 24 00 01`` (old||new), RESET RETRY COUNTER
 ``00 2C 00|01|02|03 01`` (``02``/``03`` after a verified PUK), GET DATA ``00 CB 3F FF`` (SDO
 public data: ``4D`` / ``70`` / ``BF cls ref`` / tag), MSE SET ``00 22 41 A4|B6|AA``, INTERNAL
-AUTHENTICATE ``00 88``, PSO HASH ``00 2A 90 A0`` (``90`` = the SHA-256 value, or ``90 00`` +
-``80`` = the whole message), PSO CDS ``00 2A 9E 9A``, GET CHALLENGE ``00 84``.
+AUTHENTICATE ``00 88``, PSO HASH ``00 2A 90 A0`` (``90`` = the SHA-256 or SHA-1 value, as MSE
+SET HT/DST chose, or ``90 00`` + ``80`` = the whole message), PSO CDS ``00 2A 9E 9A``, GET CHALLENGE ``00 84``.
 
 Not offered (a real card has them; nothing here needs them): secure messaging, contactless
 access rules, PSO HASH continuing an intermediate SHA state (``90`` of 40 bytes), decipherment.
@@ -73,6 +73,10 @@ KEY_LOCAL_REFS = {LOCAL | KEY_AUTH: KEY_AUTH, LOCAL | KEY_SIGN: KEY_SIGN}
 # IAS-ECC algorithm references (iasecc-sdo.h): RSA PKCS#1 v1.5, SHA-1 10, SHA-256 40.
 ALG_RSA_PKCS, ALG_SHA1, ALG_SHA256 = 0x02, 0x10, 0x40
 SE_PIN, SE_PUK = 0x01, 0x02
+DIGEST_INFO_PREFIXES = {
+    "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+}
 SCB_NEVER, SCB_ALWAYS, SCB_USER_AUTH = 0xFF, 0x00, 0x10
 # EF access rules (IAS-ECC DOCP "8C": AMB then one SCB per set bit): UPDATE never, READ always.
 EF_ACL = tlv(0xA1, tlv(0x8C, bytes((0x03, SCB_NEVER, SCB_ALWAYS))))
@@ -270,6 +274,7 @@ class IasEcc:
         self.at_key: int | None = None
         self.dst_key: int | None = None
         self.hash: bytes | None = None
+        self.hash_name = "sha256"
 
     @staticmethod
     def owns_aid(aid: bytes) -> bool:
@@ -511,8 +516,11 @@ class IasEcc:
             fields = dict(iter_tlv(apdu.data))
         except ValueError:
             raise Status(0x6A80) from None
+        algorithm = fields.get(0x80, b"")
+        if len(algorithm) == 1 and algorithm[0] & (ALG_SHA1 | ALG_SHA256):
+            self.hash_name = "sha1" if algorithm[0] & ALG_SHA1 else "sha256"
         if apdu.p2 == 0xAA:
-            if fields.get(0x80) not in (bytes((ALG_SHA256,)), None):
+            if algorithm and algorithm[0] not in (ALG_SHA1, ALG_SHA256):
                 raise Status(0x6A80)
             self.hash = None
             return Reply()
@@ -546,7 +554,7 @@ class IasEcc:
         if self.dst_key != KEY_SIGN:
             raise Status(0x6982)
         digest, self.hash = self.hash, None
-        prefix = bytes.fromhex("3031300d060960864801650304020105000420")
+        prefix = DIGEST_INFO_PREFIXES[self.hash_name]
         key = self.card.private_key(self.dst_key)
         return self._sign(self.dst_key, digest if not keys.is_rsa(key) else prefix + digest)
 
@@ -558,11 +566,12 @@ class IasEcc:
         partial = fields.get(0x90)
         if partial is None:
             raise Status(0x6A80)
-        if len(partial) == 32 and 0x80 not in fields:
+        size = hashlib.new(self.hash_name).digest_size
+        if len(partial) == size and 0x80 not in fields:
             self.hash = partial
         elif not partial and 0x80 in fields:
-            self.hash = hashlib.sha256(fields[0x80]).digest()
-        else:  # an intermediate SHA-256 state: not offered by this card
+            self.hash = hashlib.new(self.hash_name, fields[0x80]).digest()
+        else:  # an intermediate SHA state: not offered by this card
             raise Status(0x6A80)
         return Reply()
 
