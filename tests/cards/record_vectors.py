@@ -85,6 +85,30 @@ def main() -> int:
             )[-1],
         )
 
+        def sign_with_the_signature_key() -> None:
+            # Expected to fail inside OpenSC 0.23 + OpenSSL 3 (iasecc_qsign_data_sha256 is not
+            # supported): the trace shows the card accepting MSE SET HT and DST, then nothing.
+            message = work / "message"
+            message.write_bytes(b"document")
+            argv = [*m, "--sign", "--id", "02", "-m", "SHA256-RSA-PKCS", "-i", str(message)]
+            out = subprocess.run(
+                [*argv, "-o", str(work / "sig3"), "--login", "--pin", PIN],
+                env=stock,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if out.returncode == 0 or "CKR_FUNCTION_NOT_SUPPORTED" not in out.stderr:
+                raise SystemExit(f"expected OpenSC to stop before PSO HASH:\n{out.stderr}")
+
+        record(
+            "opensc-sign-key-stops",
+            card_path,
+            "pkcs11-tool --sign --id 02 -m SHA256-RSA-PKCS --login (no OPENSC_CONF): OpenSC 0.23 "
+            "built with OpenSSL 3 stops after MSE SET DST (CKR_FUNCTION_NOT_SUPPORTED)",
+            sign_with_the_signature_key,
+        )
+
         def block_and_unlock() -> None:
             for _ in range(3):
                 subprocess.run(

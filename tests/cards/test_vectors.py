@@ -48,6 +48,7 @@ def test_the_four_traces_are_there() -> None:
     assert names == {
         "cps3-opensc-pkcs15-tool.json",
         "cps3-opensc-pkcs11-sign.json",
+        "cps3-opensc-sign-key-stops.json",
         "cps3-opensc-unlock-pin.json",
         "cps3-project-pcsc.json",
     }
@@ -126,3 +127,15 @@ def test_project_trace_speaks_ias_ecc(tmp_path: Path) -> None:
     # where things are comes from the card's PKCS#15: EF.DIR, then the ODF, by path from the MF
     paths = [c[5:-1] for c, _ in commands if c[:4].hex() == "00a40904"]
     assert paths[:2] == [bytes.fromhex("3f002f00"), bytes.fromhex("3f0050005031")]
+
+
+def test_where_opensc_stops_with_the_signature_key() -> None:
+    """OpenSC 0.23 + OpenSSL 3: the card accepts MSE SET HT (SHA-256) and MSE SET DST (key 82,
+    RSA PKCS#1 + SHA-256); OpenSC then sends no PSO HASH / PSO CDS (its partial-hash helper is
+    not supported with OpenSSL 3)."""
+    commands = _commands(_load(VECTORS / "cps3-opensc-sign-key-stops.json"))
+    heads = [c[:4].hex() for c, _ in commands]
+    ht, dst = heads.index("002241aa"), heads.index("002241b6")
+    assert commands[ht][0][5:] == bytes.fromhex("800140") and commands[ht][1] == b"\x90\x00"
+    assert commands[dst][0][5:] == bytes.fromhex("840182800142") and commands[dst][1] == b"\x90\x00"
+    assert dst > ht and not any(h.startswith("002a") for h in heads)
