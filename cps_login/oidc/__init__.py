@@ -40,16 +40,17 @@ def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
     from cps_login.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
     # Login transactions are made for anonymous browsers: each address may open
-    # TX_PER_CLIENT of them per window (beyond: 429 for that address only), as challenges are
-    # bounded per address (issue 13).
+    # ``extra.oidc_tx_per_client`` (TX_PER_CLIENT) of them per window (beyond: 429 for that
+    # address only), as challenges are bounded per address (issue 13).
+    per_client = int(config.extra.get("oidc_tx_per_client", TX_PER_CLIENT))
     limiter: RateLimiter
     if config.redis_url:
         from cps_login.services import redis_client
 
-        limiter = RedisRateLimiter(redis_client(config.redis_url), clock, TX_PER_CLIENT,
+        limiter = RedisRateLimiter(redis_client(config.redis_url), clock, per_client,
                                    TX_WINDOW, prefix=config.redis_prefix + "oidc-tx:")
     else:
-        limiter = MemoryRateLimiter(clock, TX_PER_CLIENT, TX_WINDOW)
+        limiter = MemoryRateLimiter(clock, per_client, TX_WINDOW)
     provider = Provider(services, state, clock, tx_limiter=limiter)
     app.extensions[web.EXTENSION] = provider
     app.register_blueprint(web.bp)

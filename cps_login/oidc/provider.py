@@ -167,6 +167,10 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
                                    "none")
     provider: Provider
 
+    def generate_authorization_code(self) -> str:
+        # 288 bits; Authlib draws its 48 characters one system-random call each
+        return secrets.token_urlsafe(36)
+
     def save_authorization_code(self, code: str, request: Any) -> None:
         self.provider.save_code(code, request)
 

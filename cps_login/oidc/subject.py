@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -38,9 +38,11 @@ class Subject:
         return Assurance(self.acr, self.amr, self.palier)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["amr"] = list(self.amr)
-        return data
+        return {"sub": self.sub, "given_name": self.given_name,
+                "family_name": self.family_name, "profession_code": self.profession_code,
+                "acr": self.acr, "amr": list(self.amr), "palier": self.palier,
+                "auth_time": self.auth_time, "organisation": self.organisation,
+                "key_storage": self.key_storage, "sid": self.sid}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Subject:
