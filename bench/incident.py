@@ -42,7 +42,7 @@ import harness  # bench/ is sys.path[0] when run as a script
 from ocsp import post, request_der
 
 GOAL_SECONDS = 120
-WEAK = "3BAC00402A0012250064800003100090"          # the CPS3 ATR of SPEC.md §5 (no spaces)
+WEAK = "3BAC00402A001225006480000310009000"         # the CPS3 ATR of SPEC.md §5 (no spaces)
 CONTROL = "3B8F8001804F0CA000000306030001000000006A"
 REFERENCE = "REFERENCE-SAMPLE"
 SAMPLE = 40                                        # openssl ocsp checks on affected serials

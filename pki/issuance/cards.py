@@ -20,6 +20,7 @@ from pki import audit, ids
 from pki.ca import lifecycle
 from pki.ca.authority import Authority, IssueRequest, parse_serial
 from pki.cards.card import HolderData, Usage
+from pki.cards.errors import CardError
 from pki.cards.personalise import PersonalisableCard, PersonalisationResult, personalise
 from pki.errors import Duplicate, InvalidInput, InvalidTransition, NotFound
 from pki.store.models import Card, Certificate, Professional
@@ -52,7 +53,8 @@ def issue_card(auth: Authority, rpps: str, card: PersonalisableCard, pin: str, *
         if session.execute(select(Card).where(Card.card_number == number)).first():
             raise Duplicate(f"card {number} is already registered")
         row = Card(card_number=number, professional_id=pro.id, backend=backend,
-                   location=location, status="personalising", created_at=auth.clock.now())
+                   location=location, status="personalising", created_at=auth.clock.now(),
+                   model=card_model(card))
         session.add(row)
         session.flush()
         card_id = row.id
@@ -85,6 +87,28 @@ def issue_card(auth: Authority, rpps: str, card: PersonalisableCard, pin: str, *
                                                 for u, c in result.certificates.items()}},
                      actor=actor, clock=auth.clock)
     return result
+
+
+def card_model(card: object) -> str | None:
+    """The chip as it presents itself, recorded at personalisation so that an incident can
+    select its certificates (``cps-admin cert revoke --card-model``): the ATR in upper-case hex
+    for a card in a PC/SC reader, ``manufacturer / model`` of a PKCS#11 token; None when the
+    card says nothing usable (the personalisation goes on: the model serves incidents only)."""
+    from pki.cards.pcsc import PcscCard, reader_states
+    from pki.cards.pkcs11_card import Pkcs11Personaliser
+
+    if isinstance(card, PcscCard):
+        try:
+            atr = next((s.atr for s in reader_states() if s.name == card.reader), b"")
+        except CardError:
+            return None
+        return atr.hex().upper() or None
+    if isinstance(card, Pkcs11Personaliser):
+        token = card.module.token(card.token_label)
+        parts = [str(getattr(token, name, "") or "").strip()
+                 for name in ("manufacturer_id", "model")]
+        return " / ".join(p for p in parts if p) or None
+    return None
 
 
 def _abandon(auth: Authority, card_id: int, number: str, actor: str) -> None:
