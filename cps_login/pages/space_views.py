@@ -334,7 +334,7 @@ def _messages_page(ins: str, error: str | None = None, status: int = 200
         conv["date"] = _when(dt.datetime.fromisoformat(conv["created_at"]))
         for m in conv["messages"]:
             m["date"] = _when(dt.datetime.fromisoformat(m["at"]))
-            m["mine"] = m["author_kind"] == "patient"
+            m["mine"] = m["author_id"] == session.ins
     return render_template("pages/messages.html", **_frame(session.ins, rec), page="messages",
                            conversations=conversations, error=error, done=_done(),
                            max_kb=int(limits()["attachment_max_bytes"]) // 1024), status
