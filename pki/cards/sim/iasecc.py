@@ -27,7 +27,8 @@ body: tries left), CHANGE REFERENCE DATA ``00 24 00 01`` (old||new), RESET RETRY
 ``00 2C 00|01|02|03 01`` (``02``/``03`` after a verified PUK), GET DATA ``00 CB 3F FF`` (SDO
 public data: ``4D`` / ``70`` / ``BF cls ref`` / tag), MSE SET ``00 22 41 A4|B6|AA``, INTERNAL
 AUTHENTICATE ``00 88``, PSO HASH ``00 2A 90 A0`` (``90`` = the SHA-256 or SHA-1 value, as MSE
-SET HT/DST chose, or ``90 00`` + ``80`` = the whole message), PSO CDS ``00 2A 9E 9A``, GET CHALLENGE ``00 84``.
+SET HT/DST chose, or ``90 00`` + ``80`` = the whole message), PSO CDS ``00 2A 9E 9A``,
+GET CHALLENGE ``00 84``.
 
 Not offered (a real card has them; nothing here needs them): secure messaging, contactless
 access rules, PSO HASH continuing an intermediate SHA state (``90`` of 40 bytes), decipherment.

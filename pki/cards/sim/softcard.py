@@ -5,7 +5,8 @@
 * the CPS personalisation application below (the issuer's commands);
 * a PIV view (``piv.py``).
 
-CPS personalisation application (selected by ``E8 28 BD 08 0F 80 25 00 00 01 FF 00 10``), this card's layout:
+CPS personalisation application (selected by ``E8 28 BD 08 0F 80 25 00 00 01 FF 00 10``),
+this card's layout:
 
 =====================  ============================================================================
 EF ``D001``            holder data (BER-TLV: 80 RPPS, 81 given name, 82 surname, 83 profession code,
