@@ -122,3 +122,54 @@ def test_tx_of_another_browser_cannot_be_continued(oidc: OidcServer) -> None:
     # and the proven login still belongs to nobody: the attacker's cookie + the real key
     # would work, which is the designed boundary (key never leaves the victim's browser)
     assert query_of(proof.json()["continue"])["k"]
+
+
+def test_logout_never_redirects_to_an_unregistered_uri(oidc: OidcServer) -> None:
+    client = oidc.client()
+    _rp, tokens = _tokens(oidc)
+    logout = oidc.discovery()["end_session_endpoint"]
+    for params in ({"post_logout_redirect_uri": "https://attacker.example/"},
+                   {"post_logout_redirect_uri": "https://attacker.example/",
+                    "client_id": client.client_id},
+                   {"post_logout_redirect_uri": "https://attacker.example/",
+                    "id_token_hint": tokens["id_token"]},
+                   {"post_logout_redirect_uri": REDIRECT + "/../../evil",
+                    "id_token_hint": tokens["id_token"]},
+                   {"post_logout_redirect_uri": "https://attacker.example/",
+                    "id_token_hint": "e30.e30."}):
+        answer = requests.get(logout, params=params, allow_redirects=False, timeout=10)
+        assert answer.status_code < 500, params
+        assert "attacker" not in answer.headers.get("Location", "") and \
+            "evil" not in answer.headers.get("Location", ""), params
+
+
+def test_a_forged_id_token_hint_ends_no_session(oidc: OidcServer) -> None:
+    _rp, tokens = _tokens(oidc)
+    _header, payload, _sig = tokens["id_token"].split(".")
+    forged = _b64({"alg": "none"}) + "." + payload + "."
+    logout = oidc.discovery()["end_session_endpoint"]
+    requests.get(logout, params={"id_token_hint": forged}, allow_redirects=False, timeout=10)
+    userinfo = requests.get(oidc.discovery()["userinfo_endpoint"], timeout=10,
+                            headers={"Authorization": "Bearer " + tokens["access_token"]})
+    assert userinfo.status_code == 200, userinfo.text
+
+
+def test_refresh_cannot_widen_the_scope_and_introspection_is_per_client(
+        oidc: OidcServer) -> None:
+    from tests.oidc.test_refusals import token_request
+
+    client = oidc.client()
+    verifier = secrets.token_urlsafe(48)
+    code = get_code(oidc, client.client_id, verifier)
+    tokens = exchange(oidc, client.client_id, client.client_secret, code, verifier).json()
+    assert tokens["scope"].split() == ["openid"]
+    wider = token_request(oidc, client.client_id, client.client_secret,
+                          grant_type="refresh_token", refresh_token=tokens["refresh_token"],
+                          scope="openid patient.read scope_all")
+    assert wider.status_code == 400, wider.text
+    # a public client cannot introspect; another confidential client may only see "active"
+    public = oidc.client(name="SPA", public=True)
+    answer = requests.post(oidc.discovery()["introspection_endpoint"],
+                           data={"token": tokens["access_token"], "client_id": public.client_id},
+                           timeout=10)
+    assert answer.status_code in (400, 401, 403) or answer.json().get("active") is False
