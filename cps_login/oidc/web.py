@@ -256,17 +256,24 @@ def ciba_pending() -> Response | tuple[Response, int]:
     return _no_store(jsonify(ciba.pending(provider(), claims)))
 
 
-@bp.post("/oidc/ciba/<auth_req_id>/<decision>")
-def ciba_decide(auth_req_id: str, decision: str) -> Response | tuple[Response, int]:
-    if decision not in ("approve", "deny"):
-        return jsonify({"error": "not_found"}), 404
+def _decide(auth_req_id: str, approve: bool) -> Response | tuple[Response, int]:
     try:
         claims = _approver()
     except PermissionError as exc:
         return jsonify({"error": "card_login_required", "message": str(exc)}), 403
     try:
-        ciba.decide(provider(), claims, auth_req_id, decision == "approve")
+        ciba.decide(provider(), claims, auth_req_id, approve)
     except LookupError as exc:
         return jsonify({"error": "not_pending", "message": str(exc)}), 404
     return _no_store(jsonify({"auth_req_id": auth_req_id,
-                              "status": "approved" if decision == "approve" else "denied"}))
+                              "status": "approved" if approve else "denied"}))
+
+
+@bp.post("/oidc/ciba/<auth_req_id>/approve")
+def ciba_approve(auth_req_id: str) -> Response | tuple[Response, int]:
+    return _decide(auth_req_id, True)
+
+
+@bp.post("/oidc/ciba/<auth_req_id>/deny")
+def ciba_deny(auth_req_id: str) -> Response | tuple[Response, int]:
+    return _decide(auth_req_id, False)

@@ -131,11 +131,12 @@ def test_openapi_documents_every_route() -> None:
 
     from flask import Flask
 
+    from cps_login.oidc import web as oidc
     from cps_login.web import broker, portal, records
 
     spec = json.loads(resources.files("cps_login").joinpath("openapi.json").read_text())
     app = Flask("probe")
-    for bp in (broker.bp, records.bp, portal.bp):
+    for bp in (broker.bp, records.bp, portal.bp, oidc.bp):
         app.register_blueprint(bp)
     routes = {(re.sub(r"<(?:int:)?(\w+)>", r"{\1}", r.rule), m.lower())
               for r in app.url_map.iter_rules() if r.endpoint != "static"
