@@ -279,3 +279,20 @@ def test_bad_shares_are_refused(space: Space, days: int, target: str | None,
     with pytest.raises((InvalidInput, Exception), match=message):
         space.space.share(ins, ins, target or space.nurse.national_id, days)
     assert count(space, ProfileShare) == 0
+
+
+def test_the_audit_chain_holds_after_every_kind_of_decision(space: Space) -> None:
+    from pki import audit
+
+    ins = space.enrol()
+    conv = space.space.open_conversation(space.doctor, ins, "S", "M", ("a.png", png()))
+    space.space.send(me(ins), ins, conv, "R")
+    with pytest.raises(NotAuthorised):
+        space.space.open_conversation(space.nurse, ins, "S", "M")
+    space.space.upload(ins, ins, "T", "t.pdf", pdf())
+    space.space.add_health(ins, ins, HealthInput("allergy", "Latex", TODAY))
+    share = space.space.share(ins, ins, space.nurse.national_id, 7)
+    space.space.summary(space.nurse, ins)
+    space.space.revoke_share(ins, ins, share)
+    report = audit.verify(space.store)
+    assert report.ok and report.records >= 10, report
