@@ -43,6 +43,8 @@ REFUSALS = {
     "diastolic_below": "the diastolic pressure must be below the systolic",
     "share_days": "a share lasts 1 to {max} days, not {days}",
     "document_kind": "kind must be document or upload",
+    "upload_quota": "the record already holds {count} of the patient's documents: the limit "
+                    "is reached ({mb} MB at most in all)",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cps_login.access import Actor, Decision, DocumentState
@@ -126,6 +126,13 @@ class PatientSpace:
         self._allowed(ins, actor, "contribute", subject="upload")
         with self._store.session() as session:
             patient = self._records.patient(session, ins)
+            count, total = session.execute(
+                select(func.count(), func.coalesce(func.sum(PatientUpload.size), 0))
+                .where(PatientUpload.patient_id == patient.id)).one()
+            if (count >= int(limits()["uploads_max_per_record"])
+                    or total + len(data) > int(limits()["uploads_max_total_bytes"])):
+                raise Refused("upload_quota", count=count,
+                              mb=int(limits()["uploads_max_total_bytes"]) // (1024 * 1024))
             up = PatientUpload(patient_id=patient.id, title=title, media_type=checked.media_type,
                                filename=checked.filename, size=len(data),
                                sha256=hashlib.sha256(data).hexdigest(), content=data,

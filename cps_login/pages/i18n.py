@@ -388,6 +388,10 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "invalid.share_days": {"fr": "un partage dure de 1 à {max} jours, pas {days}",
                            "en": "a share lasts 1 to {max} days, not {days}"},
     "invalid.document_kind": {"fr": "type de document inconnu", "en": "unknown kind of document"},
+    "invalid.upload_quota": {"fr": "le dossier contient déjà {count} documents du patient : la "
+                                   "limite est atteinte ({mb} Mo au plus en tout)",
+                             "en": "the record already holds {count} of the patient's "
+                                   "documents: the limit is reached ({mb} MB at most in all)"},
     # --- consent (controls) ------------------------------------------------------------
     "controls.consent.title": {"fr": "Consentement", "en": "Consent"},
     "controls.consent.intro": {"fr": "Un professionnel hors de votre équipe de soins peut "

@@ -296,3 +296,17 @@ def test_the_audit_chain_holds_after_every_kind_of_decision(space: Space) -> Non
     space.space.revoke_share(ins, ins, share)
     report = audit.verify(space.store)
     assert report.ok and report.records >= 10, report
+
+
+def test_a_record_holds_a_bounded_number_of_uploads(space: Space,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from cps_login import patient_checks
+
+    ins = space.enrol()
+    bounded = {**patient_checks.limits(), "uploads_max_per_record": 2}
+    monkeypatch.setattr("cps_login.patient_space.limits", lambda: bounded)
+    for n in range(2):
+        space.space.upload(ins, ins, f"Doc {n}", "d.png", png())
+    with pytest.raises(InvalidInput, match="already holds 2 of the patient's documents"):
+        space.space.upload(ins, ins, "Doc 3", "d.png", png())
+    assert count(space, PatientUpload) == 2
