@@ -40,6 +40,7 @@ import hashlib
 import os
 from typing import TYPE_CHECKING
 
+from pki import der
 from pki.cards.apdu import CommandAPDU, iter_tlv, tlv
 from pki.cards.card import PIN_LENGTH, PUK_LENGTH
 from pki.cards.sim import keys
@@ -590,11 +591,7 @@ class IasEcc:
 
 
 def _ias_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    if n <= 0xFF:
-        return bytes((0x81, n))
-    return b"\x82" + n.to_bytes(2, "big")
+    return der.length(n)   # the one DER/BER length writer (pki.der)
 
 
 def handlers(ias: IasEcc) -> dict[int, Handler]:
