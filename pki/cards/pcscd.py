@@ -25,6 +25,8 @@ from pki.cards.errors import NoReader
 
 PCSCD_SOCKET = Path(os.environ.get("PCSCLITE_CSOCK_NAME", "/run/pcscd/pcscd.comm"))
 VPCD_READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
+VPCD_PORTS = (35963, 35964)
+_START_ATTEMPTS = 3
 _PR_SET_PDEATHSIG = 1
 
 
@@ -74,6 +76,23 @@ def wait_for_readers(names: Sequence[str], timeout: float) -> list[str]:
         time.sleep(0.05)
 
 
+def _wait_ports_free(ports: Sequence[int], timeout: float) -> None:
+    """Wait (bounded) until vpcd could listen on ``ports``: nothing else holds them."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                probe.bind(("0.0.0.0", port))
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return  # let pcscd try anyway; its readers' absence is reported below
+                time.sleep(0.1)
+            finally:
+                probe.close()
+
+
 class Pcscd:
     """Handle on the pcscd in use; :meth:`stop` only stops one this object started."""
 
@@ -96,40 +115,54 @@ class Pcscd:
         """Reuse the running pcscd or start one; return once ``readers`` are listed."""
         if pcscd_running():
             handle = cls(None, None)
-        else:
-            binary = pcscd_binary()
-            if binary is None:
-                raise NoReader("pcscd is not installed (apt-get install pcscd)")
-            cmd = [binary, "-f"]
-            if "--disable-polkit" in _help_text(binary):
-                cmd.append("--disable-polkit")
-            if debug:
-                cmd += ["-d", "-a"]
-            out = open(log, "ab") if log is not None else None  # noqa: SIM115 - handed to the child
-            try:
-                popen = subprocess.Popen(
-                    cmd,
-                    stdout=out if out is not None else subprocess.DEVNULL,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,
-                )
-            finally:
-                if out is not None:
-                    out.close()
-            handle = cls(popen, log)
-            deadline = time.monotonic() + timeout
-            while not pcscd_running():
-                if popen.poll() is not None:
-                    raise NoReader(f"pcscd exited with status {popen.returncode} (log: {log})")
-                if time.monotonic() >= deadline:
-                    handle.stop()
-                    raise NoReader("pcscd did not open its socket in time")
-                time.sleep(0.02)
-        try:
             wait_for_readers(readers, timeout)
-        except NoReader:
-            handle.stop()
-            raise
+            return handle
+        # A pcscd that just stopped may leave vpcd's ports held for a moment; the new daemon then
+        # starts without its virtual readers ("Address already in use" in its log) and never
+        # gets them. Wait for the ports, and start again when the readers do not come.
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            _wait_ports_free(VPCD_PORTS, timeout)
+            handle = cls._start(timeout, log, debug)
+            try:
+                wait_for_readers(readers, timeout if attempt == _START_ATTEMPTS else timeout / 3)
+            except NoReader:
+                handle.stop()
+                if attempt == _START_ATTEMPTS:
+                    raise
+                continue
+            return handle
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _start(cls, timeout: float, log: Path | None, debug: bool) -> Pcscd:
+        binary = pcscd_binary()
+        if binary is None:
+            raise NoReader("pcscd is not installed (apt-get install pcscd)")
+        cmd = [binary, "-f"]
+        if "--disable-polkit" in _help_text(binary):
+            cmd.append("--disable-polkit")
+        if debug:
+            cmd += ["-d", "-a"]
+        out = open(log, "ab") if log is not None else None  # noqa: SIM115 - handed to the child
+        try:
+            popen = subprocess.Popen(
+                cmd,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if out is not None:
+                out.close()
+        handle = cls(popen, log)
+        deadline = time.monotonic() + timeout
+        while not pcscd_running():
+            if popen.poll() is not None:
+                raise NoReader(f"pcscd exited with status {popen.returncode} (log: {log})")
+            if time.monotonic() >= deadline:
+                handle.stop()
+                raise NoReader("pcscd did not open its socket in time")
+            time.sleep(0.02)
         return handle
 
     def stop(self, timeout: float = 10.0) -> None:
