@@ -1,12 +1,15 @@
 """The broker as an OpenID Connect provider (issue 14): see docs/oidc.md.
 
-``install(app, services, clock)`` adds the provider to the broker app: its state in Redis when
-the broker has ``redis_url`` (replicas), else in the broker's memory (one worker, like its
-challenges), or in the store with ``"extra": {"oidc_state": "store"}`` (cps_login.oidc.state).
+``install(app, services, clock)`` adds the provider to the broker app. It is built at the
+first OpenID Connect request (an app whose services are stand-ins, as some tests make, never
+builds it): its state in Redis when the broker has ``redis_url`` (replicas), else in the
+broker's memory (one worker, like its challenges), or in the store with
+``"extra": {"oidc_state": "store"}`` (cps_login.oidc.state).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from pki.clock import Clock
@@ -17,15 +20,42 @@ if TYPE_CHECKING:
     from cps_login.oidc.provider import Provider
     from cps_login.services import BrokerServices
 
-
 TX_PER_CLIENT = 100
 TX_WINDOW = 300
 
 
-def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
+class LazyProvider:
+    """Builds the ``Provider`` once, at first use, under a lock."""
+
+    def __init__(self, services: BrokerServices, clock: Clock) -> None:
+        self._services = services
+        self._clock = clock
+        self._provider: Provider | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Provider:
+        provider = self._provider
+        if provider is None:
+            with self._lock:
+                if self._provider is None:
+                    self._provider = build(self._services, self._clock)
+                provider = self._provider
+        return provider
+
+
+def install(app: Flask, services: BrokerServices, clock: Clock) -> LazyProvider:
     from cps_login.oidc import web
+
+    lazy = LazyProvider(services, clock)
+    app.extensions[web.EXTENSION] = lazy
+    app.register_blueprint(web.bp)
+    return lazy
+
+
+def build(services: BrokerServices, clock: Clock) -> Provider:
     from cps_login.oidc.provider import Provider
     from cps_login.oidc.state import MemoryState, RedisState, SharedState, StoreState
+    from cps_login.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
     config = services.config
     state: SharedState
@@ -37,8 +67,6 @@ def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
         state = StoreState(services.store, clock)
     else:
         state = MemoryState(clock)
-    from cps_login.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-
     # Login transactions are made for anonymous browsers: each address may open
     # ``extra.oidc_tx_per_client`` (TX_PER_CLIENT) of them per window (beyond: 429 for that
     # address only), as challenges are bounded per address (issue 13).
@@ -51,7 +79,4 @@ def install(app: Flask, services: BrokerServices, clock: Clock) -> Provider:
                                    TX_WINDOW, prefix=config.redis_prefix + "oidc-tx:")
     else:
         limiter = MemoryRateLimiter(clock, per_client, TX_WINDOW)
-    provider = Provider(services, state, clock, tx_limiter=limiter)
-    app.extensions[web.EXTENSION] = provider
-    app.register_blueprint(web.bp)
-    return provider
+    return Provider(services, state, clock, tx_limiter=limiter)

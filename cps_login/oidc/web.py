@@ -35,7 +35,7 @@ CLAIMS = ["sub", "SubjectNameID", "SubjectRefPro", "SubjectOrganization",
 
 
 def provider() -> Provider:
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return current_app.extensions[EXTENSION].get()  # type: ignore[no-any-return]
 
 
 def _no_store(response: Response) -> Response:

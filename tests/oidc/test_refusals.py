@@ -199,7 +199,7 @@ def test_a_client_removed_during_the_login_gets_no_code(oidc: OidcServer) -> Non
     tx = browser.open_authorization(authorize_url(oidc, client.client_id, "v" * 50))
     proof = browser.agent(tx, oidc.env.cards["alice"])
     remove(oidc.env.auth.store, client.client_id)
-    oidc.app.extensions["cps_login.oidc"].clients._cache.clear()   # not 10 s later
+    oidc.app.extensions["cps_login.oidc"].get().clients._cache.clear()   # not 10 s later
     answer = browser.session.get(proof.json()["continue"], allow_redirects=False, timeout=10)
     assert answer.status_code in (400, 401) and "Location" not in answer.headers
     assert answer.json()["error"] == "invalid_client"
@@ -208,7 +208,7 @@ def test_a_client_removed_during_the_login_gets_no_code(oidc: OidcServer) -> Non
 def test_transactions_are_bounded_per_address(oidc: OidcServer) -> None:
     from cps_login.ratelimit import MemoryRateLimiter
 
-    provider = oidc.app.extensions["cps_login.oidc"]
+    provider = oidc.app.extensions["cps_login.oidc"].get()
     saved = provider.tx_limiter
     provider.tx_limiter = MemoryRateLimiter(oidc.clock, 3, 300)
     try:

@@ -234,7 +234,7 @@ def test_removing_a_client_ends_its_tokens(oidc: OidcServer) -> None:
     bearer = {"Authorization": "Bearer " + tokens["access_token"]}
     assert requests.get(userinfo, headers=bearer, timeout=10).status_code == 200
     remove(oidc.env.auth.store, client.client_id)
-    oidc.app.extensions["cps_login.oidc"].clients._cache.clear()   # not 10 s later
+    oidc.app.extensions["cps_login.oidc"].get().clients._cache.clear()   # not 10 s later
     refused = requests.get(userinfo, headers=bearer, timeout=10)
     assert refused.status_code == 401 and refused.json()["reason"] == "token_revoked"
     refresh = token_request(oidc, client.client_id, str(client.client_secret),
