@@ -393,7 +393,6 @@ CATALOGUE: dict[str, dict[str, str]] = {
                              "en": "the record already holds {count} of the patient's "
                                    "documents: the limit is reached ({mb} MB at most in all)"},
     # --- consent (controls) ------------------------------------------------------------
-    "controls.consent.title": {"fr": "Consentement", "en": "Consent"},
     "controls.consent.intro": {"fr": "Un professionnel hors de votre équipe de soins peut "
                                      "lire votre dossier si vous y consentez.",
                                "en": "A professional outside your care team may read your "
