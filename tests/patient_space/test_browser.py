@@ -20,6 +20,7 @@ from tests.login.conftest import Env, env  # noqa: F401 - fixture
 from tests.pages.conftest import World, chromium, shoot, world  # noqa: F401 - fixtures
 from tests.pages.test_browser import card, card_login, sign_in  # noqa: F401 - fixture
 from tests.patient_space.conftest import pdf
+from tests.patient_space.test_api import raw_get
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -83,6 +84,9 @@ def test_patient_space_journeys_with_a_card_professional(
         assert body["conversations"][0]["messages"][-1]["body"].startswith("Merci docteur")
         status, body = world.api(token, "GET", f"/api/patients/{louise.ins}/uploads")
         assert status == 200 and body["uploads"][0]["written_by_patient"]
+        status, media_type, data = raw_get(
+            env, f"/api/patients/{louise.ins}/uploads/{body['uploads'][0]['id']}", token)
+        assert (status, media_type, data) == (200, "application/pdf", scan.read_bytes())
         status, body = world.api(token, "GET", f"/api/patients/{louise.ins}/health")
         assert status == 200
         assert [(e["name"], e["date"]) for e in body["entries"]] == [
