@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 ROLES = ("signer", "status", "broker", "patient")
 
 _AUDIT = {"audit_log": "SELECT, INSERT", "audit_head": "SELECT, UPDATE"}
-_DIRECTORY = ("professional", "structure", "card", "professional_activity")
+_DIRECTORY = ("professional", "structure", "card", "professional_activity", "exercise_situation")
 _PATIENT_DATA = ("patient", "care_team", "legal_representative", "consent", "patient_block",
                  "document", "access_event", "patient_session_revoked")
 

@@ -33,6 +33,11 @@ from tests.servers import Running, free_port, run_server
 os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")     # http on 127.0.0.1 in tests
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # test_replicas imports the deployment of tests/deploy, whose module carries this mark
+    config.addinivalue_line("markers", "deploy: the replicated deployment (tests/deploy)")
+
+
 class OffsetClock:
     """Real time plus an offset the tests move (codes, transactions, CIBA expiry)."""
 
