@@ -22,7 +22,6 @@ Every time check uses the injected clock.
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 from dataclasses import replace
 from functools import cached_property
@@ -48,6 +47,7 @@ from cps_login.oidc.claims import Claims
 from cps_login.oidc.clients import Client, ClientRegistry
 from cps_login.oidc.state import SharedState, Value
 from cps_login.oidc.subject import Subject, digest, half_hash, sign_jwt
+from cps_login.web.broker import PEER_CERT_ENVIRON
 from pki.clock import Clock
 from pki.errors import PkiError
 from pki.store.models import Professional
@@ -60,7 +60,6 @@ CODE_TTL = 60                 # seconds a code may wait for the token request
 CODE_KEEP = 600               # a used code is remembered this long (replay → revocation)
 REFRESH_TTL = 8 * 3600        # a refresh token, and a login session, last at most this long
 ID_TOKEN_TTL = 300
-PEER_CERT_ENVIRON = "cps_login.peer_certificate"   # = cps_login.web.broker.PEER_CERT_ENVIRON
 
 
 class _Record:
@@ -545,10 +544,3 @@ class Provider:
                                                  "the registered tls_client_auth_subject_dn")
         return client  # type: ignore[no-any-return]
 
-
-def expires_in(value: Value, clock: Clock) -> int:
-    return max(0, int(value["expires_at"]) - int(clock.now().timestamp()))
-
-
-def utc(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
