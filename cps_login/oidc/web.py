@@ -78,7 +78,21 @@ def discovery(p: Provider) -> dict[str, Any]:
         "authorization_response_iss_parameter_supported": False,
         "request_parameter_supported": False,
         "claims_parameter_supported": False,
+        **_mtls_aliases(p),
     }
+
+
+def _mtls_aliases(p: Provider) -> dict[str, Any]:
+    """RFC 8705 §5: where tls_client_auth clients reach the client-authenticated endpoints —
+    the broker's mutual-TLS port, when login.json's ``extra.mtls_url`` names it."""
+    base = str(p.services.config.extra.get("mtls_url", "")).rstrip("/")
+    if not base:
+        return {}
+    return {"mtls_endpoint_aliases": {
+        "token_endpoint": base + "/oidc/token",
+        "introspection_endpoint": base + "/oidc/introspect",
+        "revocation_endpoint": base + "/oidc/revoke",
+        "backchannel_authentication_endpoint": base + "/oidc/bc-authorize"}}
 
 
 @bp.get("/.well-known/openid-configuration")

@@ -59,6 +59,24 @@ def test_discovery_names_every_endpoint(oidc: OidcServer) -> None:
     assert discovery["id_token_signing_alg_values_supported"] == ["ES256"]
     assert "private_key_jwt" in discovery["token_endpoint_auth_methods_supported"]
     assert "tls_client_auth" in discovery["token_endpoint_auth_methods_supported"]
+    assert "mtls_endpoint_aliases" not in discovery       # no mutual-TLS URL configured
+
+
+def test_discovery_names_the_mutual_tls_aliases(oidc: OidcServer) -> None:
+    from cps_login.oidc.web import discovery
+
+    provider = oidc.app.extensions["cps_login.oidc"].get()
+    config = provider.services.config
+    saved = dict(config.extra)
+    config.extra["mtls_url"] = "https://broker.example:8443/"
+    try:
+        aliases = discovery(provider)["mtls_endpoint_aliases"]
+    finally:
+        config.extra.clear()
+        config.extra.update(saved)
+    assert aliases["token_endpoint"] == "https://broker.example:8443/oidc/token"
+    assert set(aliases) == {"token_endpoint", "introspection_endpoint", "revocation_endpoint",
+                            "backchannel_authentication_endpoint"}
 
 
 def test_confidential_client_code_pkce_id_token_userinfo(oidc: OidcServer) -> None:
