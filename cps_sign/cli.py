@@ -38,9 +38,11 @@ def fail(message: str, code: int = 2) -> None:
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        if path.stat().st_size > MAX_FILE:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE + 1)
+        if len(data) > MAX_FILE:
             fail(f"{what} {path} is larger than {MAX_FILE} bytes")
-        return path.read_bytes()
+        return data
     except OSError as exc:
         fail(f"cannot read {what} {path}: {exc.strerror}")
     raise AssertionError("unreachable")
@@ -146,17 +148,13 @@ def verify_main(file: str | None, signature: str | None, batch_dir: str | None,
     pairs = list(batch_pairs(Path(batch_dir)))
     if not pairs:
         fail(f"no FILE + FILE.p7s pair in {batch_dir}")
-    reports = []
-    for content, sig in pairs:
-        report = verify_one(verifier, content, sig)
-        reports.append((content.name, report))
+    reports = [(content.name, verify_one(verifier, content, sig)) for content, sig in pairs]
     if as_json:
         click.echo(json.dumps([{**rep.as_dict(), "file": name} for name, rep in reports]))
     else:
-        for name, rep in reports:
-            click.echo(f"{name}: {rep.line()}")
         passed = sum(rep.passed for _, rep in reports)
-        click.echo(f"{passed} of {len(reports)} TOTAL_PASSED")
+        lines = [f"{name}: {rep.line()}" for name, rep in reports]
+        click.echo("\n".join([*lines, f"{passed} of {len(reports)} TOTAL_PASSED"]))
     sys.exit(0 if all(rep.passed for _, rep in reports) else 1)
 
 

@@ -197,10 +197,11 @@ class LiveRevocation:
         if status.status == "revoked":
             status = Status(status.status, source, status.revoked_at, status.reason,
                             self._invalidity_date(cert, issuer))
-        with self._lock:
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[key] = (now, status)
+        if status.status != "unknown":     # a certificate just issued is known a moment later
+            with self._lock:
+                if len(self._cache) > 100_000:
+                    self._cache.clear()
+                self._cache[key] = (now, status)
         return status
 
     def _invalidity_date(self, cert: x509.Certificate, issuer: x509.Certificate

@@ -32,11 +32,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from asn1crypto import cms, core
-from asn1crypto import tsp as _tsp  # noqa: F401 - registers signing-certificate-v2 and TSTInfo
+from asn1crypto import cms
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -44,14 +43,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cps_sign import fastcms
 from cps_sign import report as r
+from cps_sign.cmsparts import SignedParts, TstParts, from_signed_data, oid_name, tst_from_token
 from cps_sign.report import Report, Verdict
 from cps_sign.revocation import LiveRevocation, OcspChecker, Status, Unusable
 from pki.clock import SYSTEM_CLOCK, Clock
 
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+# What parsing hostile bytes raises, here or in cryptography's certificate parsing (x509
+# InvalidVersion, DuplicateExtension, ... are plain Exceptions there): a format failure.
+_PARSE_ERRORS = (Exception,)
 MAX_SIGNATURE = 4 * 1024 * 1024
 
 
@@ -67,22 +70,9 @@ class _TimeStamp:
     tsa: str
 
 
-def _present(value: object) -> bool:
-    """An OPTIONAL field is there (asn1crypto gives Void when not); ``.native`` would decode
-    the whole subtree, certificates included, for the same answer."""
-    return not isinstance(value, core.Void)
-
-
-def _set_of_der(attrs: cms.CMSAttributes) -> bytes:
-    """The DER the signature covers: the attributes with the SET OF tag, not their [0]
-    IMPLICIT tag in SignerInfo (RFC 5652 §5.4). Only the one-byte tag differs (0xA0 -> 0x31);
-    asn1crypto's ``untag()`` copies the whole parsed tree for that, ~3 ms a signature. Call it
-    before reading any attribute: once its children are parsed, asn1crypto re-encodes a SET OF
-    on ``dump()`` (sorting it), another ~3 ms."""
-    der: bytes = attrs.dump()
-    if der[:1] != b"\xa0":
-        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, "signed attributes badly tagged")
-    return b"\x31" + der[1:]
+def _malformed(what: str, exc: Exception, fmt: str = "cades") -> Report:
+    return Report(r.TOTAL_FAILED, r.FORMAT_FAILURE,
+                  f"malformed {what}: {type(exc).__name__}: {exc}"[:300], format=fmt)
 
 
 def _digest(name: str, data: bytes) -> bytes:
@@ -93,13 +83,16 @@ def _digest(name: str, data: bytes) -> bytes:
 
 
 def _check_raw_signature(cert: x509.Certificate, signature: bytes, data: bytes,
-                         sig_algo: cms.SignedDigestAlgorithm, digest_name: str) -> bool:
-    key = cert.public_key()
+                         sig_algo: str, digest_name: str) -> bool:
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return False
     algorithm = HASHES[digest_name]()
     try:
         if isinstance(key, rsa.RSAPublicKey):
             pad: padding.AsymmetricPadding = padding.PKCS1v15()
-            if sig_algo["algorithm"].native == "rsassa_pss":
+            if sig_algo == "rsassa_pss":
                 pad = padding.PSS(padding.MGF1(algorithm), padding.PSS.AUTO)
             key.verify(signature, data, pad, algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
@@ -109,18 +102,6 @@ def _check_raw_signature(cert: x509.Certificate, signature: bytes, data: bytes,
     except (InvalidSignature, ValueError, UnsupportedAlgorithm):
         return False
     return True
-
-
-def _attributes(attrs: cms.CMSAttributes) -> dict[str, object]:
-    """Attribute type -> its single value; a repeated or multi-valued one is malformed."""
-    found: dict[str, object] = {}
-    for attr in attrs:
-        name = attr["type"].native
-        values = attr["values"]
-        if name in found or len(values) != 1:
-            raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"attribute {name} not single-valued")
-        found[name] = values[0]
-    return found
 
 
 def national_id(cert: x509.Certificate) -> str | None:
@@ -138,7 +119,8 @@ class Verifier:
 
     def __init__(self, anchors: Sequence[x509.Certificate],
                  intermediates: Sequence[x509.Certificate], sign_policies: Sequence[str], *,
-                 live: LiveRevocation | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+                 live: LiveRevocation | None = None, clock: Clock = SYSTEM_CLOCK,
+                 fast: bool = True) -> None:
         if not anchors:
             raise ValueError("no trust anchor: the IGC-Santé root certificate is needed")
         self._anchors = list(anchors)
@@ -152,24 +134,24 @@ class Verifier:
         self._paths: dict[bytes, _Path | Verdict] = {}
         self._tsas: dict[bytes, Verdict | None] = {}
         self._lock = threading.Lock()
+        self._fast = fast       # the fast CMS reader first (False: asn1crypto's only)
 
     # --- entry points -------------------------------------------------------------------
     def verify_cades(self, content: bytes | None, signature: bytes) -> Report:
         """A detached (or enveloping, when ``content`` is None) CAdES signature."""
         try:
-            signed = self._load(signature)["content"]
-            encap = signed["encap_content_info"]
+            parts = self._parts(signature)
             if content is None:
-                if not _present(encap["content"]):
+                if parts.econtent is None:
                     raise Verdict(r.INDETERMINATE, r.SIGNED_DATA_NOT_FOUND,
                                   "detached signature: the signed file is needed")
-                content = encap["content"].native
-                assert isinstance(content, bytes)
-            return self._verify(signed, lambda name: _digest(name, content), [], "cades")
+                content = parts.econtent
+            data = content
+            return self._verify(parts, lambda name: _digest(name, data), [], "cades")
         except Verdict as verdict:
             return Report(verdict.indication, verdict.sub_indication, verdict.detail)
         except _PARSE_ERRORS as exc:
-            return Report(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"malformed signature: {exc}"[:300])
+            return _malformed("signature", exc)
 
     def verify_cades_digest(self, sha256: bytes, signature: bytes) -> Report:
         """A detached CAdES signature of content the caller hashed (SHA-256) itself."""
@@ -180,21 +162,25 @@ class Verifier:
             return sha256
 
         try:
-            info = self._load(signature)
-            return self._verify(info["content"], digest_of, [], "cades")
+            return self._verify(self._parts(signature), digest_of, [], "cades")
         except Verdict as verdict:
             return Report(verdict.indication, verdict.sub_indication, verdict.detail)
         except _PARSE_ERRORS as exc:
-            return Report(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"malformed signature: {exc}"[:300])
+            return _malformed("signature", exc)
 
-    @staticmethod
-    def _load(signature: bytes) -> cms.ContentInfo:
+    def _parts(self, signature: bytes) -> SignedParts:
+        """The fast reader for the usual shape, asn1crypto's classes for anything else."""
         if len(signature) > MAX_SIGNATURE:
             raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, "signature file too large")
+        if self._fast:
+            try:
+                return fastcms.signed_parts(signature)
+            except fastcms.Unfamiliar:
+                pass
         info = cms.ContentInfo.load(signature, strict=True)
-        if info["content_type"].native != "signed_data":
+        if oid_name(info["content_type"]) != "signed_data":
             raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, "not a CMS SignedData")
-        return info
+        return from_signed_data(info["content"])
 
     def verify_pades(self, pdf: bytes) -> Report:
         """The last signature of a PDF: byte-range digest and DSS from pyHanko's reader."""
@@ -202,34 +188,23 @@ class Verifier:
 
         try:
             found = read_pdf_signature(pdf)
-            return self._verify(found.signed_data, found.digest_of, found.ocsp, "pades")
+            parts = from_signed_data(found.signed_data)
+            return self._verify(parts, found.digest_of, found.ocsp, "pades")
         except Verdict as verdict:
             return Report(verdict.indication, verdict.sub_indication, verdict.detail,
                           format="pades")
         except _PARSE_ERRORS as exc:
-            return Report(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"malformed PDF signature: {exc}"[:300],
-                          format="pades")
+            return _malformed("PDF signature", exc, "pades")
 
     # --- the rules ----------------------------------------------------------------------
-    def _verify(self, signed: cms.SignedData, digest_of: object, extra_ocsp: list[bytes],
-                fmt: str) -> Report:
-        infos = signed["signer_infos"]
-        if len(infos) != 1:
-            raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE,
-                          f"{len(infos)} signer infos (one expected)")
-        si = infos[0]
-        attrs = si["signed_attrs"]
-        if not _present(attrs):
-            raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, "no signed attributes")
-        signed_bytes = _set_of_der(attrs)     # before reading any attribute: see _set_of_der
-        digest_name = si["digest_algorithm"]["algorithm"].native
-        found = _attributes(attrs)
-        message_digest = found.get("message_digest")
-        if message_digest is None or found.get("content_type") is None:
+    def _verify(self, parts: SignedParts, digest_of: Callable[[str], bytes],
+                extra_ocsp: list[bytes], fmt: str) -> Report:
+        if parts.message_digest is None or not parts.has_content_type:
             raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE,
                           "message-digest or content-type attribute missing")
-        cert_der, certs = self._signing_certificate(signed, si, found)
+        cert_der = self._signing_certificate(parts)
         cert = self._cert(cert_der)
+        certs = list(parts.certs)
         signer, serial = national_id(cert), f"{cert.serial_number:X}"
 
         def fail(verdict: Verdict, **more: object) -> Report:
@@ -238,31 +213,27 @@ class Verifier:
                           **more)  # type: ignore[arg-type]
 
         try:
-            assert callable(digest_of)
-            if digest_of(digest_name) != message_digest.native:  # type: ignore[attr-defined]
+            if digest_of(parts.digest_name) != parts.message_digest:
                 raise Verdict(r.TOTAL_FAILED, r.HASH_FAILURE,
                               "the content is not the one signed (message-digest differs)")
-            signature = si["signature"].native
-            if not _check_raw_signature(cert, signature, signed_bytes,
-                                        si["signature_algorithm"], digest_name):
+            if not _check_raw_signature(cert, parts.signature, parts.signed_attrs,
+                                        parts.sig_algo, parts.digest_name):
                 raise Verdict(r.TOTAL_FAILED, r.SIG_CRYPTO_FAILURE,
                               "the signature value does not verify with the signer's key")
             path = self._path(cert_der, cert, certs)
             self._check_usage(cert)
         except Verdict as verdict:
             return fail(verdict)
-        claimed = found.get("signing_time")
-        claimed_time = claimed.native if claimed is not None else None  # type: ignore[attr-defined]
+        claimed_time = parts.signing_time
         stamp_error: str | None = None
         stamp: _TimeStamp | None = None
-        token = self._unsigned_tst(si)
-        if token is not None:
+        if parts.tst is not None:
             try:
-                stamp = self._time_stamp(token, signature, certs)
+                stamp = self._time_stamp(parts.tst, parts.signature, certs)
             except Verdict as verdict:
                 stamp_error = verdict.detail
-        embedded = self._embedded_ocsp(signed) + extra_ocsp
-        level = "B-LT" if stamp and embedded else "B-T" if token is not None else "B-B"
+        embedded = list(parts.ocsp) + extra_ocsp
+        level = "B-LT" if stamp and embedded else "B-T" if parts.tst is not None else "B-B"
         signing_time = stamp.gen_time if stamp else claimed_time
         source = "timestamp" if stamp else "claimed" if claimed_time else None
         base = {"level": level, "signing_time": signing_time, "signing_time_source": source}
@@ -280,32 +251,20 @@ class Verifier:
                       certificate_serial=serial, revocation=status.describe(),
                       **base)  # type: ignore[arg-type]
 
-    def _signing_certificate(self, signed: cms.SignedData, si: cms.SignerInfo,
-                             attrs: dict[str, object]) -> tuple[bytes, list[bytes]]:
-        certs = [c.chosen.dump() for c in signed["certificates"]
-                 if c.name == "certificate"] if _present(signed["certificates"]) else []
-        sid = si["sid"]
-        ess = attrs.get("signing_certificate_v2")
-        if ess is None:
+    def _signing_certificate(self, parts: SignedParts) -> bytes:
+        if parts.ess is None:
             raise Verdict(r.INDETERMINATE, r.NO_SIGNING_CERTIFICATE_FOUND,
+                          "signing-certificate-v2 names no certificate" if parts.ess_empty else
                           "no signing-certificate-v2 attribute (not a CAdES baseline signature)")
-        ess_certs = ess["certs"]  # type: ignore[index]
-        if len(ess_certs) < 1:
-            raise Verdict(r.INDETERMINATE, r.NO_SIGNING_CERTIFICATE_FOUND,
-                          "signing-certificate-v2 names no certificate")
-        wanted = ess_certs[0]
-        hash_name = wanted["hash_algorithm"]["algorithm"].native
-        cert_hash = wanted["cert_hash"].native
-        if sid.name != "issuer_and_serial_number":
+        hash_name, cert_hash = parts.ess
+        if parts.sid_serial is None:
             raise Verdict(r.INDETERMINATE, r.NO_SIGNING_CERTIFICATE_FOUND,
                           "signer identified by key identifier (issuer and serial expected)")
-        serial = sid.chosen["serial_number"].native
-        for der in certs:
+        for der in parts.certs:
             if _digest(hash_name, der) == cert_hash:
-                cert = self._cert(der)
-                if cert.serial_number != serial:
+                if self._cert(der).serial_number != parts.sid_serial:
                     break
-                return der, certs
+                return der
         raise Verdict(r.INDETERMINATE, r.NO_SIGNING_CERTIFICATE_FOUND,
                       "the certificate named by signing-certificate-v2 is not in the signature")
 
@@ -314,7 +273,7 @@ class Verifier:
         if cert is None:
             try:
                 cert = x509.load_der_x509_certificate(der)
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:
                 raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE,
                               f"a certificate does not parse: {exc}") from None
             with self._lock:
@@ -378,62 +337,37 @@ class Verifier:
                           + " or ".join(sorted(self._policies)))
 
     # --- time stamp ---------------------------------------------------------------------
-    @staticmethod
-    def _unsigned_tst(si: cms.SignerInfo) -> cms.ContentInfo | None:
-        unsigned = si["unsigned_attrs"]
-        if not _present(unsigned):
-            return None
-        for attr in unsigned:
-            if attr["type"].native == "signature_time_stamp_token":
-                return attr["values"][0]
-        return None
-
-    def _time_stamp(self, token: cms.ContentInfo, signature: bytes,
-                    certs: list[bytes]) -> _TimeStamp:
+    def _time_stamp(self, token: bytes, signature: bytes, certs: list[bytes]) -> _TimeStamp:
         def bad(detail: str) -> Verdict:
             return Verdict(r.INDETERMINATE, r.NO_POE, detail)
 
-        if token["content_type"].native != "signed_data":
-            raise bad("not a SignedData")
-        tst_signed = token["content"]
-        encap = tst_signed["encap_content_info"]
-        if encap["content_type"].native != "tst_info":
-            raise bad("not a TSTInfo")
-        tst_bytes = encap["content"].contents
-        tst_info = encap["content"].parsed
-        imprint = tst_info["message_imprint"]
-        algo = imprint["hash_algorithm"]["algorithm"].native
-        if algo not in HASHES or imprint["hashed_message"].native != hashlib.new(
-                algo, signature).digest():
+        t: TstParts | None = None
+        if self._fast:
+            try:
+                t = fastcms.tst_parts(token)
+            except fastcms.Unfamiliar:
+                t = None
+        if t is None:
+            t = tst_from_token(cms.ContentInfo.load(token))
+        if t.imprint_algo not in HASHES or t.imprint != hashlib.new(
+                t.imprint_algo, signature).digest():
             raise bad("it does not stamp this signature value")
-        if len(tst_signed["signer_infos"]) != 1:
-            raise bad("one signer expected")
-        tsi = tst_signed["signer_infos"][0]
-        tattrs = tsi["signed_attrs"]
-        tsigned_bytes = _set_of_der(tattrs)
-        t_digest = tsi["digest_algorithm"]["algorithm"].native
-        md = _attributes(tattrs).get("message_digest")
-        if t_digest not in HASHES or md is None or md.native != hashlib.new(  # type: ignore[attr-defined]
-                t_digest, tst_bytes).digest():
+        if t.digest_name not in HASHES or t.message_digest is None or \
+                t.message_digest != hashlib.new(t.digest_name, t.tst_info).digest():
             raise bad("its signed attributes do not cover the TSTInfo")
-        tcerts = [c.chosen.dump() for c in tst_signed["certificates"]
-                  if c.name == "certificate"] if _present(tst_signed["certificates"]) else []
-        sid = tsi["sid"]
-        if sid.name != "issuer_and_serial_number":
+        if t.sid_serial is None:
             raise bad("TSA identified by key identifier")
-        tsa_serial, tsa_issuer = sid.chosen["serial_number"].native, sid.chosen["issuer"].dump()
-        tsa = next((c for c in map(self._cert, tcerts) if c.serial_number == tsa_serial
-                    and c.issuer.public_bytes() == tsa_issuer), None)
+        tsa = next((c for c in map(self._cert, t.certs) if c.serial_number == t.sid_serial
+                    and c.issuer.public_bytes() == t.sid_issuer), None)
         if tsa is None:
             raise bad("the TSA certificate is not in the token")
-        if not _check_raw_signature(tsa, tsi["signature"].native, tsigned_bytes,
-                                    tsi["signature_algorithm"], t_digest):
+        if not _check_raw_signature(tsa, t.signature, t.signed_attrs, t.sig_algo,
+                                    t.digest_name):
             raise bad("the TSA signature does not verify")
-        self._check_tsa(tsa, tcerts + certs)
-        gen_time: dt.datetime = tst_info["gen_time"].native
-        if not tsa.not_valid_before_utc <= gen_time <= tsa.not_valid_after_utc:
+        self._check_tsa(tsa, [*t.certs, *certs])
+        if not tsa.not_valid_before_utc <= t.gen_time <= tsa.not_valid_after_utc:
             raise bad("genTime outside the TSA certificate's validity")
-        return _TimeStamp(gen_time, tsa.subject.rfc4514_string())
+        return _TimeStamp(t.gen_time, tsa.subject.rfc4514_string())
 
     def _check_tsa(self, tsa: x509.Certificate, others: list[bytes]) -> None:
         der = tsa.tbs_certificate_bytes + tsa.signature
@@ -469,15 +403,6 @@ class Verifier:
             sub = r.NOT_YET_VALID if proven else r.OUT_OF_BOUNDS_NO_POE
             raise Verdict(r.TOTAL_FAILED if proven else r.INDETERMINATE, sub,
                           "signed before the certificate was valid")
-
-    @staticmethod
-    def _embedded_ocsp(signed: cms.SignedData) -> list[bytes]:
-        crls = signed["crls"]
-        if not _present(crls):
-            return []
-        return [c.chosen["other_rev_info"].dump() for c in crls
-                if c.name == "other" and c.chosen["other_rev_info_format"].native
-                == "ocsp_response"]
 
     def _revocation(self, path: _Path, embedded: list[bytes], at: dt.datetime) -> Status:
         problems: list[str] = []

@@ -29,7 +29,8 @@ def card_of(env: Env, name: str) -> SoftCard:  # noqa: F811
 def test_verify_endpoint(env: Env) -> None:  # noqa: F811
     card = card_of(env, "signer")
     signature = sign_cades(CLAIM, CardSigner(card, PIN))
-    env.wait_ocsp(f"{card.certs['auth'].serial_number:X}", "good")
+    env.extra_certs.append(card.certs["sign"])
+    env.wait_ocsp(f"{card.certs['sign'].serial_number:X}", "good")
     status, report = env.post("/verify", {"signature": b64(signature), "content": b64(CLAIM)})
     assert status == 200, report
     assert report["indication"] == "TOTAL_PASSED", report
