@@ -132,8 +132,9 @@ def answers_hold(url: str, issuer: Any, serials: list[str]) -> bool:
     return True
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int, str]:
-    """Run ``cmd`` and reap it with wait4: (seconds, its own peak RSS in KiB, stdout+stderr)."""
+def run_measured(cmd: list[str]) -> tuple[float, int, float, str]:
+    """Run ``cmd`` and reap it with wait4: (seconds, its own peak RSS in KiB, its CPU
+    seconds, stdout+stderr)."""
     with tempfile.TemporaryFile() as out_file:
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out_file, stderr=subprocess.STDOUT,
@@ -145,7 +146,7 @@ def run_measured(cmd: list[str]) -> tuple[float, int, str]:
         text = out_file.read().decode(errors="replace")
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd[1:])} exited {proc.returncode}: {text[-800:]}")
-    return took, int(usage.ru_maxrss), text
+    return took, int(usage.ru_maxrss), usage.ru_utime + usage.ru_stime, text
 
 
 def openssl_ocsp(url: str, ca_pem: Path, chain_pem: Path, serial: str) -> str:
@@ -207,6 +208,19 @@ def role_of(pid: int) -> str:
     if "multiprocessing" in cmdline or "spawn_main" in cmdline:
         return f"signer signing {pid}"
     return f"signer {pid}"
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime of each process so far (/proc/PID/stat), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def pem(cert: Any) -> bytes:
@@ -281,8 +295,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         # Reference: the old way, one command per serial.
         ref_times = []
         for serial in reference[:args.reference_calls]:
-            took, _, _ = run_measured([harness.CPS_ADMIN, "--home", str(home), "cert",
-                                       "revoke", serial, "--reason", "certificateHold"])
+            took, _, _, _ = run_measured([harness.CPS_ADMIN, "--home", str(home), "cert",
+                                          "revoke", serial, "--reason", "certificateHold"])
             ref_times.append(took)
         per_call = sorted(ref_times)[len(ref_times) // 2]
 
@@ -301,8 +315,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
         wrk_proc = wrk_start(url, hexfile, GOAL_SECONDS * 3, tmp / "wrk.log", args.pause_ms)
         time.sleep(2)
+        roles = harness.tree(signer.pid) + harness.tree(status.pid)
+        cpu_before = cpu_seconds(roles)
+        load_before = os.getloadavg()[0]
         t0 = time.monotonic()
-        cmd_seconds, cmd_kib, cmd_out = run_measured(
+        cmd_seconds, cmd_kib, cmd_cpu, cmd_out = run_measured(
             [harness.CPS_ADMIN, "--home", str(home), "cert", "revoke", "--card-model", WEAK,
              "--reason", "certificateHold"])
         marks: dict[str, float] = {"command": cmd_seconds}
@@ -322,6 +339,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
                 break
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t0 - now)))
         done = max(marks.values())
+        cpu_after = cpu_seconds(roles)
+        load_after = os.getloadavg()[0]
+        role_cpu = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
+        signer_cpu = sum(v for pid, v in role_cpu.items() if pid in harness.tree(signer.pid))
+        status_cpu = sum(v for pid, v in role_cpu.items() if pid in harness.tree(status.pid))
         load_result = wrk_result(wrk_proc, tmp / "wrk.log")
         wrk_proc = None
 
@@ -380,6 +402,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
           f"({per_call:.2f} s per call, median of {len(ref_times)}, x {n}; "
           f"{old / 86400:.1f} days)")
     print(f"{'ratio':46s} {old / done:10.0f}x")
+    total_cpu = cmd_cpu + signer_cpu + status_cpu
+    print(f"CPU seconds spent on it: command {cmd_cpu:.1f}, signer with its signing processes "
+          f"{signer_cpu:.1f}, status role (incl. answering wrk) {status_cpu:.1f}: "
+          f"{total_cpu:.1f} = {total_cpu / 2:.0f} s of both cores "
+          f"(load average {load_before:.1f} -> {load_after:.1f} from other jobs)")
     print()
     print(f"status role under wrk (-t1 -c{CONNECTIONS}, {args.pause_ms} ms pause per "
           f"connection, {len(load)} distinct requests):")

@@ -11,11 +11,13 @@ point to).
 Transaction. The CRL numbers are reserved (``UPDATE ca SET crl_number = crl_number + n``), the
 revoked rows are streamed, every CRL of the publication is linted, then signed in the HSM, then
 stored with its audit record, all in one transaction: a lint finding or an HSM error stores
-nothing and consumes no number.
+nothing and consumes no number. A full CRL streams its rows in a read transaction first, and
+again inside the write transaction only if a status change of the CA committed in between.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -96,16 +98,23 @@ class _Plan:
 
 
 def publish_full(auth: AuthorityView, slug: str) -> list[PublishedCrl]:
-    """Full CRL(s) of one CA: one per partition."""
+    """Full CRL(s) of one CA: one per partition.
+
+    The entries are read and encoded in a read transaction first: at 10^6 entries that takes
+    tens of seconds, and on SQLite a write transaction would hold the whole store's write lock
+    meanwhile (every revocation and OCSP record waiting). The write transaction then reserves
+    the numbers, lints, signs and stores; if a status change of the CA committed since the read,
+    the entries are read again inside it (the old way), so a CRL never misses a change older
+    than its number."""
     ca = auth.ca(slug)
     config = auth.config
     parts = scopes(config, ca)
     with_deltas = ca.role != ROOT_ROLE
     this_update = utc_seconds(auth.clock.now())
     next_update = this_update + dt.timedelta(hours=config.crl.validity_hours)
-    with auth.store.session() as session:
-        first = source.allocate_numbers(session, ca.id, len(parts))
-        plans = {shard: _Plan(shard, CrlFields(
+
+    def plans_for(first: int) -> dict[int | None, _Plan]:
+        return {shard: _Plan(shard, CrlFields(
             issuer=ca.certificate, this_update=this_update, next_update=next_update,
             number=first + i,
             idp_uri=None if shard is None else urls.crl_url(config.base_url, slug, shard),
@@ -113,24 +122,42 @@ def publish_full(auth: AuthorityView, slug: str) -> list[PublishedCrl]:
             freshest_uri=(urls.crl_url(config.base_url, slug, shard, delta=True)
                           if with_deltas else None)))
             for i, shard in enumerate(parts)}
-        complete = plans[None] if len(parts) > 1 else None   # beside the partitions
-        floor: dict[str, source.Listed] = {}
-        for shard in parts:
-            undone = source.undone_revocations(session, ca.id, shard)
-            for serial in undone:
-                _refuse(session, auth, slug, serial, "full")
-            plans[shard].entries.extend(e.row() for e in undone.values())
-            if complete is not None and shard is not None:
-                complete.entries.extend(e.row() for s, e in undone.items() if s not in floor)
-            floor.update(undone)
-        for batch in source.revoked_batches(session, ca.id, sharded=parts != [None]):
-            for shard, rows in batch.items():
-                if floor:      # a held row the floor already lists as revoked
-                    rows = [r for r in rows if r[0] not in floor]
-                _plan_for(plans, shard, slug).entries.extend(rows)
-                if complete is not None:
-                    complete.entries.extend(rows)
+
+    with auth.store.read() as session:
+        mark = source.last_event_id(session, ca.id)
+        plans = plans_for(0)
+        refused = _collect_full(session, ca, parts, plans)
+    with auth.store.session() as session:
+        first = source.allocate_numbers(session, ca.id, len(parts))
+        if source.last_event_id(session, ca.id) != mark:     # changed meanwhile: read again
+            plans = plans_for(first)
+            refused = _collect_full(session, ca, parts, plans)
+        for i, plan in enumerate(plans.values()):
+            plan.fields = dataclasses.replace(plan.fields, number=first + i)
+        for serial in refused:
+            _refuse(session, auth, slug, serial, "full")
         return _sign_and_store(session, auth, ca, "full", list(plans.values()))
+
+
+def _collect_full(session: Session, ca: CaView, parts: list[int | None],
+                  plans: dict[int | None, _Plan]) -> list[str]:
+    """Every entry of each scope into ``plans``; returns the serials kept from the floor."""
+    complete = plans[None] if len(parts) > 1 else None   # beside the partitions
+    floor: dict[str, source.Listed] = {}
+    for shard in parts:
+        undone = source.undone_revocations(session, ca.id, shard)
+        plans[shard].entries.extend(e.row() for e in undone.values())
+        if complete is not None and shard is not None:
+            complete.entries.extend(e.row() for s, e in undone.items() if s not in floor)
+        floor.update(undone)
+    for batch in source.revoked_batches(session, ca.id, sharded=parts != [None]):
+        for shard, rows in batch.items():
+            if floor:      # a held row the floor already lists as revoked
+                rows = [r for r in rows if r[0] not in floor]
+            _plan_for(plans, shard, ca.slug).entries.extend(rows)
+            if complete is not None:
+                complete.entries.extend(rows)
+    return list(floor)
 
 
 def publish_delta(auth: AuthorityView, slug: str) -> list[PublishedCrl]:
@@ -148,7 +175,9 @@ def publish_delta_tracked(auth: AuthorityView, slug: str
     parts = scopes(config, ca)
     this_update = utc_seconds(auth.clock.now())
     next_update = this_update + dt.timedelta(hours=config.crl.delta_validity_hours)
-    with auth.store.session() as session:
+
+    def collect(session: Session, first: int, refused: list[tuple[str, str]]
+                ) -> tuple[dict[int | None, _Plan], set[int]]:
         bases = {shard: source.latest(session, ca.id, "full", shard) for shard in parts}
         missing = [s for s, b in bases.items() if b is None]
         if missing:
@@ -157,7 +186,6 @@ def publish_delta_tracked(auth: AuthorityView, slug: str
         since = min(b.this_update for b in bases.values() if b is not None) - DELTA_SAFETY_MARGIN
         changed, event_ids = source.changed_since(session, ca.id, since,
                                                   sharded=parts != [None])
-        first = source.allocate_numbers(session, ca.id, len(parts))
         plans: dict[int | None, _Plan] = {}
         for i, shard in enumerate(parts):
             base = bases[shard]
@@ -169,9 +197,28 @@ def publish_delta_tracked(auth: AuthorityView, slug: str
                 only_user_certs=shard is not None))
         for shard, rows in changed.items():
             _plan_for(plans, shard, slug).entries.extend(
-                _delta_floor(session, auth, ca, shard, rows))
+                _delta_floor(session, ca, shard, rows, refused))
             if len(parts) > 1:     # the complete CRL's delta: every partition's changes
-                plans[None].entries.extend(_delta_floor(session, auth, ca, None, rows))
+                plans[None].entries.extend(_delta_floor(session, ca, None, rows, refused))
+        return plans, event_ids
+
+    # Read and encode first (no write lock on SQLite: an incident's delta lists 600,000
+    # holds), then number, sign and store; read again inside if anything changed meanwhile.
+    refused: list[tuple[str, str]] = []
+    with auth.store.read() as session:
+        mark = (source.last_event_id(session, ca.id), source.latest_numbers(session).get(ca.id))
+        plans, event_ids = collect(session, 0, refused)
+    with auth.store.session() as session:
+        first = source.allocate_numbers(session, ca.id, len(parts))
+        now = (source.last_event_id(session, ca.id),
+               source.latest_numbers(session).get(ca.id))
+        if now != mark:
+            refused = []
+            plans, event_ids = collect(session, first, refused)
+        for i, plan in enumerate(plans.values()):
+            plan.fields = dataclasses.replace(plan.fields, number=first + i)
+        for serial, claimed in refused:
+            _refuse(session, auth, slug, serial, "delta", claimed)
         published = _sign_and_store(session, auth, ca, "delta", list(plans.values()))
     return published, event_ids
 
@@ -180,8 +227,8 @@ def publish_delta_tracked(auth: AuthorityView, slug: str
 _SEARCH_UP_TO = 64
 
 
-def _delta_floor(session: Session, auth: AuthorityView, ca: CaView, shard: int | None,
-                 rows: list[builder.Row]) -> list[builder.Row]:
+def _delta_floor(session: Session, ca: CaView, shard: int | None, rows: list[builder.Row],
+                 refused: list[tuple[str, str]]) -> list[builder.Row]:
     """A delta's changed rows, checked against what was last published: removeFromCRL only for a
     certificate last listed on hold (RFC 5280 §5.3.1); a permanent revocation is listed again
     as it was, whatever the row now says (a store written around the lifecycle)."""
@@ -204,7 +251,7 @@ def _delta_floor(session: Session, auth: AuthorityView, ca: CaView, shard: int |
         else:
             previous = source.previous_entry(published, serial)
         if previous is not None and previous.permanent:
-            _refuse(session, auth, ca.slug, serial, "delta", status)
+            refused.append((serial, status))       # audited by the caller's write
             out.append(previous.row())
         elif status == "hold" or previous is not None:
             out.append(row)

@@ -158,6 +158,15 @@ def latest(session: Session, ca_id: int, kind: str, shard: int | None) -> Stored
     return None if row is None else StoredCrl(*row)
 
 
+def last_event_id(session: Session, ca_id: int) -> int:
+    """A mark of a CA's status changes (their count and newest id; 0: none): whether anything
+    changed between two reads."""
+    count, top = session.execute(select(func.count(), func.max(StatusEvent.id)).where(
+        StatusEvent.ca_id == ca_id, StatusEvent.event.in_(CHANGE_EVENTS))).one()
+    # With the count: on PostgreSQL a lower id may commit after a higher one.
+    return int(count or 0) * (1 << 40) + int(top or 0)
+
+
 def latest_numbers(session: Session) -> dict[int, int]:
     """The highest stored CRL number of every CA: cheap change detection for the cache."""
     return {int(ca_id): int(number) for ca_id, number in

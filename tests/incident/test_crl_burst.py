@@ -99,3 +99,34 @@ def test_delta_floor_indexed_or_searched_alike(auth: Authority, monkeypatch: pyt
     assert reasons[serials[0]] == x509.ReasonFlags.key_compromise
     assert {reasons[s] for s in serials[1:6]} == {x509.ReasonFlags.remove_from_crl}
     assert {reasons[s] for s in serials[6:]} == {x509.ReasonFlags.certificate_hold}
+
+
+def test_crl_read_outside_the_write_lock_misses_no_late_change(
+        auth: Authority, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publication reads its entries before taking the write lock; a revocation committed in
+    between is still listed (the entries are read again inside the write transaction)."""
+    from pki.crl import publisher
+
+    serials = [s for _, pair in add_cards(auth, WEAK, 3) for s in pair]
+    slug = auth.issuing_ca("PERSONNES").slug
+    real = publisher._collect_full
+    late = iter([serials[0], None])
+
+    def collect_then_revoke(*args: object, **kwargs: object) -> list[str]:
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        serial = next(late)
+        if serial is not None:          # after the first (unlocked) read only
+            lifecycle.revoke(auth, serial, "keyCompromise")
+        return out
+
+    monkeypatch.setattr(publisher, "_collect_full", collect_then_revoke)
+    (full,) = publisher.publish_full(auth, slug)
+    listed = {f"{e.serial_number:X}".zfill(32) for e in x509.load_der_x509_crl(full.der)}
+    assert serials[0] in listed and full.entries == 1
+    # Nothing changed meanwhile: one read, and the numbers still increase.
+    monkeypatch.setattr(publisher, "_collect_full", real)
+    lifecycle.change_many(auth, serials[1:], "hold", selection={})
+    (again,) = publisher.publish_full(auth, slug)
+    assert again.number > full.number and again.entries == 6
+    delta = publisher.publish_delta(auth, slug)
+    assert [d.base_number for d in delta] == [again.number]
