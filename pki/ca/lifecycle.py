@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ REASON_CODES = {"unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affili
                 "removeFromCRL": 8, "privilegeWithdrawn": 9, "aACompromise": 10}
 # Certificates changed per transaction (and per audit record) by ``change_many``.
 BATCH = 5000
+SQLITE_YIELD = 0.1      # seconds between two batches on SQLite: the other writers' turn
 
 StatusListener = Callable[[list[str]], object]
 _STATUS_EVENT = StatusEvent.metadata.tables[StatusEvent.__tablename__]
@@ -273,6 +275,12 @@ def change_many(auth: Authority, serials: Sequence[str], event: str, reason: str
                                    "selection_count": len(serials)}, actor)
         if changed:
             _notify(auth, changed)
+            if auth.store.dialect == "sqlite":
+                # SQLite has one write lock for the whole store, and a writer that found it
+                # taken retries after sleeps growing to 100 ms: without a pause the next batch
+                # takes the lock again at once and the signer, writing the OCSP answers of
+                # these very certificates, starves until the end.
+                time.sleep(SQLITE_YIELD)
         if progress is not None:
             progress(len(part))
     return outcome
