@@ -303,8 +303,16 @@ def cert_revoke(obj: AdminContext, serial: str | None, reason: str,
         click.echo(f"{change.serial}: {change.status} ({change.reason}) "
                    f"at {change.at.isoformat()}")
         return
-    auth = obj.authority()
     event, reason = lifecycle.event_of(reason)
+    _change_many(obj, event, reason, when, from_file, card_model, issued_before, issuer,
+                 dry_run, batch_size)
+
+
+def _change_many(obj: AdminContext, event: str, reason: str | None, when: dt.datetime | None,
+                 from_file: Path | None, card_model: str | None, issued_before: str | None,
+                 issuer: str | None, dry_run: bool, batch_size: int) -> None:
+    """A list (checked first, all or nothing) or a selection, through lifecycle.change_many."""
+    auth = obj.authority()
     if from_file is not None:
         serials = read_serial_file(from_file)
         planned = lifecycle.plan(auth, serials, event, reason, batch_size=batch_size)
@@ -322,13 +330,14 @@ def cert_revoke(obj: AdminContext, serial: str | None, reason: str,
             issuer=issuer_slug(auth, issuer) if issuer is not None else None)
         todo, already = lifecycle.select_serials(auth, chosen, event), 0
         selection = chosen.describe()
-    verb = {"hold": "suspend", "revoke": "revoke"}[event]
+    verb = {"hold": "suspend", "revoke": "revoke", "release": "release"}[event]
     if dry_run:
         if obj.json_output:
             emit_json({"dry_run": True, "event": event, "reason": reason, "count": len(todo),
                        "already": already, "selection": selection})
         else:
-            click.echo(f"would {verb} {len(todo)} certificate(s) ({reason})"
+            click.echo(f"would {verb} {len(todo)} certificate(s)"
+                       + (f" ({reason})" if reason else "")
                        + (f"; {already} already done" if already else ""))
         return
     with tqdm(total=len(todo), desc=verb, unit="cert", file=sys.stderr, leave=False,
@@ -341,8 +350,9 @@ def cert_revoke(obj: AdminContext, serial: str | None, reason: str,
         emit_json({"event": event, "reason": reason, "changed": outcome.changed,
                    "already": already, "batches": outcome.batches, "selection": selection})
     else:
-        click.echo(f"{'suspended' if event == 'hold' else 'revoked'} {outcome.changed} "
-                   f"certificate(s) ({reason}) in {outcome.batches} batch(es)"
+        done = {"hold": "suspended", "revoke": "revoked", "release": "released"}[event]
+        click.echo(f"{done} {outcome.changed} certificate(s)"
+                   + (f" ({reason})" if reason else "") + f" in {outcome.batches} batch(es)"
                    + (f"; {already} already done" if already else ""))
 
 
@@ -388,10 +398,32 @@ def _parse_date(value: str | None) -> dt.datetime | None:
 
 
 @cert.command("release")
-@click.argument("serial")
+@click.argument("serial", required=False)
+@click.option("--from-file", "from_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Many at once: one serial per line, all checked first (as cert revoke).")
+@click.option("--card-model", default=None, metavar="M", help="Select by card model.")
+@click.option("--issued-before", default=None, metavar="DATE", help="Select by notBefore.")
+@click.option("--issuer", default=None, metavar="CA", help="Select by issuing CA.")
+@click.option("--dry-run", is_flag=True, help="Print how many holds would be lifted.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=50_000), default=lifecycle.BATCH,
+              show_default=True, help="Certificates per transaction and audit record.")
+@json_flag
 @pass_admin
-def cert_release(obj: AdminContext, serial: str) -> None:
-    """Lift a certificateHold."""
+def cert_release(obj: AdminContext, serial: str | None, from_file: Path | None,
+                 card_model: str | None, issued_before: str | None, issuer: str | None,
+                 dry_run: bool, batch_size: int) -> None:
+    """Lift a certificateHold: one certificate, a list, or a selection (a false alarm)."""
+    selecting = any(v is not None for v in (card_model, issued_before, issuer))
+    if sum((serial is not None, from_file is not None, selecting)) != 1:
+        raise click.UsageError("give one SERIAL, --from-file FILE, or a selection "
+                               "(--card-model, --issued-before, --issuer)")
+    if serial is None:
+        _change_many(obj, "release", None, None, from_file, card_model, issued_before, issuer,
+                     dry_run, batch_size)
+        return
+    if dry_run:
+        raise click.UsageError("--dry-run is for --from-file and selections")
     change = lifecycle.release(obj.authority(), serial)
     click.echo(f"{change.serial}: {change.status} (hold released)")
 

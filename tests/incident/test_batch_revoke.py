@@ -190,3 +190,27 @@ def test_cli_selection_by_model_date_issuer(incident_home: Path, auth: Authority
     code, out, _ = _run(incident_home, "--json", *args, "--issuer",
                         "ac-igc-sante-fort-personnes", "--dry-run")
     assert json.loads(out)["count"] == 8
+
+
+def test_cli_release_lifts_the_holds_of_a_selection(incident_home: Path, auth: Authority,
+                                                    tmp_path: Path) -> None:
+    weak = [s for _, pair in add_cards(auth, WEAK, 3) for s in pair]
+    strong = [s for _, pair in add_cards(auth, STRONG, 1) for s in pair]
+    lifecycle.change_many(auth, weak + strong, "hold", selection={})
+    lifecycle.revoke(auth, weak[0], "keyCompromise")          # revoked for good meanwhile
+    code, out, _ = _run(incident_home, "cert", "release", "--card-model", WEAK, "--dry-run")
+    assert code == 0 and "would release 5 certificate(s)" in out
+    code, out, _ = _run(incident_home, "cert", "release", "--card-model", WEAK)
+    assert code == 0 and "released 5 certificate(s) in 1 batch(es)" in out
+    statuses = _status(auth, weak + strong)
+    assert statuses[weak[0]] == ("revoked", "keyCompromise")
+    assert {statuses[s] for s in weak[1:]} == {("active", None)}
+    assert {statuses[s] for s in strong} == {("hold", "certificateHold")}
+    assert _count(auth, StatusEvent, StatusEvent.event == "release") == 5
+    listing = tmp_path / "s.txt"
+    listing.write_text("\n".join([*strong, weak[0]]) + "\n")
+    code, _out, err = _run(incident_home, "cert", "release", "--from-file", str(listing))
+    assert code == 1 and "revocation is final" in err and "nothing applied" in err
+    assert {_status(auth, strong)[s] for s in strong} == {("hold", "certificateHold")}
+    code, out, _ = _run(incident_home, "cert", "release", strong[0])
+    assert code == 0 and "hold released" in out
