@@ -33,6 +33,9 @@ class LazyProvider:
         self._provider: Provider | None = None
         self._lock = threading.Lock()
 
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.get(), name)      # the provider's attributes, built if need be
+
     def get(self) -> Provider:
         provider = self._provider
         if provider is None:

@@ -50,7 +50,8 @@ DEFAULT_EXPIRY = 300
 MAX_EXPIRY = 600
 INTERVAL = 5
 MAX_BINDING = 64
-MAX_OPEN_PER_SUBJECT = 20
+MAX_OPEN_PER_SUBJECT = 20        # open requests of all services for one professional
+MAX_OPEN_PER_CLIENT = 3          # ... of one service: none can fill the others' room
 _HINT = re.compile(r"^8[0-9]{11}$")
 
 
@@ -102,9 +103,10 @@ def start(provider: Provider, client: Client, form: Any) -> dict[str, Any]:
     if known is None:
         raise UnknownUserIdError("no professional with this identifier")
     binding = form.get("binding_message") or ""
-    if len(binding) > MAX_BINDING or any(ord(c) < 32 for c in binding):
-        raise InvalidRequestError(f"binding_message: at most {MAX_BINDING} printable characters",
-                                  )
+    # printable only: no C0/C1 controls, DEL, bidi overrides or other format characters,
+    # which could make a terminal or a page show the professional another text
+    if len(binding) > MAX_BINDING or not binding.isprintable():
+        raise InvalidRequestError(f"binding_message: at most {MAX_BINDING} printable characters")
     try:
         expiry = int(form.get("requested_expiry") or DEFAULT_EXPIRY)
     except ValueError:
@@ -116,23 +118,28 @@ def start(provider: Provider, client: Client, form: Any) -> dict[str, Any]:
              "scope": scope, "binding_message": binding, "status": "pending",
              "expires_at": now + expiry, "interval": INTERVAL, "last_poll": 0,
              "subject": None}
-    key = f"ciba:{digest(auth_req_id)}"
-    provider.state.put(key, value, expiry + MAX_EXPIRY)
-    _index(provider, hint, auth_req_id, now + expiry)
+    _index(provider, hint, auth_req_id, now + expiry, client.client_id)   # may refuse
+    provider.state.put(f"ciba:{digest(auth_req_id)}", value, expiry + MAX_EXPIRY)
     provider.services.audit.record("oidc.ciba_start", hint,
                                    {"client_id": client.client_id}, actor=client.client_id)
     return {"auth_req_id": auth_req_id, "expires_in": expiry, "interval": INTERVAL}
 
 
-def _index(provider: Provider, sub: str, auth_req_id: str, expires_at: int) -> None:
+def _index(provider: Provider, sub: str, auth_req_id: str, expires_at: int,
+           client_id: str) -> None:
+    """Add the request to the professional's open ones: at most MAX_OPEN_PER_CLIENT per
+    service (beyond, refused for that service only), MAX_OPEN_PER_SUBJECT in all."""
     key = f"ciba-sub:{sub}"
     for _ in range(20):
         current = provider.state.get(key)
         now = provider.now()
         open_ = [e for e in (current or {}).get("open", []) if e[1] > now]
+        if sum(1 for e in open_ if e[2:] == [client_id]) >= MAX_OPEN_PER_CLIENT:
+            raise InvalidRequestError("this service has too many open requests for this "
+                                      "professional")
         if len(open_) >= MAX_OPEN_PER_SUBJECT:
             raise InvalidRequestError("too many open requests for this professional")
-        new = {"open": [*open_, [auth_req_id, expires_at]]}
+        new = {"open": [*open_, [auth_req_id, expires_at, client_id]]}
         if current is None:
             if provider.state.put(key, new, MAX_EXPIRY * 2):
                 return
@@ -167,7 +174,11 @@ def poll(provider: Provider, auth_req_id: str, client: Client) -> tuple[Subject,
 
 def approver(provider: Provider, bearer: str) -> dict[str, Any]:
     """Claims of the broker token of a card login (card + PIN); PermissionError otherwise."""
+    # The broker's audience and its own client id: a relying service's OIDC access token
+    # (another audience, its client_id) is refused even when it came from a card login.
     claims = provider.services.validator.validate(bearer)
+    if claims.get("client_id") != provider.services.config.client_id:
+        raise PermissionError("approving a login needs the broker's own card-login token")
     if claims.get("acr") != ACR_EIDAS_HIGH or "hwk" not in claims.get("amr", []) or \
             claims.get("cps_key_location") != "card":
         raise PermissionError("approving a login needs a card login (card + PIN)")
@@ -179,7 +190,7 @@ def pending(provider: Provider, claims: dict[str, Any]) -> list[dict[str, Any]]:
     index = provider.state.get(f"ciba-sub:{sub}") or {}
     now = provider.now()
     out = []
-    for auth_req_id, expires_at in index.get("open", []):
+    for auth_req_id, expires_at, *_client in index.get("open", []):
         if expires_at <= now:
             continue
         value = provider.state.get(f"ciba:{digest(auth_req_id)}")

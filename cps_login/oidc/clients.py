@@ -33,7 +33,9 @@ from pki.store.db import Store
 
 AUTH_METHODS = ("client_secret_basic", "private_key_jwt", "tls_client_auth")
 CIBA_GRANT = "urn:openid:params:grant-type:ciba"
-SCOPES = ("openid", "profile", "scope_all", "patient.read", "offline_access")
+# Identity scopes only: an OIDC access token is for the relying service and the provider's
+# userinfo, never for the patient-record API (that takes the broker's own card-login token).
+SCOPES = ("openid", "profile", "scope_all", "offline_access")
 
 
 def secret_digest(secret: str) -> str:

@@ -47,6 +47,7 @@ from cps_login.oidc.claims import Claims
 from cps_login.oidc.clients import Client, ClientRegistry
 from cps_login.oidc.state import SharedState, Value
 from cps_login.oidc.subject import Subject, digest, half_hash, sign_jwt
+from cps_login.tokens import TokenValidator
 from cps_login.web.broker import PEER_CERT_ENVIRON
 from pki.clock import Clock
 from pki.errors import PkiError
@@ -321,6 +322,14 @@ class Provider:
         self.state = state
         self.clock = clock
         self.issuer = services.config.issuer.rstrip("/")
+        # The audience of the access tokens this provider gives relying services: not the
+        # broker's (``config.audience``, the patient-record API), so that no validator of
+        # the broker's own tokens takes them.
+        self.audience = self.issuer + "/oidc"
+        if self.audience == services.config.audience:
+            raise ValueError("the OIDC audience must differ from the broker's")
+        self.validator = TokenValidator(services.tokens.jwks(), issuer=services.config.issuer,
+                                        audience=self.audience, clock=clock)
         self.clients = ClientRegistry(services.store)
         self._claims = Claims(services.store)
         server = _Server(query_client=self.clients.query, save_token=self.save_token)
@@ -387,12 +396,15 @@ class Provider:
                        include_refresh_token: bool = True) -> dict[str, Any]:
         assert user is not None
         scope = scope or "openid"
+        # aud: the relying service and the provider's own endpoints — never the broker's
+        # audience (the patient-record API, CIBA approval take the card-login token only).
         issued = self.services.tokens.issue(
-            subject=user.sub, audience=self.services.config.audience,
+            subject=user.sub, audience=self.audience,
             profession_code=user.profession_code, organisation_id=user.organisation,
             assurance=user.assurance,
-            extra={"client_id": client.client_id, "scope": scope, "sid": user.sid,
-                   "auth_time": user.auth_time, "cps_key_location": user.key_storage})
+            extra={"aud": [client.client_id, self.audience], "client_id": client.client_id,
+                   "scope": scope, "sid": user.sid, "auth_time": user.auth_time,
+                   "cps_key_location": user.key_storage})
         token: dict[str, Any] = {"token_type": "Bearer", "access_token": issued.token,
                                  "expires_in": issued.expires_in, "scope": scope}
         if include_refresh_token and client.check_grant_type("refresh_token"):
@@ -485,9 +497,8 @@ class Provider:
 
     def validate_access_token(self, token: str) -> dict[str, Any]:
         """Claims of a live access token of this provider; TokenInvalid otherwise."""
-        claims = self.services.validator.validate(token)
-        client_id = claims.get("client_id")
-        if client_id != self.services.config.client_id and self.clients.query(client_id) is None:
+        claims = self.validator.validate(token)
+        if self.clients.query(claims.get("client_id")) is None:
             raise TokenInvalid("token_revoked", "the client was removed")
         if self.state.get(f"jti-revoked:{digest(str(claims['jti']))}") is not None:
             raise TokenInvalid("token_revoked")

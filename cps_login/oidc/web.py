@@ -12,23 +12,26 @@ from __future__ import annotations
 import base64
 import html
 import io
+import ipaddress
 import secrets
 from typing import Any
 from urllib.parse import quote
 
-from authlib.oauth2.rfc6749 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 from flask import Blueprint, Response, current_app, jsonify, make_response, request
 from flask.wrappers import Request
 
 from cps_login.errors import TokenInvalid
 from cps_login.oidc import browser, ciba
+from cps_login.oidc.clients import SCOPES as CLIENT_SCOPES
 from cps_login.oidc.provider import OAuthRequest, Provider
 
 bp = Blueprint("oidc", __name__)
 EXTENSION = "cps_login.oidc"
 TX_COOKIE = "cps-oidc-browser"
 AGENT_URL = "http://127.0.0.1:24727/authorize"
-SCOPES = ["openid", "profile", "scope_all", "patient.read", "offline_access"]
+MAX_QUERY = 4096
+SCOPES = list(CLIENT_SCOPES)
 CLAIMS = ["sub", "SubjectNameID", "SubjectRefPro", "SubjectOrganization",
           "SubjectOrganizationID", "SubjectRole", "given_name", "family_name",
           "preferred_username", "acr", "amr", "auth_time", "sid", "nonce"]
@@ -127,9 +130,29 @@ def _oauth_request(query_string: str) -> OAuthRequest:
     return OAuthRequest(Request(environ), provider().issuer)
 
 
+def _refused(description: str) -> Response:
+    return _error_page(InvalidRequestError(description))
+
+
+def _client_key(address: str) -> str:
+    """The per-address bound's key: an IPv4 address, or the /64 of an IPv6 one (one host
+    may hold a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 @bp.get("/oidc/authorize")
 def authorize() -> Response:
     p = provider()
+    # The whole query is kept with the transaction: bounded, so that anonymous requests
+    # cannot fill the provider's state (a real one is a few hundred bytes).
+    if len(request.query_string) > MAX_QUERY:
+        return _refused(f"authorization request over {MAX_QUERY} bytes")
     oauth_request = OAuthRequest(request, p.issuer)
     try:
         p.server.get_consent_grant(request=oauth_request)
@@ -138,8 +161,10 @@ def authorize() -> Response:
             response: Response = p.server.handle_error_response(oauth_request, error)
             return response
         return _error_page(error)
+    except ValueError:               # e.g. Authlib will not quote a backslash in its error
+        return _refused("malformed authorization request")
     if p.tx_limiter is not None:
-        address = request.remote_addr or ""
+        address = _client_key(request.remote_addr or "")
         p.tx_limiter.check(address)          # RateLimited: 429 with Retry-After
         p.tx_limiter.fail(address)           # counts every transaction opened
     secret = request.cookies.get(TX_COOKIE) or secrets.token_urlsafe(24)
@@ -190,10 +215,12 @@ def tx_continue(tx: str) -> Response:
     oauth_request.user = subject
     try:
         grant = p.server.get_authorization_grant(oauth_request)
+        response: Response = p.server.create_authorization_response(
+            request=oauth_request, grant_user=subject, grant=grant)
     except OAuth2Error as error:
         return _error_page(error)
-    response: Response = p.server.create_authorization_response(
-        request=oauth_request, grant_user=subject, grant=grant)
+    except ValueError:
+        return _refused("malformed authorization request")
     return _no_store(response)     # an error without a validated redirect URI: JSON, 400
 
 
