@@ -31,9 +31,15 @@ class Pending:
     def from_json(cls, raw: Any) -> Pending:
         if not isinstance(raw, dict) or not isinstance(raw.get("auth_req_id"), str):
             raise ConnectionError("the broker's list of pending logins is malformed")
-        return cls(raw["auth_req_id"], str(raw.get("client_name", "")),
-                   str(raw.get("binding_message", "")), str(raw.get("scope", "")),
+        return cls(raw["auth_req_id"], _shown(raw.get("client_name", "")),
+                   _shown(raw.get("binding_message", "")), _shown(raw.get("scope", "")),
                    raw.get("expires_at"))
+
+
+def _shown(value: Any) -> str:
+    """Text of the broker's list as it may reach a terminal: controls (C0, DEL, C1: an 8-bit
+    CSI), bidi overrides and other unprintable characters escaped, never interpreted."""
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in str(value))
 
 
 @dataclass(frozen=True)
