@@ -127,7 +127,7 @@ def make_cards(auth: Authority, count: int) -> list[SoftwareCard]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--signatures", type=int, default=3000)
+    parser.add_argument("--signatures", type=int, default=2000)
     parser.add_argument("--cards", type=int, default=20)
     parser.add_argument("--sample", type=int, default=200)
     args = parser.parse_args()

@@ -39,10 +39,9 @@ def fail(message: str, code: int = 2) -> None:
 def _read(path: Path, what: str) -> bytes:
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE + 1)
-        if len(data) > MAX_FILE:
-            fail(f"{what} {path} is larger than {MAX_FILE} bytes")
-        return data
+            if os.fstat(handle.fileno()).st_size > MAX_FILE:
+                fail(f"{what} {path} is larger than {MAX_FILE} bytes")
+            return handle.read()    # read(MAX_FILE) would allocate MAX_FILE bytes each time
     except OSError as exc:
         fail(f"cannot read {what} {path}: {exc.strerror}")
     raise AssertionError("unreachable")

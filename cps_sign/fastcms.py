@@ -68,8 +68,12 @@ def _children(content: bytes) -> list[_Tlv]:
     offset = 0
     try:
         while offset < len(content):
-            size = parser.peek(content[offset:])
-            out.append(_tlv(content[offset:offset + size]))
+            rest = content[offset:]
+            cls, method, tag, header, inner, trailer = parser.parse(rest)
+            if trailer:
+                raise Unfamiliar("indefinite length (BER)")
+            size = len(header) + len(inner)
+            out.append((cls, method, tag, rest[:size], inner))
             offset += size
     except (ValueError, TypeError) as exc:
         raise Unfamiliar(str(exc)) from None
