@@ -369,7 +369,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         full_entries = len(x509.load_der_x509_crl((tmp / "full.crl").read_bytes()))
         delta_entries = len(x509.load_der_x509_crl((tmp / "delta.crl").read_bytes()))
 
-        signer_mib = {role_of(pid): harness.proc_kib(pid, "VmHWM") / 1024
+        signer_mib = {role_of(pid): (harness.proc_kib(pid, "VmHWM") / 1024,
+                                     role_cpu.get(pid, 0.0))
                       for pid in harness.tree(signer.pid)}
         status_mib = harness.tree_kib(status.pid, "VmHWM") / 1024
     finally:
@@ -417,12 +418,12 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
           f"{load_result['failures']:.0f} of {load_result['answers']:.0f}, "
           f"socket errors {load_result['socket_errors']:.0f}")
     print()
-    print("peak memory (VmHWM / ru_maxrss):")
-    print(f"  revoke command          {cmd_kib / 1024:8.0f} MiB")
-    for name, mib in signer_mib.items():
-        print(f"  {name:22s}  {mib:8.0f} MiB")
-    print(f"  status role             {status_mib:8.0f} MiB "
-          f"(before the incident {status_before / 1024:.0f})")
+    print(f"{'process':30s} {'peak MiB':>9s} {'CPU s':>7s}   (VmHWM / ru_maxrss; CPU during it)")
+    print(f"{'revoke command':30s} {cmd_kib / 1024:9.0f} {cmd_cpu:7.1f}")
+    for name, (mib, cpu) in signer_mib.items():
+        print(f"{name:30s} {mib:9.0f} {cpu:7.1f}")
+    print(f"{'status role':30s} {status_mib:9.0f} {status_cpu:7.1f}   "
+          f"(before the incident {status_before / 1024:.0f} MiB)")
     ok = done < GOAL_SECONDS and load_result["failures"] == 0 and \
         load_result["socket_errors"] == 0 and checked["bad"] == 0 and len(marks) == 4
     print(f"goal: < {GOAL_SECONDS} s, every answer updated, CRLs published, no failed answer -> "
