@@ -1,10 +1,11 @@
 """A real home (SoftHSM CA, SQLite), its status server (OCSP, CRLs, CA certificates) on the
-home's base URL so that the AIA and CRL URLs of every certificate are live, a test TSA on the
-same server (``POST /tsa``), and software cards that implement the ``Card`` protocol.
+home's base URL so that the AIA and CRL URLs of every certificate are live, the home's time-
+stamping authority (``cps-admin tsa cert`` ceremony, then ``cps-admin serve --role tsa`` as its
+own process: ``SignEnv.tsa_url``), and software cards that implement the ``Card`` protocol.
 
-The TSA here is ``cps_sign.testing.LocalTsa`` (pyHanko's ``DummyTimeStamper``) with a
-certificate from our ORGANISATIONS CA (``id-kp-timeStamping`` critical), made with the CA's
-HSM key by the test; the verifier trusts it because it chains to our root.
+``SignEnv.tsa`` is a second, local TSA (``cps_sign.testing.LocalTsa``: pyHanko's
+DummyTimeStamper with a certificate from our ORGANISATIONS CA, ``id-kp-timeStamping``
+critical) for the one test that needs a time stamp from the future (an expired certificate).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pki.ocsp.endpoint import OcspEndpoint
 from pki.ocsp.service import OcspService
 from pki.store.models import Professional
 from tests.servers import Running, free_port, run_server
+from tests.tsa.helpers import provision_tsa, running_tsa
 
 PIN = "1234"
 SoftCard = SoftwareCard
@@ -47,16 +49,13 @@ class SignEnv:
     tsa: LocalTsa
     root: x509.Certificate
     issuing: x509.Certificate
+    tsa_url: str = ""           # the tsa role (cps-admin serve --role tsa) of this home
     _counter: int = 200
     cards: dict[str, SoftCard] = field(default_factory=dict)
 
     @property
     def chain(self) -> list[x509.Certificate]:
         return [self.issuing, self.root]
-
-    @property
-    def tsa_url(self) -> str:
-        return self.base + "/tsa"
 
     def new_card(self, name: str, *, issued_at: dt.datetime | None = None) -> SoftCard:
         """A card of a new professional; ``issued_at`` back-dates the CA's clock."""
@@ -103,6 +102,7 @@ def sign_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignEnv]:
     base = f"http://127.0.0.1:{port}"
     home = tmp_path_factory.mktemp("sign") / "home"
     init_home(home, key_type="rsa2048", base_url=base)
+    provision_tsa(home)         # the `cps-admin tsa cert` ceremony: key in CPS-TSA, certificate
     auth = Authority.open(home)
     crl = CrlService(auth)
     crl.load()
@@ -115,8 +115,10 @@ def sign_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignEnv]:
     tsa = LocalTsa(tsa_certificate(org_ca.certificate, auth._key(org_ca), tsa_key), tsa_key,
                    [org])
     running = run_server(HttpServer([OcspEndpoint(ocsp), crl.handler, tsa.handler]), port)
+    tsa_role = running_tsa(home)
     issuing = auth.issuing_ca("PERSONNES").certificate
-    env = SignEnv(home, auth, base, ocsp, crl, running, tsa, root, issuing)
+    env = SignEnv(home, auth, base, ocsp, crl, running, tsa, root, issuing,
+                  tsa_url=tsa_role.__enter__().url)
     for name in ("alice", "bob", "compromised", "later", "held"):
         env.new_card(name)
     env.new_card("expired")     # judged by a verifier whose clock is 4 years ahead
@@ -126,6 +128,7 @@ def sign_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignEnv]:
     try:
         yield env
     finally:
+        tsa_role.__exit__(None, None, None)
         running.close()
         ocsp.stop()
         auth.close()
