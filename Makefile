@@ -34,6 +34,7 @@ bench: venv
 	$(PY) bench/cards.py
 	$(PY) bench/login.py
 	$(PY) bench/tsa.py
+	$(PY) bench/verify.py
 
 # Installs only what is missing; `apt-get update` runs first whenever something is.
 system-deps:
