@@ -15,12 +15,12 @@ demo: venv
 	$(PY) -m pki.demo
 
 test: venv
-	$(VENV)/bin/ruff check pki cps_login tests bench
+	$(VENV)/bin/ruff check pki cps_login cps_sign tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -p no:cacheprovider --timeout=900
 
 lint: venv
-	$(VENV)/bin/ruff check pki cps_login tests bench
+	$(VENV)/bin/ruff check pki cps_login cps_sign tests bench
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -25,7 +25,7 @@ from pki.ca import lifecycle
 from pki.ca.authority import Authority, IssueRequest
 from pki.ca.hierarchy import init_home
 from pki.cards.card import HolderData, Usage
-from pki.clock import SYSTEM_CLOCK, FixedClock
+from pki.clock import SYSTEM_CLOCK
 from pki.crl.service import CrlService
 from pki.http.server import HttpServer
 from pki.ocsp.endpoint import OcspEndpoint
@@ -57,22 +57,19 @@ class SignEnv:
     def chain(self) -> list[x509.Certificate]:
         return [self.issuing, self.root]
 
-    def new_card(self, name: str, *, issued_at: dt.datetime | None = None) -> SoftCard:
-        """A card of a new professional; ``issued_at`` back-dates the CA's clock."""
+    def new_card(self, name: str) -> SoftCard:
+        """A card of a new professional (software keys, certificates from the home's CA)."""
         self._counter += 1
         rpps = ids.luhn_complete(f"10{self._counter:08d}")
         issuer = self.auth
         with self.auth.store.session() as session:
             session.add(Professional(rpps=rpps, profession_code=10, given_name=name.title(),
                                      surname="Test", created_at=dt.datetime.now(dt.UTC)))
-        if issued_at is not None:
-            issuer.clock = FixedClock(issued_at)
         keys: dict[Usage, rsa.RSAPrivateKey] = {u: rsa.generate_private_key(65537, 2048)
                                                 for u in ("auth", "sign")}
         certs = {u: issuer.issue(IssueRequest(profile=u, public_key=keys[u].public_key(),
                                               rpps=rpps, key_storage="card")).certificate
                  for u in ("auth", "sign")}
-        issuer.clock = SYSTEM_CLOCK
         card = SoftwareCard(HolderData(rpps, name.title(), "Test", 10), keys, certs, PIN)
         self.cards[name] = card
         return card

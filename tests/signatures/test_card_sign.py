@@ -130,3 +130,29 @@ def test_sign_through_opensc_pkcs11(sign_env: SignEnv, card: dict[str, x509.Cert
     report = cps_verify(sign_env, tmp_path, out)
     assert report["indication"] == "TOTAL_PASSED" and report["level"] == "B-T"
     assert report["certificate_serial"] == f"{card['sign'].serial_number:X}"
+
+
+@pytest.mark.pcscd
+def test_pades_through_pcscd(sign_env: SignEnv, card: dict[str, x509.Certificate],
+                             tmp_path: Path) -> None:
+    from tests.signatures.test_pades import make_pdf
+
+    (tmp_path / "report.pdf").write_bytes(make_pdf())
+    out = tmp_path / "report-signed.pdf"
+    proc = subprocess.run([LOGIN, "sign", str(tmp_path / "report.pdf"), "--format", "pades",
+                           "--level", "B-LT", "--tsa", sign_env.tsa_url, "--chain",
+                           str(tmp_path / "chain.pem"), "--reader", READER, "--pin-file",
+                           str(tmp_path / "pin"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    verify = subprocess.run([VERIFY, str(out), "--json", "--home", str(sign_env.home)],
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert (report["format"], report["level"]) == ("pades", "B-LT")
+    assert report["certificate_serial"] == f"{card['sign'].serial_number:X}"
+    # the unsigned original is refused as a PAdES input for verification, not a crash
+    verify = subprocess.run([VERIFY, str(tmp_path / "report.pdf"), "--json", "--home",
+                             str(sign_env.home)], capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 1
+    assert json.loads(verify.stdout)["sub_indication"] == "SIGNED_DATA_NOT_FOUND"
