@@ -31,7 +31,7 @@ from cps_login.access import (
 from pki import audit, ids
 from pki.clock import Clock
 from pki.errors import Duplicate, InvalidInput, NotAuthorised, NotFound
-from pki.situations import emergency_structure_ids
+from pki.situations import emergency_centre_ids
 from pki.store.db import Store
 from pki.store.models import Professional
 from pki.store.patient_models import (
@@ -158,7 +158,8 @@ class PatientService:
             raise NotFound(f"no professional {national_id}")
         return pro
 
-    def _state(self, session: Session, patient: Patient, at: dt.datetime) -> RecordState:
+    def _state(self, session: Session, patient: Patient, at: dt.datetime,
+               actor: Actor | None = None) -> RecordState:
         def national_ids(model: Any) -> frozenset[str]:
             rows = session.execute(select(Professional.rpps).join(
                 model, model.professional_id == Professional.id)
@@ -186,8 +187,10 @@ class PatientService:
             care_team=national_ids(CareTeamMember), consents=consents,
             blocked=national_ids(PatientBlock), emergency_opposed=patient.emergency_opposed,
             representatives=reps,
-            # configured centres, and the structures the directory flags (exercise situations)
-            emergency_centres=self._centres | emergency_structure_ids(session))
+            # configured centres, and the structures where the acting professional's own
+            # exercise situation is flagged as emergency centre (a flag belongs to one
+            # professional's situation, not to everyone working at that structure)
+            emergency_centres=self._centres | _own_centres(session, actor))
 
     @staticmethod
     def _doc_state(session: Session, doc: Document) -> DocumentState:
@@ -223,7 +226,7 @@ class PatientService:
         (``upload:5``, ``message:3``, ...); ``label`` the action as the history shows it
         (``view``, ``download``) when it differs from the rule's action."""
         at = self._clock.now()
-        state = self._state(session, patient, at)
+        state = self._state(session, patient, at, actor)
         request = AccessRequest(actor, action, at, doc_state, mode, reason)  # type: ignore[arg-type]
         decision = access.decide(request, state, self._matrix, self._actions)
         self._record(session, patient, actor, label or action, document_id, decision, reason,
@@ -319,7 +322,7 @@ class PatientService:
             visible: list[dict[str, Any]] = []
             if decision.granted:
                 at = self._clock.now()
-                state = self._state(session, patient, at)
+                state = self._state(session, patient, at, actor)
                 for doc in self._documents(session, patient):
                     doc_state = self._doc_state(session, doc)
                     read = access.decide(AccessRequest(actor, "read", at, doc_state, decision.mode,
@@ -393,7 +396,7 @@ class PatientService:
             visible = []
             if decision.granted:
                 at = self._clock.now()
-                state = self._state(session, patient, at)
+                state = self._state(session, patient, at, actor)
                 for doc in self._documents(session, patient):
                     ds = self._doc_state(session, doc)
                     if access.decide(AccessRequest(actor, "read", at, ds), state).granted:
@@ -523,3 +526,10 @@ class PatientService:
             audit.append(session, "patient.representative", child.ins,
                          {"representative": parent.ins}, actor=pro.national_id,
                          clock=self._clock)
+
+
+def _own_centres(session: Session, actor: Actor | None) -> frozenset[str]:
+    """Structures where ``actor`` (a professional, ``8``+RPPS) works as an emergency centre."""
+    if actor is None or actor.kind != "professional" or not actor.id.startswith("8"):
+        return frozenset()
+    return emergency_centre_ids(session, actor.id[1:])

@@ -151,16 +151,6 @@ def emergency_centre_ids(session: Session, rpps: str) -> frozenset[str]:
     return frozenset(s.structure_id for s in situations_for(session, rpps) if s.emergency_centre)
 
 
-def emergency_structure_ids(session: Session) -> frozenset[str]:
-    """Structures the directory knows as emergency call centres: those where a situation is
-    flagged ``emergency_centre``. A login acts for one of them only when the professional has a
-    situation there (the broker checks ``SubjectOrganizationID`` against their situations)."""
-    return frozenset(session.execute(
-        select(Structure.structure_id).distinct()
-        .join(ExerciseSituationRow, ExerciseSituationRow.structure_id == Structure.id)
-        .where(ExerciseSituationRow.emergency_centre.is_(True))).scalars())
-
-
 # --- writing ----------------------------------------------------------------------------
 
 def _structure_rows(session: Session, entries: Sequence[SituationEntry], *, clock: Clock
