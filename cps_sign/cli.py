@@ -99,8 +99,21 @@ def verify_one(verifier: Verifier, file: Path, signature: Path | None) -> Report
         report = verifier.verify_pades(content)
     else:
         sig_path = signature or file.with_name(file.name + ".p7s")
-        report = verifier.verify_cades(content, _read(sig_path, "signature"))
+        report = verifier.verify_cades(content, der_of(_read(sig_path, "signature")))
     return report
+
+
+def der_of(signature: bytes) -> bytes:
+    """DER as is; a PEM-armoured CMS (``openssl cms -sign`` writes one) unarmoured."""
+    if signature.startswith(b"-----BEGIN"):
+        from asn1crypto import pem
+
+        try:
+            _, _, der = pem.unarmor(signature)
+        except ValueError:
+            return signature        # the verifier reports the format failure
+        return bytes(der)
+    return signature
 
 
 def batch_pairs(directory: Path) -> Iterator[tuple[Path, Path]]:

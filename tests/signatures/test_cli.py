@@ -97,3 +97,19 @@ def test_bad_input_one_error_line(sign_env: SignEnv, batch: Path, tmp_path: Path
         proc = run(*args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_pem_armoured_signature(sign_env: SignEnv, batch: Path, tmp_path: Path) -> None:
+    import base64
+    import textwrap
+
+    der = (batch / "claim0.txt.p7s").read_bytes()
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    (tmp_path / "claim0.pem").write_text(f"-----BEGIN CMS-----\n{body}\n-----END CMS-----\n")
+    proc = run(str(batch / "claim0.txt"), "--signature", str(tmp_path / "claim0.pem"),
+               "--home", str(sign_env.home))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (tmp_path / "broken.pem").write_text("-----BEGIN CMS-----\n!!!\n")
+    proc = run(str(batch / "claim0.txt"), "--signature", str(tmp_path / "broken.pem"),
+               "--json", "--home", str(sign_env.home))
+    assert proc.returncode == 1 and json.loads(proc.stdout)["sub_indication"] == "FORMAT_FAILURE"
