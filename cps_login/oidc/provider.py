@@ -23,6 +23,7 @@ Every time check uses the injected clock.
 from __future__ import annotations
 
 import secrets
+from collections import defaultdict
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -201,7 +202,12 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
 
 
 class _PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
+    """RFC 7523 client assertions. An assertion's ``exp`` may lie at most
+    :data:`ASSERTION_MAX_LIFETIME` ahead, so its ``jti`` is remembered for as long as it could
+    be presented again (a far-future ``exp`` would outlive the replay record)."""
+
     CLIENT_AUTH_METHOD = "private_key_jwt"
+    ASSERTION_MAX_LIFETIME = 300
 
     def __init__(self, provider: Provider) -> None:
         super().__init__(validate_jti=True, leeway=30)
@@ -219,9 +225,9 @@ class _PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
 
     def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
         exp = int(claims.get("exp", 0))
-        ttl = max(1, exp - self._provider.now() + 60)
+        ttl = max(1, exp - self._provider.now() + self.leeway + 60)  # exp is capped: see above
         return self._provider.state.put(f"jti:{digest(str(claims['sub']) + ' ' + jti)}",
-                                        {"u": 1}, min(ttl, 3600))
+                                        {"u": 1}, ttl)
 
     def verify_claims(self, claims: Any) -> None:
         registry = jose_jwt.JWTClaimsRegistry(
@@ -234,6 +240,10 @@ class _PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
             raise InvalidClientError(description=str(exc)) from None
         if claims["sub"] != claims["iss"]:
             raise InvalidClientError(description="Issuer and Subject MUST match.")
+        if int(claims["exp"]) > self._provider.now() + self.ASSERTION_MAX_LIFETIME + self.leeway:
+            raise InvalidClientError(description=(
+                f"client assertion expires too far ahead (exp at most "
+                f"{self.ASSERTION_MAX_LIFETIME} s from now)"))
         if "jti" not in claims or not self.validate_jti(claims, claims["jti"]):
             raise InvalidClientError(description="JWT ID missing or used before.")
 
@@ -297,6 +307,11 @@ class _Payload(FlaskOAuth2Payload):  # type: ignore[misc]
     @cached_property
     def data(self) -> Any:
         return self._request.values
+
+    @cached_property
+    def datalist(self) -> dict[str, list[str]]:
+        # Authlib's walks the combined query + form keys and asks each list again
+        return defaultdict(list, {k: list(v) for k, v in self.data.lists()})
 
 
 class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
