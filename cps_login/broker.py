@@ -136,6 +136,20 @@ class _Known:
 
 
 @dataclass(frozen=True)
+class Authenticated:
+    """A card login that passed every check, before (or without) a broker token: what the
+    OpenID Connect provider needs of it (it signs tokens of its own)."""
+
+    holder: Holder
+    serial: str
+    key_storage: str                      # where the certificate's key lives (card|hsm|software)
+    organisation: ExerciseSituation | None
+    assurance: Assurance
+    auth_time: int
+    thumbprint: str                       # x5t#S256 of the certificate
+
+
+@dataclass(frozen=True)
 class LoginResult:
     token: IssuedToken
     holder: Holder
@@ -189,23 +203,46 @@ class LoginService:
         """
         facts: dict[str, Any] = {"client": request.client[:64]}
         try:
-            result = self._login(request, facts)
+            checked = self._check(request, facts)
+            result = self._issue(checked)
         except (CredentialRefused, ChallengeRefused, RevocationUnavailable) as exc:
-            reason = getattr(exc, "reason", exc.code)
-            facts["reason"] = reason
-            if isinstance(exc, CredentialRefused) and exc.detail:
-                facts["detail"] = exc.detail[:_AUDIT_TEXT]
-            if isinstance(exc, RevocationUnavailable):
-                facts["detail"] = exc.message[:_AUDIT_TEXT]
-            self._audit.record("login.refused", facts.get("national_id", "unknown"), facts,
-                               actor=facts.get("national_id", "anonymous"))
+            self._refused(exc, facts)
             raise
         facts.update(jti=result.token.claims["jti"], exp=result.token.claims["exp"])
         self._audit.record("login.success", result.holder.national_id, facts,
                            actor=result.holder.national_id)
         return result
 
-    def _login(self, request: LoginRequest, facts: dict[str, Any]) -> LoginResult:
+    def authenticate(self, request: LoginRequest, *, purpose: str) -> Authenticated:
+        """Every check and audit record of ``login``, without the broker token: for a caller
+        that issues tokens of its own (the OpenID Connect provider, ``purpose`` "oidc"),
+        which would otherwise sign a token in the HSM only to throw it away.
+
+        Every outcome, success or refusal, is in the audit chain before this returns.
+        """
+        facts: dict[str, Any] = {"client": request.client[:64]}
+        try:
+            checked = self._check(request, facts)
+        except (CredentialRefused, ChallengeRefused, RevocationUnavailable) as exc:
+            self._refused(exc, facts)
+            raise
+        facts["for"] = purpose[:32]
+        self._audit.record("login.success", checked.holder.national_id, facts,
+                           actor=checked.holder.national_id)
+        return checked
+
+    def _refused(self, exc: CredentialRefused | ChallengeRefused | RevocationUnavailable,
+                 facts: dict[str, Any]) -> None:
+        """The refusal's audit record."""
+        facts["reason"] = getattr(exc, "reason", exc.code)
+        if isinstance(exc, CredentialRefused) and exc.detail:
+            facts["detail"] = exc.detail[:_AUDIT_TEXT]
+        if isinstance(exc, RevocationUnavailable):
+            facts["detail"] = exc.message[:_AUDIT_TEXT]
+        self._audit.record("login.refused", facts.get("national_id", "unknown"), facts,
+                           actor=facts.get("national_id", "anonymous"))
+
+    def _check(self, request: LoginRequest, facts: dict[str, Any]) -> Authenticated:
         if not request.certificate or not request.signature:
             raise CredentialRefused("malformed", "certificate and signature are required")
         # Before any parsing: without one of our fresh challenges a request costs this lookup.
@@ -234,17 +271,25 @@ class LoginService:
         if status.status != "good":
             raise CredentialRefused(status.status, status.reason or "")
         organisation = self._organisation(holder, request.organisation_id)
-        extra: dict[str, Any] = {"cnf": {"x5t#S256": leaf.thumbprint},
-                                 "cps_key_location": known.key_storage}
         if organisation is not None:
             facts["organisation_id"] = organisation.structure_id
+        return Authenticated(holder, leaf.serial, known.key_storage, organisation, assurance,
+                             int(self._clock.now().timestamp()), leaf.thumbprint)
+
+    def _issue(self, checked: Authenticated) -> LoginResult:
+        """The broker's own access token for a checked login (signed in the HSM)."""
+        extra: dict[str, Any] = {"cnf": {"x5t#S256": checked.thumbprint},
+                                 "cps_key_location": checked.key_storage}
+        organisation = checked.organisation
+        if organisation is not None:
             extra["SubjectOrganization"] = organisation.structure_name
-        token = self._tokens.issue(subject=holder.national_id, audience=self.audience,
-                                   profession_code=holder.profession_code,
+        token = self._tokens.issue(subject=checked.holder.national_id, audience=self.audience,
+                                   profession_code=checked.holder.profession_code,
                                    organisation_id=organisation.structure_id
                                    if organisation is not None else None,
-                                   assurance=assurance, extra=extra)
-        return LoginResult(token, holder, leaf.serial, known.key_storage, organisation)
+                                   assurance=checked.assurance, extra=extra)
+        return LoginResult(token, checked.holder, checked.serial, checked.key_storage,
+                           organisation)
 
     def _signature_refusal(self, request: LoginRequest, leaf: _Leaf) -> CredentialRefused:
         """``wrong_issuer`` when the card signed for the broker URL the client says it used and

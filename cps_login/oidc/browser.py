@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from cps_login.broker import LoginRequest, LoginResult
+from cps_login.broker import Authenticated, LoginRequest
 from cps_login.challenges import Challenge
 from cps_login.errors import CredentialRefused
 from cps_login.oidc.subject import Subject, digest
@@ -77,7 +77,8 @@ def proof(provider: Provider, tx: str, body: Any, client: str) -> str:
         parsed = LoginRequest.from_json(body if isinstance(body, dict) else {}, client)
     except CredentialRefused:
         parsed = LoginRequest(b"", (), b"", b"", client=client)     # audited as malformed
-    result = provider.services.login.login(parsed)
+    # every check and audit record of POST /login; no broker token (the provider signs its own)
+    result = provider.services.login.authenticate(parsed, purpose="oidc")
     subject = subject_of(provider, result)
     key = secrets.token_urlsafe(24)
     if not provider.state.cas(_tx_key(tx), value,
@@ -101,12 +102,12 @@ def finish(provider: Provider, tx: str, browser: str | None,
     return str(value["qs"]), Subject.from_json(value["subject"])
 
 
-def subject_of(provider: Provider, result: LoginResult) -> Subject:
-    claims = result.token.claims
+def subject_of(provider: Provider, result: Authenticated) -> Subject:
     organisation = result.organisation.structure_id if result.organisation else None
+    assurance = result.assurance
     return Subject(sub=result.holder.national_id, given_name=result.holder.given_name,
                    family_name=result.holder.surname,
-                   profession_code=result.holder.profession_code, acr=str(claims["acr"]),
-                   amr=tuple(claims["amr"]), palier=str(claims["Palier_Authentification"]),
+                   profession_code=result.holder.profession_code, acr=assurance.acr,
+                   amr=tuple(assurance.amr), palier=assurance.palier,
                    auth_time=result.auth_time, organisation=organisation,
                    key_storage=result.key_storage, sid=secrets.token_urlsafe(16))
