@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 from pki.errors import InvalidInput
+from pki.pdfguard import declared_size_problem
 
 HEALTH_KINDS = ("allergy", "vaccination", "measure")
 
@@ -120,6 +121,9 @@ def _check_pdf(data: bytes) -> None:
 
     if b"%%EOF" not in data[-2048:]:
         raise Refused("pdf_truncated")
+    problem = declared_size_problem(data)     # before pyHanko builds what the file declares
+    if problem is not None:
+        raise Refused("pdf_unreadable", detail=problem[:80])
     try:
         reader = PdfFileReader(io.BytesIO(data), strict=False)
         pages = int(reader.root["/Pages"]["/Count"])

@@ -11,6 +11,7 @@ from asn1crypto import cms
 
 from cps_sign import report as r
 from cps_sign.report import Verdict
+from pki.pdfguard import declared_size_problem
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ def read_pdf_signature(pdf: bytes) -> PdfSignature:
     from pyhanko.sign.validation.errors import SignatureValidationError
     from pyhanko.sign.validation.status import SignatureCoverageLevel
 
+    problem = declared_size_problem(pdf)      # before pyHanko builds what the file declares
+    if problem is not None:
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"not a readable PDF: {problem}")
     try:
         reader = PdfFileReader(io.BytesIO(pdf), strict=False)
         signatures = reader.embedded_regular_signatures
