@@ -14,16 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from cps_login.errors import CredentialRefused
+from pki.bytelru import ByteLru as ByteLru  # re-exported: the broker's caches use it too
 
 PROFESSION_CODE_OID = ObjectIdentifier("1.2.250.1.71.1.2.7")
 # Product category (SPEC §3): where the certificate's key lives. The same table as the CA's
@@ -36,49 +35,6 @@ _KEY_STORAGE = {0: "card", 2: "hsm", 3: "software"}
 ENTRY_OVERHEAD = 2048
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class ByteLru(Generic[K, V]):
-    """A least-recently-used map bounded by the bytes its entries weigh (the caller says what
-    each weighs) and by a count: a few large entries cannot hold more than the budget. An entry
-    heavier than the whole budget is not stored. Thread-safe."""
-
-    def __init__(self, max_bytes: int, max_entries: int = 1_000_000) -> None:
-        self._max_bytes = max_bytes
-        self._max_entries = max_entries
-        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def put(self, key: K, value: V, weight: int) -> None:
-        if weight > self._max_bytes or self._max_entries <= 0:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
-            self._items[key] = (value, weight)
-            self._bytes += weight
-            while self._bytes > self._max_bytes or len(self._items) > self._max_entries:
-                _, (_, dropped) = self._items.popitem(last=False)
-                self._bytes -= dropped
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
 # A verifier's own time only matters for the CA certificates (the leaf window is checked
 # exactly, per call); rebuild it when the clock moves further than this from its time.
 _VERIFIER_REFRESH = dt.timedelta(seconds=60)

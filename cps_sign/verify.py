@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from asn1crypto import cms
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import verification as xv
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -48,6 +47,7 @@ from cps_sign import report as r
 from cps_sign.cmsparts import SignedParts, TstParts, from_signed_data, oid_name, tst_from_token
 from cps_sign.report import Report, Verdict
 from cps_sign.revocation import LiveRevocation, OcspChecker, Status, Unusable
+from pki.bytelru import ByteLru
 from pki.clock import SYSTEM_CLOCK, Clock
 
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -55,6 +55,8 @@ HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 # What parsing hostile bytes raises, here or in cryptography's certificate parsing (x509
 # InvalidVersion, DuplicateExtension, ... are plain Exceptions there): a format failure.
 _PARSE_ERRORS = (Exception,)
+_CACHE_BYTES = 64 * 1024 * 1024     # per cache: parsed certificates and paths of our own PKI
+_WEIGHT = 3                         # a parsed certificate weighs about three times its DER
 MAX_SIGNATURE = 4 * 1024 * 1024
 
 
@@ -130,10 +132,13 @@ class Verifier:
         self._live = live
         self._clock = clock
         self._ocsp = OcspChecker()
-        self._certs: dict[bytes, x509.Certificate] = {}
-        self._paths: dict[bytes, _Path | Verdict] = {}
-        self._tsas: dict[bytes, Verdict | None] = {}
-        self._lock = threading.Lock()
+        # What an anonymous caller sends is never kept: certificates and paths are cached only
+        # once they chain to an IGC-Santé root; a failure is remembered by the SHA-256 of the
+        # certificate (its verdict is a few hundred bytes). Every cache is bounded in bytes.
+        self._certs: ByteLru[bytes, x509.Certificate] = ByteLru(_CACHE_BYTES)
+        self._paths: ByteLru[bytes, _Path] = ByteLru(_CACHE_BYTES)
+        self._tsas: ByteLru[bytes, bool] = ByteLru(_CACHE_BYTES // 16)
+        self._failed: ByteLru[bytes, Verdict] = ByteLru(_CACHE_BYTES // 16)
         self._fast = fast       # the fast CMS reader first (False: asn1crypto's only)
 
     # --- entry points -------------------------------------------------------------------
@@ -268,7 +273,12 @@ class Verifier:
         raise Verdict(r.INDETERMINATE, r.NO_SIGNING_CERTIFICATE_FOUND,
                       "the certificate named by signing-certificate-v2 is not in the signature")
 
+    def cached_bytes(self) -> int:
+        """What the caches hold (their own weights: DER length x 3 for parsed certificates)."""
+        return sum(c.bytes for c in (self._certs, self._paths, self._tsas, self._failed))
+
     def _cert(self, der: bytes) -> x509.Certificate:
+        """The parsed certificate; kept only once it is on a proven path (:meth:`_trust`)."""
         cert = self._certs.get(der)
         if cert is None:
             try:
@@ -276,11 +286,20 @@ class Verifier:
             except (ValueError, x509.InvalidVersion) as exc:
                 raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE,
                               f"a certificate does not parse: {exc}") from None
-            with self._lock:
-                if len(self._certs) > 100_000:
-                    self._certs.clear()
-                self._certs[der] = cert
         return cert
+
+    def _trust(self, chain: Sequence[x509.Certificate]) -> None:
+        """Keep the parsed certificates of a path that chains to our root."""
+        for cert in chain:
+            der = cert.public_bytes(serialization.Encoding.DER)
+            if self._certs.get(der) is None:
+                self._certs.put(der, cert, _WEIGHT * len(der))
+
+    def _failure(self, der: bytes) -> Verdict | None:
+        return self._failed.get(hashlib.sha256(der).digest())
+
+    def _remember_failure(self, der: bytes, verdict: Verdict) -> None:
+        self._failed.put(hashlib.sha256(der).digest(), verdict, 64 + len(verdict.detail))
 
     def _build(self, cert: x509.Certificate, others: list[bytes],
                at: dt.datetime) -> list[x509.Certificate]:
@@ -300,21 +319,24 @@ class Verifier:
         """The path leaf → root, built inside the leaf's validity (its own dates are checked
         against the signing time separately)."""
         known = self._paths.get(der)
-        if known is None:
-            at = cert.not_valid_before_utc + (cert.not_valid_after_utc
-                                              - cert.not_valid_before_utc) / 2
-            try:
-                chain = self._build(cert, others, min(at, self._clock.now()))
-                known = _Path(cert, chain[1]) if len(chain) > 1 else Verdict(
-                    r.INDETERMINATE, r.NO_CERTIFICATE_CHAIN_FOUND, "a root cannot sign")
-            except Verdict as verdict:
-                known = verdict
-            with self._lock:
-                if len(self._paths) > 100_000:
-                    self._paths.clear()
-                self._paths[der] = known
-        if isinstance(known, Verdict):
-            raise known
+        if known is not None:
+            return known
+        failed = self._failure(der)
+        if failed is not None:
+            raise failed
+        at = cert.not_valid_before_utc + (cert.not_valid_after_utc
+                                          - cert.not_valid_before_utc) / 2
+        try:
+            chain = self._build(cert, others, min(at, self._clock.now()))
+            if len(chain) < 2:
+                raise Verdict(r.INDETERMINATE, r.NO_CERTIFICATE_CHAIN_FOUND,
+                              "a root cannot sign")
+        except Verdict as verdict:
+            self._remember_failure(der, verdict)
+            raise
+        known = _Path(cert, chain[1])
+        self._trust(chain)
+        self._paths.put(der, known, _WEIGHT * len(der))
         return known
 
     def _check_usage(self, cert: x509.Certificate) -> None:
@@ -371,23 +393,27 @@ class Verifier:
 
     def _check_tsa(self, tsa: x509.Certificate, others: list[bytes]) -> None:
         der = tsa.tbs_certificate_bytes + tsa.signature
-        known = self._tsas.get(der, False)
-        if known is False:
-            known = None
-            try:
-                eku = tsa.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-                if ExtendedKeyUsageOID.TIME_STAMPING not in eku.value or not eku.critical:
-                    raise Verdict(r.INDETERMINATE, r.NO_POE,
-                                  "the TSA certificate lacks critical id-kp-timeStamping")
-                self._build(tsa, others, min(self._clock.now(), tsa.not_valid_after_utc))
-            except x509.ExtensionNotFound:
-                known = Verdict(r.INDETERMINATE, r.NO_POE, "the TSA certificate has no EKU")
-            except Verdict as verdict:
-                known = Verdict(r.INDETERMINATE, r.NO_POE, "TSA: " + verdict.detail)
-            with self._lock:
-                self._tsas[der] = known
-        if isinstance(known, Verdict):
-            raise known
+        if self._tsas.get(der):
+            return
+        failed = self._failure(der)
+        if failed is not None:
+            raise failed
+        try:
+            eku = tsa.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+            if ExtendedKeyUsageOID.TIME_STAMPING not in eku.value or not eku.critical:
+                raise Verdict(r.INDETERMINATE, r.NO_POE,
+                              "the TSA certificate lacks critical id-kp-timeStamping")
+            chain = self._build(tsa, others, min(self._clock.now(), tsa.not_valid_after_utc))
+        except x509.ExtensionNotFound:
+            verdict = Verdict(r.INDETERMINATE, r.NO_POE, "the TSA certificate has no EKU")
+            self._remember_failure(der, verdict)
+            raise verdict from None
+        except Verdict as failure:
+            verdict = Verdict(r.INDETERMINATE, r.NO_POE, "TSA: " + failure.detail)
+            self._remember_failure(der, verdict)
+            raise verdict from None
+        self._trust(chain)
+        self._tsas.put(der, True, _WEIGHT * len(der))
 
     # --- validity and revocation --------------------------------------------------------
     @staticmethod
