@@ -379,3 +379,12 @@ def sign(file: str, fmt: str, out: str, level: str, tsa: str | None, chain_file:
         click.echo(sign_file(card, pin, Path(file), Path(out), fmt, level, tsa, chain_file))
     finally:
         card.close()
+
+
+def _register_pin() -> None:
+    from cps_login.pin import pin
+
+    main.add_command(pin)
+
+
+_register_pin()

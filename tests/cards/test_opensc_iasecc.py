@@ -201,3 +201,25 @@ def test_project_unblocks_through_opensc(personalised: Personalised) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["PinLocked 0", "wrong PUK", "unblocked 3"]
+
+
+def test_cps_login_pin_unblock_through_opensc(personalised: Personalised, tmp_path: Path) -> None:
+    """`cps-login pin unblock` over OpenSC's PKCS#11: by default OpenSC refuses and the error
+    names opensc-unblock.conf (no try spent); with it, the PUK unblocks a blocked PIN."""
+    for _ in range(3):
+        run([*M, "--login", "--pin", "9999", "-O"])
+    puk, new_pin = tmp_path / "puk", tmp_path / "new"
+    for path, value in ((puk, personalised.result.puk), (new_pin, "2468")):
+        path.write_text(value)
+        path.chmod(0o600)
+    cli = [str(Path(sys.executable).parent / "cps-login"), "pin", "unblock", "--pkcs11-module",
+           OPENSC_PKCS11, "--token-label", TOKEN, "--puk-file", str(puk),
+           "--new-pin-file", str(new_pin)]
+    stock = run(cli)
+    assert stock.returncode == 1
+    assert "pki/cards/data/opensc-unblock.conf" in stock.stderr, stock.stderr
+    assert len(stock.stderr.strip().splitlines()) == 1
+    done = run(cli, opensc_unblock_env())
+    assert done.returncode == 0, done.stderr
+    assert "user PIN locked" not in run([*M, "-T"]).stdout
+    assert run([*M, "--login", "--pin", "2468", "-O"]).returncode == 0
