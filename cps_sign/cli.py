@@ -71,10 +71,8 @@ def build_verifier(home: str | None, db_url: str | None, trust: str | None,
             fail(f"{trust} holds no root (self-signed) certificate")
         return Verifier(roots, [c for c in certs if c not in roots],
                         policies or (PROD_SIGN_POLICY,), live=live)
-    from cps_login.trust import load_trust
     from pki.config import Config
     from pki.errors import PkiError
-    from pki.store.db import Store
 
     path = Path(home or os.environ.get("CPS_HOME") or "var/cps")
     if not (path / "config.json").exists():
@@ -82,15 +80,46 @@ def build_verifier(home: str | None, db_url: str | None, trust: str | None,
              "no config.json)")
     try:
         config = Config.load(path)
-        store = Store(config.effective_db_url(db_url))
+        anchors, intermediates = home_trust(config.effective_db_url(db_url))
+    except (PkiError, OSError, ValueError) as exc:
+        fail(f"cannot read the trust of {path}: {exc}")
+    return Verifier(anchors, intermediates,
+                    policies or (config.profiles.sign_policy_oid,), live=live)
+
+
+def home_trust(db_url: str) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+    """(roots, other CAs) from the store's ``ca`` table. A SQLite store is read with the
+    standard library's ``sqlite3``, read-only: importing SQLAlchemy and the models would cost
+    a batch 0.4 s of start-up (bench/verify.py). Other stores through ``load_trust``."""
+    if not db_url.startswith("sqlite:///"):
+        from cps_login.trust import load_trust
+        from pki.store.db import Store
+
+        store = Store(db_url)
         try:
             loaded = load_trust(store)
         finally:
             store.dispose()
-    except (PkiError, OSError, ValueError) as exc:
-        fail(f"cannot read the trust of {path}: {exc}")
-    return Verifier(loaded.anchors, loaded.intermediates,
-                    policies or (config.profiles.sign_policy_oid,), live=live)
+        return loaded.anchors, loaded.intermediates
+    import sqlite3
+    import urllib.parse
+
+    file = db_url[len("sqlite:///"):]
+    if not Path(file).is_file():
+        raise ValueError(f"no store at {file}")
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(file)}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT role, cert_der FROM ca ORDER BY id").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise ValueError(f"store {file}: {exc}") from None
+    cas = [(role, x509.load_der_x509_certificate(der)) for role, der in rows]
+    anchors = [cert for role, cert in cas if role == "ROOT"]
+    if not anchors:
+        raise ValueError(f"no root CA in the store {file}")
+    return anchors, [cert for role, cert in cas if role != "ROOT"]
 
 
 def verify_one(verifier: Verifier, file: Path, signature: Path | None) -> Report:
