@@ -22,6 +22,7 @@ NO_CERTIFICATE_CHAIN_FOUND = "NO_CERTIFICATE_CHAIN_FOUND"
 CHAIN_CONSTRAINTS_FAILURE = "CHAIN_CONSTRAINTS_FAILURE"  # policy / key usage of the signer
 OUT_OF_BOUNDS_NO_POE = "OUT_OF_BOUNDS_NO_POE"           # expired, no proof of earlier time
 REVOKED_NO_POE = "REVOKED_NO_POE"                       # revoked, no proof of earlier time
+REVOKED_CA_NO_POE = "REVOKED_CA_NO_POE"                 # a CA of the chain revoked (root CRL)
 TRY_LATER = "TRY_LATER"                                 # on hold, or no revocation data now
 NO_POE = "NO_POE"                                       # time stamp present but unusable
 SIGNED_DATA_NOT_FOUND = "SIGNED_DATA_NOT_FOUND"         # no content given / found

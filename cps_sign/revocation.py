@@ -176,6 +176,7 @@ class LiveRevocation:
         self._timeout = timeout
         self._ttl = ttl
         self._cache: dict[bytes, tuple[dt.datetime, Status]] = {}
+        self._ca_cache: dict[bytes, tuple[dt.datetime, Status | None]] = {}
         self._lock = threading.Lock()
 
     def status(self, cert: x509.Certificate, issuer: x509.Certificate) -> Status:
@@ -204,20 +205,59 @@ class LiveRevocation:
                 self._cache[key] = (now, status)
         return status
 
+    def ca_status(self, ca: x509.Certificate, root: x509.Certificate) -> Status | None:
+        """The issuing CA's status in the root's CRL (its CRL distribution point, signed by the
+        root, not past its nextUpdate), or None when no usable CRL answers. A root's CRL is a
+        ceremony, published every few months: cached per CA for ``ttl`` either way."""
+        from cps_login.httpfetch import FetchError
+
+        key = b"ca:" + ca.fingerprint(hashes.SHA256())
+        now = self._clock.now()
+        cached = self._ca_cache.get(key)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        status: Status | None = None
+        root_key = root.public_key()
+        for url in _crl_urls(ca, (x509.CRLDistributionPoints,)):
+            try:
+                crl = x509.load_der_x509_crl(self._fetcher.get(url, self._timeout))
+            except (FetchError, ValueError, OSError):
+                continue
+            if (not isinstance(root_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+                    or crl.issuer != root.subject or not crl.is_signature_valid(root_key)
+                    or (crl.next_update_utc is not None and crl.next_update_utc < now)):
+                continue
+            entry = crl.get_revoked_certificate_by_serial_number(ca.serial_number)
+            if entry is None:
+                status = Status("good", "root CRL", this_update=crl.last_update_utc,
+                                next_update=crl.next_update_utc)
+                break
+            try:
+                reason: str | None = entry.extensions.get_extension_for_class(
+                    x509.CRLReason).value.reason.value
+            except x509.ExtensionNotFound:
+                reason = None
+            try:
+                invalid: dt.datetime | None = entry.extensions.get_extension_for_class(
+                    x509.InvalidityDate).value.invalidity_date_utc
+            except x509.ExtensionNotFound:
+                invalid = None
+            status = Status("hold" if reason == "certificateHold" else "revoked", "root CRL",
+                            entry.revocation_date_utc, reason, invalid, crl.last_update_utc,
+                            crl.next_update_utc)
+            break
+        with self._lock:
+            if len(self._ca_cache) > 1_000:
+                self._ca_cache.clear()
+            self._ca_cache[key] = (now, status)
+        return status
+
     def _invalidity_date(self, cert: x509.Certificate, issuer: x509.Certificate
                          ) -> dt.datetime | None:
         """From the certificate's entry in its (delta, then full) CRL, signed by the issuer."""
         from cps_login.httpfetch import FetchError
 
-        urls: list[str] = []
-        for ext_class in (x509.FreshestCRL, x509.CRLDistributionPoints):
-            try:
-                points = cert.extensions.get_extension_for_class(ext_class).value
-            except x509.ExtensionNotFound:
-                continue
-            urls += [n.value for p in points  # type: ignore[attr-defined]
-                     for n in (p.full_name or [])
-                     if isinstance(n, x509.UniformResourceIdentifier)]
+        urls = _crl_urls(cert, (x509.FreshestCRL, x509.CRLDistributionPoints))
         key = issuer.public_key()
         for url in urls:
             try:
@@ -236,3 +276,18 @@ class LiveRevocation:
             except x509.ExtensionNotFound:
                 return None
         return None
+
+
+def _crl_urls(cert: x509.Certificate,
+              classes: tuple[type[x509.FreshestCRL] | type[x509.CRLDistributionPoints], ...]
+              ) -> list[str]:
+    """The HTTP(S) URLs of the certificate's CRL distribution points, in ``classes`` order."""
+    urls: list[str] = []
+    for ext_class in classes:
+        try:
+            points = cert.extensions.get_extension_for_class(ext_class).value
+        except x509.ExtensionNotFound:
+            continue
+        urls += [n.value for p in points for n in (p.full_name or [])
+                 if isinstance(n, x509.UniformResourceIdentifier)]
+    return urls

@@ -20,7 +20,9 @@ Our rules, in order; the first one broken ends with its verdict:
    the OCSP response the B-LT signature embeds. Revoked (for keyCompromise: from its invalidity
    date) at or before the signing time: TOTAL_FAILED/REVOKED; on hold then: INDETERMINATE/
    TRY_LATER; revoked later: passes when a time stamp proves the signature came first,
-   INDETERMINATE/REVOKED_NO_POE when nothing does; no revocation data: INDETERMINATE/TRY_LATER.
+   INDETERMINATE/REVOKED_NO_POE when nothing does; no revocation data: INDETERMINATE/TRY_LATER;
+7. with the status tier, the issuing CA in the root's CRL: revoked or held at the signing time,
+   or since then with no time stamp: INDETERMINATE/REVOKED_CA_NO_POE (no root CRL: not checked).
 
 Parsing is asn1crypto's, signatures cryptography's; chain building is cryptography's RFC 5280
 verifier. Per-certificate work (parsing, the path, the TSA's path, OCSP response signatures) is
@@ -250,10 +252,11 @@ class Verifier:
             self._check_validity(cert, signing_time, proven=stamp is not None)
             status = self._revocation(path, embedded, signing_time)
             self._check_status(status, signing_time, proven=stamp is not None)
+            ca_note = self._check_ca(path, signing_time, proven=stamp is not None)
         except Verdict as verdict:
             return fail(verdict, **base)
         return Report(r.TOTAL_PASSED, None, "signature valid", format=fmt, signer=signer,
-                      certificate_serial=serial, revocation=status.describe(),
+                      certificate_serial=serial, revocation=status.describe() + ca_note,
                       **base)  # type: ignore[arg-type]
 
     def _signing_certificate(self, parts: SignedParts) -> bytes:
@@ -451,6 +454,36 @@ class Verifier:
             problems.append("embedded OCSP response older than the signing time")
         raise Verdict(r.INDETERMINATE, r.TRY_LATER, "no usable revocation data"
                       + (": " + "; ".join(problems) if problems else ""))
+
+    def _check_ca(self, path: _Path, at: dt.datetime, *, proven: bool) -> str:
+        """The issuing CA in its root's CRL, when the status tier is asked and serves one
+        (offline, or no root CRL: not checked, and the report says so). A CA revoked or on
+        hold at the signing time, or revoked since with no time stamp proving the signature
+        came first: INDETERMINATE/REVOKED_CA_NO_POE (EN 319 102-1: the signing certificate
+        alone gives TOTAL_FAILED/REVOKED)."""
+        if self._live is None:
+            return ""
+        ca = path.issuer
+        root = next((a for a in self._anchors if a.subject == ca.issuer), None)
+        if root is None or ca.subject == ca.issuer:
+            return ""
+        status = self._live.ca_status(ca, root)
+        if status is None:
+            return "; issuing CA: no root CRL"
+        if status.status == "good":
+            return "; issuing CA good (root CRL)"
+        assert status.revoked_at is not None
+        since = status.revoked_at
+        if status.invalidity_date is not None and status.invalidity_date < since:
+            since = status.invalidity_date
+        if since <= at or not proven or status.status == "hold":
+            raise Verdict(r.INDETERMINATE, r.REVOKED_CA_NO_POE,
+                          f"the issuing CA is {'on hold' if status.status == 'hold' else 'revoked'}"
+                          f" ({status.reason or 'unspecified'}) in the root's CRL since "
+                          f"{since.isoformat()}"
+                          + (", at or before the signing time" if since <= at else
+                             ", and no time stamp proves the signature came first"))
+        return f"; issuing CA revoked since {since.isoformat()}, after the signing time"
 
     @staticmethod
     def _check_status(status: Status, at: dt.datetime, *, proven: bool) -> None:
