@@ -16,6 +16,7 @@ from typing import Any
 
 from pki.config import MESSAGE_KEY_FILE, Config, write_private
 from pki.errors import ConfigError
+from pki.roles.confine import PAGES_SESSION_KEY_FILE, WebSecrets
 
 LOGIN_CONFIG_NAME = "login.json"
 
@@ -127,6 +128,20 @@ class LoginConfig:
             raise ConfigError(f"{path}: the TOTP key must be 32 bytes (64 hex digits)")
         return key
 
+    def web_secrets(self) -> WebSecrets:
+        """Every secret file a web role reads (what ``pki.roles.confine`` hides from the others):
+        the patient role's session, pages and TOTP keys, and the messages key it shares with
+        the broker. The broker's other secrets (its PIN, TLS key) are the officer's, made
+        before it starts; its token key lives in its PIN-protected token."""
+        return WebSecrets(
+            patient=(self.session_key_file, PAGES_SESSION_KEY_FILE, self.totp_key_file),
+            shared=(self.message_key_file,))
+
+    def create_role_secrets(self) -> None:
+        """Make every web-role secret still missing (0600, not read back). Run before any role
+        is confined: a file made after a role hid the others' secrets stays in its reach."""
+        for name in self.web_secrets().all():
+            create_secret(self.home / name)
 
     def message_key(self) -> bytes:
         """The AES-256-GCM key sealing secure messages at rest; generated (0600) the first
@@ -151,6 +166,13 @@ def secret_once(path: Path) -> str:
     Race-free between replicas starting together: the new file is linked into place, which
     fails when another process got there first — then its key is the one read, so every
     replica signs with the same key."""
+    create_secret(path)
+    return path.read_text("utf-8")
+
+
+def create_secret(path: Path) -> None:
+    """Make the 0600 secret file ``path`` (32 random bytes, hex) unless it exists; its content
+    is not read back (the supervisor makes the web roles' keys without holding them)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.new")
@@ -161,4 +183,3 @@ def secret_once(path: Path) -> str:
             pass
         finally:
             tmp.unlink(missing_ok=True)
-    return path.read_text("utf-8")

@@ -63,11 +63,16 @@ def run_role(role: str, home: Path, db_url: str | None, options: RoleOptions) ->
         from pki.roles.status import read_metrics_token
 
         metrics_token = read_metrics_token(options.metrics_token_file)   # before it is hidden
+    from cps_login.config import LoginConfig
     from pki.roles.confine import confine_or_warn
     from pki.roles.privileges import harden_or_warn
 
     # The other roles' secrets out of this process's reach, and no privilege left to undo it.
-    confined = confine_or_warn(role, config).applied
+    # Every web-role secret is made first (once a namespace exists): one a role made later
+    # would stay in the reach of the roles already confined.
+    login = LoginConfig.from_home(home, db_url)
+    confined = confine_or_warn(role, config, login.web_secrets(),
+                               prepare=login.create_role_secrets).applied
     ports = () if role == "signer" else (options.port, options.mtls_port, options.metrics_port)
     harden_or_warn(role, config, confined=confined, ports=ports)
     if role == "signer":
@@ -174,7 +179,8 @@ def serve(admin: Any, role: str | None, host: str, port: int, redis_url: str | N
     if not no_web:
         from cps_login.config import LoginConfig
 
-        # made before any role hides the secrets of the others: one created later by a web
-        # role would stay visible to the roles already confined (the signer first)
-        LoginConfig.from_home(home, db_url).message_key()
+        # every web-role secret (session, pages, TOTP and messages keys, where login.json
+        # puts them) made before any role hides the secrets of the others: one created later
+        # by a web role would stay visible to the roles already confined (the signer first)
+        LoginConfig.from_home(home, db_url).create_role_secrets()
     run_supervisor(home, db_url, options, web=not no_web)
