@@ -17,7 +17,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -231,6 +231,20 @@ def fetch_chain(leaf: x509.Certificate, timeout: float = 10.0) -> list[x509.Cert
     return chain
 
 
+def tsa_ocsp(tsa: x509.Certificate, candidates: Sequence[x509.Certificate]) -> bytes:
+    """The TSA certificate's OCSP response (B-LT): its issuer among ``candidates`` (the
+    token's certificates and the chain), else fetched from its AIA caIssuers URL."""
+    from cps_sign.fetch import fetch_ocsp
+
+    issuer = next((c for c in candidates if c.subject == tsa.issuer), None)
+    if issuer is None:
+        fetched = fetch_chain(tsa)
+        issuer = fetched[0] if fetched else None
+    if issuer is None:
+        raise ValueError("the TSA's issuing CA certificate is needed for B-LT (--chain)")
+    return fetch_ocsp(tsa, issuer)
+
+
 def default_tsa_url(leaf: x509.Certificate) -> str | None:
     """The PKI's own TSA: ``/tsa`` beside the OCSP responder the certificate names."""
     from cps_sign.fetch import ocsp_url
@@ -279,7 +293,8 @@ def sign_file(card: object, pin: str, file: Path, out: Path, fmt: str, level: st
 
             data = sign_cades(content, signer, level=level,  # type: ignore[arg-type]
                               timestamper=timestamper, chain=chain,
-                              ocsp_for=ocsp_for if level == "B-LT" else None)
+                              ocsp_for=ocsp_for if level == "B-LT" else None,
+                              tsa_ocsp_for=tsa_ocsp if level == "B-LT" else None)
         else:
             data = sign_pades(content, signer, level=level,  # type: ignore[arg-type]
                               timestamper=timestamper, chain=chain)

@@ -6,11 +6,11 @@ the signature time stamp (B-T) as an unsigned attribute; ``PdfSigner`` embeds a 
 (``ETSI.CAdES.detached``) and, at B-LT, the DSS with the chain and OCSP responses it fetched.
 
 CAdES B-LT adds the validation data the baseline profile (EN 319 122-1 §5.5 / 319 122-2)
-places in the SignedData itself: the chain in ``certificates`` and the signing certificate's
-OCSP response in ``crls`` as ``OtherRevocationInfoFormat`` id-ri-ocsp-response (RFC 5940),
-version v5. These fields are outside the signed attributes: adding them changes no signature.
-The OCSP response is fetched after the time stamp, so it speaks of the certificate at (or
-after) the signing time.
+places in the SignedData itself: the chain in ``certificates`` and the OCSP responses of the
+signing certificate and of the time stamp's TSA certificate in ``crls`` as
+``OtherRevocationInfoFormat`` id-ri-ocsp-response (RFC 5940), version v5. These fields are
+outside the signed attributes: adding them changes no signature. The OCSP responses are fetched
+after the time stamp, so they speak of the certificates at (or after) the signing time.
 """
 
 from __future__ import annotations
@@ -56,10 +56,13 @@ def sign_cades(content: bytes, signer: CardSigner, *, level: Level = "B-B",
                timestamper: TimeStamper | None = None,
                chain: Sequence[x509.Certificate] = (),
                ocsp_for: Callable[[], bytes] | None = None,
+               tsa_ocsp_for: TsaOcsp | None = None,
                now: dt.datetime | None = None) -> bytes:
     """Detached CAdES signature of ``content`` (DER ContentInfo). ``chain`` is the issuing CA
     (and root) to embed at B-LT; ``ocsp_for()`` returns the signing certificate's OCSP
-    response, called after the signature is time-stamped."""
+    response, called after the signature is time-stamped; ``tsa_ocsp_for(tsa, candidates)``
+    the TSA certificate's (``candidates``: the certificates of the token and ``chain``, among
+    which its issuer usually is), embedded after the signer's."""
     ts = _needs_tsa(level, timestamper)
     if level == "B-LT" and (ocsp_for is None or not chain):
         raise ValueError("B-LT needs the issuing CA certificate and an OCSP responder")
@@ -69,8 +72,34 @@ def sign_cades(content: bytes, signer: CardSigner, *, level: Level = "B-B",
         signed_attr_settings=attrs))
     if level == "B-LT":
         assert ocsp_for is not None
-        info = with_validation_data(info, chain, [ocsp_for()])
+        responses = [ocsp_for()]
+        extra: list[x509.Certificate] = []
+        if tsa_ocsp_for is not None:
+            tsa, token_certs = tsa_of(info)
+            responses.append(tsa_ocsp_for(tsa, [*token_certs, *chain]))
+            extra = [c for c in token_certs if c.subject == tsa.issuer]
+        info = with_validation_data(info, [*chain, *extra], responses)
     return bytes(info.dump())
+
+
+TsaOcsp = Callable[[x509.Certificate, Sequence[x509.Certificate]], bytes]
+
+
+def tsa_of(info: cms.ContentInfo) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """The TSA certificate of the signature's time stamp, and the other certificates of the
+    token (asn1crypto's CMS classes through ``cmsparts``)."""
+    from cps_sign.cmsparts import from_signed_data, tst_from_token
+
+    token = from_signed_data(info["content"]).tst
+    if token is None:
+        raise ValueError("the signature carries no time stamp")
+    t = tst_from_token(cms.ContentInfo.load(token))
+    certs = [x509.load_der_x509_certificate(der) for der in t.certs]
+    tsa = next((c for c in certs if c.serial_number == t.sid_serial
+                and c.issuer.public_bytes() == t.sid_issuer), None)
+    if tsa is None:
+        raise ValueError("the time-stamp token does not carry the TSA certificate")
+    return tsa, [c for c in certs if c is not tsa]
 
 
 def with_validation_data(info: cms.ContentInfo, chain: Sequence[x509.Certificate],

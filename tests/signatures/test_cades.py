@@ -16,6 +16,7 @@ from asn1crypto import cms
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from cps_sign.card_signer import CardSigner
+from cps_sign.cli import tsa_ocsp
 from cps_sign.fetch import HttpTimeStamper, fetch_ocsp
 from cps_sign.report import Report
 from cps_sign.revocation import LiveRevocation
@@ -33,7 +34,8 @@ def sign(env: SignEnv, card: SoftCard, level: Level, content: bytes = CLAIM) -> 
     return sign_cades(content, CardSigner(card, PIN), level=level,
                       timestamper=HttpTimeStamper(env.tsa_url) if level != "B-B" else None,
                       chain=env.chain,
-                      ocsp_for=lambda: fetch_ocsp(card.certs["sign"], issuer))
+                      ocsp_for=lambda: fetch_ocsp(card.certs["sign"], issuer),
+                      tsa_ocsp_for=tsa_ocsp if level == "B-LT" else None)
 
 
 def verifier(env: SignEnv, *, live: bool = True) -> Verifier:
@@ -91,7 +93,8 @@ def test_cades_baseline_attributes(sign_env: SignEnv) -> None:
             "signing_certificate_v2"} <= names
     assert [a["type"].native for a in si["unsigned_attrs"]] == ["signature_time_stamp_token"]
     crls = list(signed["crls"])
-    assert [c.chosen["other_rev_info_format"].native for c in crls] == ["ocsp_response"]
+    # the signer's and the TSA certificate's OCSP responses
+    assert [c.chosen["other_rev_info_format"].native for c in crls] == ["ocsp_response"] * 2
     embedded = {c.chosen.dump() for c in signed["certificates"]}
     for ca in sign_env.chain:
         assert ca.public_bytes(Encoding.DER) in embedded
@@ -290,3 +293,29 @@ def test_openssl_ts_verify_accepts_the_time_stamp(sign_env: SignEnv, tmp_path: P
                            "-CAfile", str(tmp_path / "tsa-chain.pem")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_b_lt_embeds_the_tsa_certificate_ocsp_response(sign_env: SignEnv) -> None:
+    """B-LT carries, after the signer's, the OCSP response of the TSA certificate that signed
+    the time stamp (RFC 5940 in SignedData.crls), signed by its issuer and saying good."""
+    from asn1crypto import cms as asn1_cms
+    from cryptography import x509 as cx509
+    from cryptography.x509 import ocsp as cocsp
+
+    from cps_sign.revocation import OcspChecker
+    from cps_sign.signing import tsa_of
+
+    info = asn1_cms.ContentInfo.load(sign(sign_env, sign_env.cards["alice"], "B-LT"))
+    tsa, token_certs = tsa_of(info)
+    signed = info["content"]
+    responses = [c.chosen["other_rev_info"].dump() for c in signed["crls"]
+                 if c.name == "other" and c.chosen["other_rev_info_format"].native
+                 == "ocsp_response"]
+    assert len(responses) == 2
+    serials = [cocsp.load_der_ocsp_response(d).serial_number for d in responses]
+    assert serials == [sign_env.cards["alice"].certs["sign"].serial_number, tsa.serial_number]
+    carried = [cx509.load_der_x509_certificate(c.chosen.dump())
+               for c in signed["certificates"]] + token_certs
+    issuer = next(c for c in carried if c.subject == tsa.issuer)
+    status = OcspChecker().status(responses[1], tsa, issuer)
+    assert status.status == "good"
