@@ -72,6 +72,8 @@ class _Path:
 class _TimeStamp:
     gen_time: dt.datetime
     tsa: str
+    cert: x509.Certificate
+    issuer: x509.Certificate | None          # the TSA certificate's CA, when found
 
 
 def _malformed(what: str, exc: Exception, fmt: str = "cades") -> Report:
@@ -240,6 +242,12 @@ class Verifier:
             except Verdict as verdict:
                 stamp_error = verdict.detail
         embedded = list(parts.ocsp) + extra_ocsp
+        tsa_note = ""
+        if stamp is not None:
+            try:
+                tsa_note = self._check_tsa_status(stamp, embedded)
+            except Verdict as verdict:
+                stamp, stamp_error = None, verdict.detail
         level = "B-LT" if stamp and embedded else "B-T" if parts.tst is not None else "B-B"
         signing_time = stamp.gen_time if stamp else claimed_time
         source = "timestamp" if stamp else "claimed" if claimed_time else None
@@ -256,7 +264,8 @@ class Verifier:
         except Verdict as verdict:
             return fail(verdict, **base)
         return Report(r.TOTAL_PASSED, None, "signature valid", format=fmt, signer=signer,
-                      certificate_serial=serial, revocation=status.describe() + ca_note,
+                      certificate_serial=serial,
+                      revocation=status.describe() + ca_note + tsa_note,
                       **base)  # type: ignore[arg-type]
 
     def _signing_certificate(self, parts: SignedParts) -> bytes:
@@ -392,7 +401,43 @@ class Verifier:
         self._check_tsa(tsa, [*t.certs, *certs])
         if not tsa.not_valid_before_utc <= t.gen_time <= tsa.not_valid_after_utc:
             raise bad("genTime outside the TSA certificate's validity")
-        return _TimeStamp(t.gen_time, tsa.subject.rfc4514_string())
+        issuer = next((c for c in (*map(self._cert, (*t.certs, *certs)), *self._intermediates)
+                       if c.subject == tsa.issuer and c != tsa), None)
+        return _TimeStamp(t.gen_time, tsa.subject.rfc4514_string(), tsa, issuer)
+
+    def _check_tsa_status(self, stamp: _TimeStamp, embedded: list[bytes]) -> str:
+        """The TSA certificate's status: from the OCSP response the B-LT signature embeds for
+        it, else the status tier (B-T). Revoked or on hold at or before the genTime: the time
+        stamp proves nothing (NO_POE). No data, or a responder that does not know the TSA:
+        not refused, and the report's revocation says so."""
+        if stamp.issuer is None:
+            return "; TSA: issuer not found, status not checked"
+        status: Status | None = None
+        for der in reversed(embedded):         # the signer's response comes first
+            try:
+                status = self._ocsp.status(der, stamp.cert, stamp.issuer)
+                break
+            except Unusable:
+                continue
+        if status is None and self._live is not None:
+            try:
+                status = self._live.status(stamp.cert, stamp.issuer)
+            except Unusable:
+                status = None
+        if status is None or status.status == "unknown":
+            return "; TSA: no revocation data"
+        if status.status == "good":
+            return f"; TSA good ({status.source})"
+        assert status.revoked_at is not None
+        since = status.revoked_at
+        if status.invalidity_date is not None and status.invalidity_date < since:
+            since = status.invalidity_date
+        if since <= stamp.gen_time:
+            raise Verdict(r.INDETERMINATE, r.NO_POE,
+                          f"the TSA certificate is {status.status} "
+                          f"({status.reason or 'unspecified'}) since {since.isoformat()}, "
+                          "before its time stamp")
+        return f"; TSA {status.status} since {since.isoformat()}, after the time stamp"
 
     def _check_tsa(self, tsa: x509.Certificate, others: list[bytes]) -> None:
         der = tsa.tbs_certificate_bytes + tsa.signature

@@ -1,8 +1,10 @@
-"""The issuing CA's own revocation: the verifier asks the root's CRL (the CA certificate's CRL
-distribution point) when the status tier is used, and reports INDETERMINATE/REVOKED_CA_NO_POE
-(EN 319 102-1) for a CA revoked before the signature, or since, when no time stamp proves the
-signature came first. A self-contained hierarchy (cryptography), the CRL served by a stub
-fetcher, the signature made by pyHanko through ``sign_cades``."""
+"""The revocation of the certificates above the signer's. The TSA's: from the OCSP response a
+B-LT signature embeds for it (a TSA revoked before its time stamp: INDETERMINATE/NO_POE). The
+issuing CA's: the verifier asks the root's CRL (the CA certificate's CRL distribution point)
+when the status tier is used, and reports INDETERMINATE/REVOKED_CA_NO_POE (EN 319 102-1) for a
+CA revoked before the signature, or since, when no time stamp proves the signature came first.
+A self-contained hierarchy (cryptography), the CRL served by a stub fetcher, the signatures
+made by pyHanko through ``sign_cades``."""
 
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _ca(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-        issuer_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def _ca(subject: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey
+        ) -> x509.Certificate:
     builder = (x509.CertificateBuilder().subject_name(_name(subject))
                .issuer_name(issuer.subject if issuer else _name(subject))
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -76,8 +79,8 @@ class Stub:
 
 @pytest.fixture(scope="module")
 def hierarchy() -> dict[str, object]:
-    root_key, ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
-        ec.SECP256R1())
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = rsa.generate_private_key(65537, 2048)      # tsa_certificate wants an RSA CA
     root = _ca("Test Root", root_key, None, root_key)
     ca = _ca("Test CA", ca_key, root, root_key)
     sign_key = rsa.generate_private_key(65537, 2048)
@@ -96,7 +99,8 @@ def hierarchy() -> dict[str, object]:
     card = SoftwareCard(HolderData("10000000001", "Alice", "Test", 10),
                         {"sign": sign_key, "auth": sign_key}, {"sign": leaf, "auth": leaf})
     signature = sign_cades(b"care claim\n", CardSigner(card, "1234"), level="B-B")
-    return {"root": root, "root_key": root_key, "ca": ca, "signature": signature}
+    return {"root": root, "root_key": root_key, "ca": ca, "ca_key": ca_key, "card": card,
+            "signature": signature}
 
 
 def _root_crl(h: dict[str, object], revoked_at: dt.datetime | None) -> bytes:
@@ -160,3 +164,45 @@ def test_a_crl_not_signed_by_the_root_is_ignored(hierarchy: dict[str, object]) -
               .sign(other, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
     report = _verify(hierarchy, Stub(forged))
     assert report.revocation is not None and "no root CRL" in report.revocation
+
+
+def _ocsp(cert: x509.Certificate, ca: x509.Certificate, ca_key: rsa.RSAPrivateKey,
+          revoked_at: dt.datetime | None) -> bytes:
+    from cryptography.x509 import ocsp
+
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert, issuer=ca, algorithm=hashes.SHA1(),
+        cert_status=ocsp.OCSPCertStatus.REVOKED if revoked_at else ocsp.OCSPCertStatus.GOOD,
+        this_update=NOW - dt.timedelta(minutes=1), next_update=NOW + dt.timedelta(days=1),
+        revocation_time=revoked_at,
+        revocation_reason=x509.ReasonFlags.key_compromise if revoked_at else None,
+    ).responder_id(ocsp.OCSPResponderEncoding.HASH, ca)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize("tsa_revoked", [None, NOW - dt.timedelta(days=1)])
+def test_b_lt_tsa_certificate_status_from_what_it_embeds(hierarchy: dict[str, object],
+                                                         tsa_revoked: dt.datetime | None
+                                                         ) -> None:
+    """Offline: the TSA's embedded OCSP response is read; a TSA certificate revoked before the
+    time stamp leaves the signature without proof of time (INDETERMINATE/NO_POE)."""
+    from cps_sign.testing import LocalTsa, tsa_certificate
+
+    root, ca, ca_key, card = (hierarchy[k] for k in ("root", "ca", "ca_key", "card"))
+    assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
+    assert isinstance(ca_key, rsa.RSAPrivateKey) and isinstance(card, SoftwareCard)
+    tsa_key = rsa.generate_private_key(65537, 2048)
+    tsa = LocalTsa(tsa_certificate(ca, ca_key, tsa_key), tsa_key, [ca])
+    leaf = card.certs["sign"]
+    signature = sign_cades(
+        b"care claim\n", CardSigner(card, "1234"), level="B-LT", timestamper=tsa.stamper,
+        chain=[ca, root], ocsp_for=lambda: _ocsp(leaf, ca, ca_key, None),
+        tsa_ocsp_for=lambda cert, _: _ocsp(cert, ca, ca_key, tsa_revoked))
+    report = Verifier([root], [ca], [POLICY]).verify_cades(b"care claim\n", signature)
+    if tsa_revoked is None:
+        assert report.indication == r.TOTAL_PASSED, report
+        assert report.revocation is not None
+        assert "TSA good (embedded OCSP)" in report.revocation
+    else:
+        assert (report.indication, report.sub_indication) == (r.INDETERMINATE, r.NO_POE)
+        assert "TSA certificate is revoked" in report.detail, report
