@@ -7,7 +7,8 @@ A fresh SoftHSM home (SQLite) with its status server (OCSP, CRLs) in this proces
 professionals with software keys certified by the home's CA; ``--signatures`` care claims
 (~1 KiB each, all distinct) signed CAdES B-LT through ``cps_sign.signing.sign_cades``: the
 time stamp from a local TSA whose certificate our ORGANISATIONS CA issued, the chain and the
-card's OCSP response embedded. The batch is written as FILE + FILE.p7s pairs.
+OCSP responses of the card and of the TSA certificate embedded. The batch is written as
+FILE + FILE.p7s pairs.
 
 Measured (verifications per CPU-second: user + system time of the verifying process(es)):
 
@@ -54,13 +55,14 @@ from cps_sign.card_signer import CardSigner
 from cps_sign.fetch import fetch_ocsp
 from cps_sign.revocation import LiveRevocation
 from cps_sign.signing import asn1_cert, sign_cades
-from cps_sign.testing import LocalTsa, SoftwareCard, tsa_certificate
+from cps_sign.testing import LocalTsa, SoftwareCard
 from cps_sign.verify import Verifier
 from pki import ids
 from pki.ca import lifecycle
 from pki.ca.authority import Authority, IssueRequest
 from pki.ca.hierarchy import init_home
 from pki.cards.card import HolderData, Usage
+from pki.cli.tsa import TSA_COMMON_NAME, _operator_structure
 from pki.crl.service import CrlService
 from pki.http.server import HttpServer
 from pki.ocsp.endpoint import OcspEndpoint
@@ -143,8 +145,13 @@ def main() -> None:
     lifecycle.add_listener(auth, ocsp_service.on_status_change)
     org = auth.issuing_ca("ORGANISATIONS")
     tsa_key = rsa.generate_private_key(65537, 2048)
-    tsa = LocalTsa(tsa_certificate(org.certificate, auth._key(org), tsa_key), tsa_key,
-                   [org.certificate])
+    # the TSA certificate from the store (the `tsa` profile), so that our responder answers
+    # for it: B-LT embeds its OCSP response as well as the card's
+    tsa_cert = auth.issue(IssueRequest(profile="tsa", public_key=tsa_key.public_key(),
+                                       structure_id=_operator_structure(auth),
+                                       common_name=TSA_COMMON_NAME, key_storage="hsm"),
+                          actor="bench").certificate
+    tsa = LocalTsa(tsa_cert, tsa_key, [org.certificate])
     serve(HttpServer([OcspEndpoint(ocsp_service), crl.handler, tsa.handler]), port)
     issuing = auth.issuing_ca("PERSONNES").certificate
     root = next(c.certificate for c in auth.cas() if c.role == "ROOT")
@@ -154,6 +161,7 @@ def main() -> None:
     for ca in auth.issuing_cas():
         crl.publish_full(ca)
     ocsp_der = {id(c): fetch_ocsp(c.certs["sign"], issuing) for c in cards}
+    tsa_ocsp = fetch_ocsp(tsa_cert, org.certificate)
 
     batch = tmp / "batch"
     batch.mkdir()
@@ -165,7 +173,8 @@ def main() -> None:
         der = ocsp_der[id(card)]
         signature = sign_cades(claim, CardSigner(card, PIN), level="B-LT",
                                timestamper=tsa.stamper, chain=[issuing, root],
-                               ocsp_for=lambda der=der: der)  # type: ignore[misc]
+                               ocsp_for=lambda der=der: der,  # type: ignore[misc]
+                               tsa_ocsp_for=lambda cert, others: tsa_ocsp)
         (batch / f"claim{i:07d}.txt").write_bytes(claim)
         (batch / f"claim{i:07d}.txt.p7s").write_bytes(signature)
     signing = time.perf_counter() - t0
@@ -238,7 +247,8 @@ def main() -> None:
     context = ValidationContext(trust_roots=[asn1_cert(root)],
                                 other_certs=[asn1_cert(issuing)],
                                 ocsps=[asn1_ocsp.OCSPResponse.load(d)
-                                       for d in ocsp_der.values()], allow_fetching=False,
+                                       for d in [*ocsp_der.values(), tsa_ocsp]],
+                                allow_fetching=False,
                                 revinfo_policy=CertRevTrustPolicy(RevocationCheckingPolicy(
                                     ee_certificate_rule=RevocationCheckingRule.
                                     CHECK_IF_DECLARED_SOFT,
