@@ -67,6 +67,7 @@ class OcspChecker:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._verified: dict[bytes, bool] = {}
+        self._statuses: dict[bytes, Status] = {}
         self._ids: dict[bytes, tuple[dict[str, bytes], dict[str, bytes]]] = {}
         self._delegated: dict[bytes, bool] = {}
         self._max = max_entries
@@ -86,6 +87,22 @@ class OcspChecker:
 
     def status(self, der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
                source: str = "embedded OCSP") -> Status:
+        """The status ``der`` gives ``cert``; a usable answer is remembered for these exact
+        bytes, certificate and issuer (pre-signed responses repeat across a batch)."""
+        memo = (hashlib.sha256(der).digest() + cert.fingerprint(hashes.SHA256())
+                + issuer.fingerprint(hashes.SHA256()) + source.encode())
+        known = self._statuses.get(memo)
+        if known is not None:
+            return known
+        status = self._status(der, cert, issuer, source)
+        with self._lock:
+            if len(self._statuses) >= self._max // 5:     # ~0.5 KiB each
+                self._statuses.clear()
+            self._statuses[memo] = status
+        return status
+
+    def _status(self, der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
+                source: str) -> Status:
         try:
             resp = ocsp.load_der_ocsp_response(der)
         except ValueError:
