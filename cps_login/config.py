@@ -115,18 +115,7 @@ class LoginConfig:
 
     def totp_key(self) -> bytes:
         """The AES-256-GCM key sealing TOTP seeds at rest; generated (0600) the first time."""
-        path = self.home / self.totp_key_file
-        text = secret_once(path)
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ConfigError(f"{path}: readable by others (mode {mode:o}); chmod 600")
-        try:
-            key = bytes.fromhex(text.strip())
-        except ValueError:
-            raise ConfigError(f"{path}: not a hex key") from None
-        if len(key) != 32:
-            raise ConfigError(f"{path}: the TOTP key must be 32 bytes (64 hex digits)")
-        return key
+        return self._aes_key(self.totp_key_file, "the TOTP key")
 
     def web_secrets(self) -> WebSecrets:
         """Every secret file a web role reads (what ``pki.roles.confine`` hides from the others):
@@ -146,7 +135,12 @@ class LoginConfig:
     def message_key(self) -> bytes:
         """The AES-256-GCM key sealing secure messages at rest; generated (0600) the first
         time, shared by the patient and broker roles of the home."""
-        path = self.home / self.message_key_file
+        return self._aes_key(self.message_key_file, "the message key")
+
+    def _aes_key(self, name: str, what: str) -> bytes:
+        """A 32-byte key kept as hex in ``home/name``: generated (0600) the first time, refused
+        when others may read it or when it is not 64 hex digits."""
+        path = self.home / name
         text = secret_once(path)
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -156,7 +150,7 @@ class LoginConfig:
         except ValueError:
             raise ConfigError(f"{path}: not a hex key") from None
         if len(key) != 32:
-            raise ConfigError(f"{path}: the message key must be 32 bytes (64 hex digits)")
+            raise ConfigError(f"{path}: {what} must be 32 bytes (64 hex digits)")
         return key
 
 
