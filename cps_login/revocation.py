@@ -35,6 +35,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from cps_login.errors import RevocationUnavailable
 from cps_login.httpfetch import FetchError, HttpFetcher
 from pki.clock import Clock
+from pki.ocsp.response import public_key_bits
 from pki.sigcheck import verify_signature
 
 
@@ -55,16 +56,6 @@ class RevocationStatus:
 
 class _Unusable(Exception):
     """This source gave no usable answer (unreachable, unsigned, stale, ...)."""
-
-
-def _issuer_key_bits(issuer: x509.Certificate) -> bytes:
-    key = issuer.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return key.public_bytes(serialization.Encoding.X962,
-                                serialization.PublicFormat.UncompressedPoint)
-    raise _Unusable("issuer key type not supported")
 
 
 def _urls(cert: x509.Certificate, ext_class: type[x509.CRLDistributionPoints]
@@ -100,7 +91,7 @@ class _IssuerFacts:
 
 def _issuer_facts(issuer: x509.Certificate) -> _IssuerFacts:
     name_der = issuer.subject.public_bytes()
-    key_bits = _issuer_key_bits(issuer)
+    key_bits = public_key_bits(issuer)
     names = {h: hashlib.new(h, name_der).digest() for h in ("sha1", "sha256")}
     keys = {h: hashlib.new(h, key_bits).digest() for h in ("sha1", "sha256")}
     return _IssuerFacts(issuer, issuer.public_key(), names, keys,

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pki.clock import SYSTEM_CLOCK, Clock
+from pki.ocsp.response import public_key_bits
 from pki.sigcheck import verify_signature
 
 if TYPE_CHECKING:
@@ -52,16 +53,6 @@ class Unusable(Exception):
     """This revocation data cannot be relied on (bad signature, other certificate, ...)."""
 
 
-def _key_bits(cert: x509.Certificate) -> bytes:
-    key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return key.public_bytes(serialization.Encoding.X962,
-                                serialization.PublicFormat.UncompressedPoint)
-    raise Unusable("issuer key type not supported")
-
-
 class OcspChecker:
     """Checks OCSP responses (embedded or fetched) against a certificate and its issuer."""
 
@@ -78,7 +69,7 @@ class OcspChecker:
         fp = issuer.fingerprint(hashes.SHA256())
         known = self._ids.get(fp)
         if known is None:
-            name, bits = issuer.subject.public_bytes(), _key_bits(issuer)
+            name, bits = issuer.subject.public_bytes(), public_key_bits(issuer)
             known = ({h: hashlib.new(h, name).digest() for h in ("sha1", "sha256")},
                      {h: hashlib.new(h, bits).digest() for h in ("sha1", "sha256")})
             with self._lock:
