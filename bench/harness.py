@@ -28,6 +28,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_in_thread(server: Any, port: int, timeout: float = 10) -> None:
+    """Run the project's asyncio ``HttpServer`` on 127.0.0.1:``port`` in a daemon thread;
+    return once it listens."""
+    import asyncio
+    import threading
+
+    started = threading.Event()
+
+    def main() -> None:
+        loop = asyncio.new_event_loop()
+
+        async def go() -> None:
+            await server.start("127.0.0.1", port)
+            started.set()
+            await asyncio.Event().wait()
+
+        loop.run_until_complete(go())
+
+    threading.Thread(target=main, daemon=True).start()
+    if not started.wait(timeout):
+        raise SystemExit(f"error: the server on port {port} did not start")
+
+
 def proc_kib(pid: int, field: str = "VmRSS") -> int:
     """A /proc/PID/status figure in KiB (VmRSS now, VmHWM the peak); 0 once it is gone."""
     try:

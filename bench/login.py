@@ -33,12 +33,10 @@ token CPS-BROKER, revocation over HTTP OCSP from the status process.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # bench/ is sys.path[0] when run as a script
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -66,29 +65,6 @@ from pki.http.server import HttpServer
 from pki.store.models import Professional
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def serve(server: HttpServer, port: int) -> None:
-    started = threading.Event()
-
-    def main() -> None:
-        loop = asyncio.new_event_loop()
-
-        async def go() -> None:
-            await server.start("127.0.0.1", port)
-            started.set()
-            await asyncio.Event().wait()
-
-        loop.run_until_complete(go())
-
-    threading.Thread(target=main, daemon=True).start()
-    started.wait(10)
 
 
 def make_cards(auth: Authority, n: int) -> list[tuple[rsa.RSAPrivateKey, bytes]]:
@@ -281,7 +257,7 @@ def main() -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     tmp = Path(tempfile.mkdtemp(prefix="bench-login-"))
     home = tmp / "home"
-    port = free_port()
+    port = harness.free_port()
     base = f"http://127.0.0.1:{port}"
     init_home(home, key_type="rsa2048", base_url=base, db_url=args.db)
     (home / "run").mkdir(exist_ok=True, mode=0o700)
@@ -305,11 +281,12 @@ def main() -> None:
 def run(args: argparse.Namespace, home: Path, base: str, auth: Authority,
         cards: list[tuple[rsa.RSAPrivateKey, bytes]], status: subprocess.Popen[bytes],
         tmp: Path) -> None:
-    broker_port = free_port()
+    broker_port = harness.free_port()
     broker_url = f"http://127.0.0.1:{broker_port}"
     config = LoginConfig.from_home(home, db_url=args.db, issuer=broker_url)
     services = build_broker_services(config)
-    serve(HttpServer([], create_broker_app(config, services=services)), broker_port)
+    app = create_broker_app(config, services=services)
+    harness.serve_in_thread(HttpServer([], app), broker_port)
     print(f"home: {home}  db: {auth.store.dialect}  cards: {args.cards}  "
           f"threads: {args.threads}  CPU cores: {os.cpu_count()}  "
           f"load average: {os.getloadavg()[0]:.1f}")

@@ -40,12 +40,12 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import harness  # bench/ is sys.path[0] when run as a script
 from asn1crypto import cms
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -71,32 +71,6 @@ from pki.store.models import Professional
 
 VERIFY = str(Path(sys.executable).with_name("cps-verify"))
 PIN = "1234"
-
-
-def serve(server: HttpServer, port: int) -> None:
-    started = threading.Event()
-
-    def main() -> None:
-        loop = asyncio.new_event_loop()
-
-        async def go() -> None:
-            await server.start("127.0.0.1", port)
-            started.set()
-            await asyncio.Event().wait()
-
-        loop.run_until_complete(go())
-
-    threading.Thread(target=main, daemon=True).start()
-    if not started.wait(10):
-        raise SystemExit("error: the status server did not start")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def children_cpu() -> float:
@@ -135,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-verify-"))
-    port = free_port()
+    port = harness.free_port()
     home = tmp / "home"
     init_home(home, key_type="rsa2048", base_url=f"http://127.0.0.1:{port}")
     auth = Authority.open(home)
@@ -152,7 +126,8 @@ def main() -> None:
                                        common_name=TSA_COMMON_NAME, key_storage="hsm"),
                           actor="bench").certificate
     tsa = LocalTsa(tsa_cert, tsa_key, [org.certificate])
-    serve(HttpServer([OcspEndpoint(ocsp_service), crl.handler, tsa.handler]), port)
+    handlers = [OcspEndpoint(ocsp_service), crl.handler, tsa.handler]
+    harness.serve_in_thread(HttpServer(handlers), port)
     issuing = auth.issuing_ca("PERSONNES").certificate
     root = next(c.certificate for c in auth.cas() if c.role == "ROOT")
     policy = auth.config.profiles.sign_policy_oid
