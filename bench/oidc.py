@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from bench.harness import tree
-from bench.login import ROOT, cpu_seconds, free_port, make_cards, start_role, wait_health
+from bench.harness import free_port, tree
+from bench.login import ROOT, cpu_seconds, make_cards, start_role, wait_health
 from cps_login.oidc.clients import register
 from cps_login.proof import login_message
 from pki.ca.authority import Authority
@@ -62,7 +62,7 @@ ASYNCIO_BROKER = """
 import sys, threading
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from bench.login import serve
+from bench.harness import serve_in_thread as serve
 from cps_login.config import LoginConfig
 from cps_login.web import create_broker_app
 from pki.http.server import HttpServer
