@@ -95,13 +95,16 @@ def revocation_sources(auth: Authority, after_seq: int) -> dict[str, int]:
     return counts
 
 
-def start_role(home: Path, db: str | None, role: str, *args: str) -> subprocess.Popen[bytes]:
-    """``cps-admin serve --role ROLE`` as its own process (its output to the home's run/)."""
+def start_role(home: Path, db: str | None, role: str, *args: str,
+               cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+    """``cps-admin serve --role ROLE`` as its own process (its output to the home's run/);
+    ``cpus``: the CPUs it may run on (default: this process's)."""
     log = open(home / "run" / f"bench-{role}.log", "wb")   # noqa: SIM115 - lives with the child
     command = [sys.executable, "-m", "pki.cli.admin", "--home", str(home),
                *(["--db", db] if db else []), "serve", "--role", role, *args]
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
 def wait_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:

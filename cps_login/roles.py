@@ -38,6 +38,7 @@ from pki.errors import ConfigError, PkiError
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 THREADS_PER_WORKER = 8
+ASYNCIO_WORKER = "pki.http.gunicorn_worker.AsyncioWorker"
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -56,7 +57,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return self._factory()
 
 
-def _options(name: str, host: str, port: int, workers: int) -> dict[str, Any]:
+def _options(name: str, host: str, port: int, workers: int,
+             worker_class: str = "gthread") -> dict[str, Any]:
     if workers < 1:
         raise ConfigError("workers must be at least 1")
     from pki.http.capacity import connection_cap, raise_descriptor_limit
@@ -66,7 +68,7 @@ def _options(name: str, host: str, port: int, workers: int) -> dict[str, Any]:
             # Below the descriptor limit: at EMFILE a gthread worker dies (issue 13 #3); at
             # worker_connections it stops accepting until keep-alive connections time out.
             "worker_connections": connection_cap(None),
-            "workers": workers, "worker_class": "gthread", "threads": THREADS_PER_WORKER,
+            "workers": workers, "worker_class": worker_class, "threads": THREADS_PER_WORKER,
             "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "proc_name": name,
             "accesslog": None, "errorlog": "-", "loglevel": "warning", "preload_app": False}
 
@@ -152,7 +154,9 @@ def run_broker(home: Path, db_url: str | None, *, host: str, port: int, redis_ur
     refuse_key_holders(config, "broker")
     pki_config = config.pki
     pki_config.read_secret(pki_config.hsm.broker_pin_file)     # missing PIN: one line, now
-    options = _options("cps-broker", host, port, workers)
+    # The public port: gunicorn's arbiter, workers answering with the project's asyncio HTTP
+    # server, each pinned to a CPU (pki.http.gunicorn_worker; bench/oidc.py shows why).
+    options = _options("cps-broker", host, port, workers, ASYNCIO_WORKER)
     mtls_options: dict[str, Any] | None = None
     if mtls_port is not None:
         cert, key = tls_files(home)

@@ -112,6 +112,22 @@ class HttpServer:
         self._sweeper = asyncio.ensure_future(self._sweep())
         return server
 
+    async def start_socket(self, sock: Any) -> asyncio.Server:
+        """Serve on a socket already listening (a gunicorn arbiter's, shared by its workers)."""
+        loop = asyncio.get_running_loop()
+        guard_accept_errors(loop, self.shedding)
+        server = await loop.create_server(lambda: HttpProtocol(self), sock=sock,
+                                          backlog=accept_batch())
+        sockname = sock.getsockname()
+        if isinstance(sockname, tuple):
+            self.server_name, self.server_port = str(sockname[0]), int(sockname[1])
+        else:
+            self.server_name, self.server_port = "localhost", 0
+        self.listening = True
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+        return server
+
     async def start_unix(self, path: str) -> asyncio.Server:
         """Listen on a unix socket (an internal interface: the signer role's), mode 0600; its
         directory should be 0700 (the socket exists for a moment before the chmod)."""

@@ -198,3 +198,36 @@ def test_serve_role_status_starts_clean_from_the_command_line(home: Path) -> Non
     done = _python(script, str(home))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "pkcs11 loaded: False"
+
+
+def _cpus(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(line.split(":", 1)[1].strip() for line in fh
+                    if line.startswith("Cpus_allowed_list"))
+
+
+def test_each_broker_worker_runs_on_a_cpu_of_its_own(served: dict[str, int]) -> None:
+    """pki.http.gunicorn_worker: worker n on the n-th CPU (round robin), every thread of it;
+    the arbiter and the patient role's gthread workers are left where they were."""
+    allowed = os.sched_getaffinity(0)
+    workers = [w for w in descendants(served["broker"])[1:] if _key_libraries(w)]
+    assert workers
+    pinned = [_cpus(w) for w in workers]
+    if len(allowed) < 2:
+        assert all(_cpus(w) == _cpus(served["broker"]) for w in workers)
+        return
+    assert all(p.isdigit() and int(p) in allowed for p in pinned), pinned
+    assert len(set(pinned)) == min(len(workers), len(allowed)), pinned
+    for w in workers:                       # the worker's threads (its WSGI pool) too
+        for task in os.listdir(f"/proc/{w}/task"):
+            with open(f"/proc/{w}/task/{task}/status") as fh:
+                line = next(x for x in fh if x.startswith("Cpus_allowed_list"))
+            assert line.split(":", 1)[1].strip() == _cpus(w)
+    assert _cpus(served["broker"]) != pinned[0]       # the arbiter is not pinned
+
+
+def test_worker_cpu_round_robin() -> None:
+    from pki.http.gunicorn_worker import worker_cpu
+
+    assert [worker_cpu(age, {2, 5, 7}) for age in (1, 2, 3, 4)] == [2, 5, 7, 2]
+    assert worker_cpu(1, {3}) is None

@@ -1,0 +1,117 @@
+"""A gunicorn worker that serves its WSGI app with the project's asyncio HTTP server.
+
+gunicorn's arbiter keeps doing what it does well — binding the listeners, forking and
+restarting workers, the heartbeat timeout, graceful stop on SIGTERM, quick stop on SIGINT and
+SIGQUIT — while each worker answers HTTP with ``pki.http.server.HttpServer`` (the server of
+the status role) instead of ``gthread``'s: the same bounded parsing (header, body and
+connection caps, slow-client timeouts, pipelining in order), the app in a thread pool of
+``threads`` threads. ``bench/oidc.py`` prints the two side by side: a ``gthread`` worker costs
+~200 µs of CPU per keep-alive request before the app runs, this one ~95 µs.
+
+Each worker can also be pinned to one CPU (``cpu_affinity``, on by default): worker *n* to the
+*n*-th CPU the arbiter may use, round robin. A Python process's threads take turns at one
+interpreter lock; on two cores they hand it back and forth between caches, which costs the
+broker about a third more CPU per login than the same threads kept on one core (measured
+by ``bench/oidc.py``: 236 → 365 code-flow logins per CPU-second, same run conditions). One
+worker per CPU, each on its own, is how nginx (``worker_cpu_affinity auto``) and HAProxy
+(``cpu-map``) are deployed for the same reason.
+
+Use: ``worker_class = "pki.http.gunicorn_worker.AsyncioWorker"``; ``cpu_affinity`` is read
+from the environment variable ``CPS_WORKER_CPU_AFFINITY`` (``0`` turns it off), set by the
+role that starts gunicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+from gunicorn.workers.base import Worker  # type: ignore[import-untyped]
+
+from pki.http.server import HttpServer
+from pki.http.wire import Limits
+
+AFFINITY_ENV = "CPS_WORKER_CPU_AFFINITY"
+MAX_BODY = 8 * 1024 * 1024       # the app enforces its own, smaller, per-route limits
+HEARTBEAT = 1.0                  # seconds between checks of alive / parent / heartbeat
+
+
+def worker_cpu(age: int, allowed: set[int]) -> int | None:
+    """The CPU for the worker born ``age``-th (1, 2, ...): round robin over the allowed CPUs;
+    None when there is only one (nothing to choose)."""
+    cpus = sorted(allowed)
+    if len(cpus) < 2:
+        return None
+    return cpus[(age - 1) % len(cpus)]
+
+
+def pin_worker(age: int) -> int | None:
+    """Pin this process (its threads yet to start inherit it) to its CPU; the CPU, or None
+    when not pinned (turned off, one CPU only, or not supported here)."""
+    if os.environ.get(AFFINITY_ENV, "1") == "0" or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = worker_cpu(age, os.sched_getaffinity(0))
+    if cpu is None:
+        return None
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        return None
+    return cpu
+
+
+class AsyncioWorker(Worker):  # type: ignore[misc]
+    """One gunicorn worker: ``HttpServer`` on the arbiter's listeners until told to stop."""
+
+    def init_process(self) -> None:
+        self.cpu = pin_worker(self.age)     # before any thread of the worker exists
+        super().init_process()
+
+    def run(self) -> None:
+        limits = Limits(max_body=MAX_BODY, wsgi_threads=max(1, int(self.cfg.threads)),
+                        idle_timeout=float(max(1, int(self.cfg.keepalive))))
+        server = HttpServer([], self.wsgi, limits=limits)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(server))
+        finally:
+            server.close()
+            loop.close()
+
+    async def _serve(self, server: HttpServer) -> None:
+        listeners: list[asyncio.Server] = []
+        for listener in self.sockets:
+            listeners.append(await server.start_socket(listener.sock))
+        if self.cpu is not None:
+            self.log.info("worker %s on CPU %s", os.getpid(), self.cpu)
+        try:
+            while self.alive:
+                self.notify()
+                if self.ppid != os.getppid():       # the arbiter is gone
+                    self.log.info("parent changed, worker %s stops", os.getpid())
+                    break
+                await asyncio.sleep(HEARTBEAT)
+        finally:
+            for listening in listeners:
+                listening.close()
+            await self._drain(server)
+
+    async def _drain(self, server: HttpServer) -> None:
+        """Let requests being answered finish (up to graceful_timeout), then close the
+        connections that wait for a next request."""
+        deadline = time.monotonic() + float(self.cfg.graceful_timeout)
+        while any(not p.idle() for p in list(server.protocols)) and \
+                time.monotonic() < deadline:
+            self.notify()
+            await asyncio.sleep(0.05)
+        for protocol in list(server.protocols):
+            with contextlib.suppress(Exception):
+                protocol.evict()
+
+    # gunicorn's handlers stay (alive = False, checked each HEARTBEAT); SIGINT/SIGQUIT exit.
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.alive = False
