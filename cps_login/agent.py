@@ -23,6 +23,7 @@ Any web page can make a browser request ``127.0.0.1``, so the agent trusts none 
 
 from __future__ import annotations
 
+import base64
 import html
 import os
 import re
@@ -123,8 +124,9 @@ class Agent:
         except ValueError:
             raise AgentError(400, "malformed query") from None
         if any(len(v) != 1 for v in params.values()) or not {"broker", "tx"} <= set(params) \
-                or set(params) - {"broker", "tx", "organisation"}:
-            raise AgentError(400, "expected broker, tx and optionally organisation, once each")
+                or set(params) - {"broker", "tx", "challenge", "organisation"}:
+            raise AgentError(400, "expected broker, tx and optionally challenge and "
+                                  "organisation, once each")
         try:
             broker = normalise_broker(params["broker"][0])
         except ValueError:
@@ -138,6 +140,9 @@ class Agent:
         organisation = params.get("organisation", [self.settings.organisation])[0]
         if organisation is not None and not _ORGANISATION.match(organisation):
             raise AgentError(400, "organisation is not a structure number")
+        challenge = None
+        if "challenge" in params:
+            challenge = _link_challenge(params["challenge"][0])
         referer = headers.get("Referer")
         if referer and _origin(referer) != _origin(broker):
             raise AgentError(403, f"this login was not started from the page of {broker}")
@@ -149,11 +154,14 @@ class Agent:
         if not self._card_lock.acquire(blocking=False):
             raise AgentError(409, "another card login is in progress; finish it first")
         try:
-            return self._prove(broker, tx, organisation)
+            return self._prove(broker, tx, organisation, challenge)
         finally:
             self._card_lock.release()
 
-    def _prove(self, broker: str, tx: str, organisation: str | None) -> str:
+    def _prove(self, broker: str, tx: str, organisation: str | None,
+               challenge: str | None = None) -> str:
+        """``challenge`` (base64): the transaction's, from the page's link; without it, or
+        when the broker has replaced it since (a refused proof), it is asked of the broker."""
         s = self.settings
         try:
             pin = s.read_pin(f"PIN of the card to log in at {broker}")
@@ -163,11 +171,21 @@ class Agent:
         try:
             card.verify_pin(pin)
             del pin
-            challenge = broker_get(f"{broker}/oidc/tx/{tx}/challenge", timeout=s.timeout)
-            if not isinstance(challenge, dict) or not isinstance(challenge.get("challenge"), str):
-                raise AgentError(502, "the broker's answer has no challenge")
-            body = proof_body(card, broker, challenge["challenge"], organisation)
-            answer = broker_post(f"{broker}/oidc/tx/{tx}/proof", body, timeout=s.timeout)
+            answer = None
+            if challenge is not None:
+                body = proof_body(card, broker, challenge, organisation)
+                try:
+                    answer = broker_post(f"{broker}/oidc/tx/{tx}/proof", body,
+                                         timeout=s.timeout)
+                except BrokerRefused as exc:
+                    if exc.body.get("error") != "invalid_challenge":
+                        raise
+            if answer is None:
+                asked = broker_get(f"{broker}/oidc/tx/{tx}/challenge", timeout=s.timeout)
+                if not isinstance(asked, dict) or not isinstance(asked.get("challenge"), str):
+                    raise AgentError(502, "the broker's answer has no challenge")
+                body = proof_body(card, broker, asked["challenge"], organisation)
+                answer = broker_post(f"{broker}/oidc/tx/{tx}/proof", body, timeout=s.timeout)
         except CardError as exc:
             raise AgentError(403, f"card: {exc}") from None
         except BrokerRefused as exc:
@@ -181,6 +199,13 @@ class Agent:
         if not isinstance(target, str) or not target.startswith(broker + "/"):
             raise AgentError(502, "the broker's answer does not continue on the broker")
         return target
+
+
+def _link_challenge(value: str) -> str:
+    """The link's challenge (base64url, 32 bytes) as the proof carries it (base64)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{43}", value):
+        raise AgentError(400, "challenge is not 32 bytes of base64url")
+    return base64.b64encode(base64.urlsafe_b64decode(value + "=")).decode()
 
 
 def _refusal_text(body: dict[str, Any]) -> str:

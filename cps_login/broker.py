@@ -213,16 +213,21 @@ class LoginService:
                            actor=result.holder.national_id)
         return result
 
-    def authenticate(self, request: LoginRequest, *, purpose: str) -> Authenticated:
+    def authenticate(self, request: LoginRequest, *, purpose: str,
+                     challenge_claimed: bool = False) -> Authenticated:
         """Every check and audit record of ``login``, without the broker token: for a caller
         that issues tokens of its own (the OpenID Connect provider, ``purpose`` "oidc"),
         which would otherwise sign a token in the HSM only to throw it away.
+
+        ``challenge_claimed``: the caller drew ``request.challenge`` itself and has claimed it,
+        once, already (a browser login transaction's own challenge); else it must be one of
+        this broker's challenges, consumed here.
 
         Every outcome, success or refusal, is in the audit chain before this returns.
         """
         facts: dict[str, Any] = {"client": request.client[:64]}
         try:
-            checked = self._check(request, facts)
+            checked = self._check(request, facts, challenge_claimed)
         except (CredentialRefused, ChallengeRefused, RevocationUnavailable) as exc:
             self._refused(exc, facts)
             raise
@@ -230,6 +235,15 @@ class LoginService:
         self._audit.record("login.success", checked.holder.national_id, facts,
                            actor=checked.holder.national_id)
         return checked
+
+    def refusal(self, request: LoginRequest, exc: ChallengeRefused) -> ChallengeRefused:
+        """``exc``, audited as ``login`` audits a refused challenge (for a caller that checks
+        challenges of its own: a browser login transaction's)."""
+        facts: dict[str, Any] = {"client": request.client[:64]}
+        if request.certificate:
+            facts["certificate"] = hashlib.sha256(request.certificate).hexdigest()
+        self._refused(exc, facts)
+        return exc
 
     def _refused(self, exc: CredentialRefused | ChallengeRefused | RevocationUnavailable,
                  facts: dict[str, Any]) -> None:
@@ -242,11 +256,13 @@ class LoginService:
         self._audit.record("login.refused", facts.get("national_id", "unknown"), facts,
                            actor=facts.get("national_id", "anonymous"))
 
-    def _check(self, request: LoginRequest, facts: dict[str, Any]) -> Authenticated:
+    def _check(self, request: LoginRequest, facts: dict[str, Any],
+               challenge_claimed: bool = False) -> Authenticated:
         if not request.certificate or not request.signature:
             raise CredentialRefused("malformed", "certificate and signature are required")
         # Before any parsing: without one of our fresh challenges a request costs this lookup.
-        self._challenges.consume(request.challenge)
+        if not challenge_claimed:
+            self._challenges.consume(request.challenge)
         digest = hashlib.sha256(request.certificate).digest()
         facts["certificate"] = digest.hex()    # an untrusted certificate: by its digest only
         known = self._known.get(digest)

@@ -7,16 +7,27 @@ that made it by an HttpOnly SameSite=Lax cookie (only its digest is stored). It 
 challenge, signature, path, usage, key location and revocation checks as ``POST /login``, the
 same audit) → ``done`` (the code is issued), each step by compare-and-set, so a transaction
 works once; it expires after ``TX_TTL`` seconds of the injected clock.
+
+The card challenge belongs to the transaction: drawn when the transaction is made, handed to
+the agent in the page's link (and by ``GET /oidc/tx/<tx>/challenge`` to an agent that asks),
+claimed by the first proof (``pending`` → ``proving`` by compare-and-set, before any check:
+a replayed proof costs a lookup), and replaced by a fresh one when that proof is refused, so
+that the agent may try again. It lives as long as the transaction — no longer than a browser
+login may take — and signs for nothing else: the proof is checked against this transaction's
+challenge only, and the transaction is what the browser's cookie and the one-time key bind.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import hmac
 import secrets
 from typing import TYPE_CHECKING, Any
 
 from cps_login.broker import Authenticated, LoginRequest
-from cps_login.challenges import Challenge
-from cps_login.errors import CredentialRefused
+from cps_login.challenges import CHALLENGE_BYTES, Challenge
+from cps_login.errors import ChallengeRefused, CredentialRefused
 from cps_login.oidc.subject import Subject, digest
 from pki.errors import InvalidInput, NotFound
 
@@ -40,12 +51,25 @@ def _tx_key(tx: str) -> str:
     return f"tx:{digest(tx)}"
 
 
-def create(provider: Provider, query_string: str, client_id: str, browser: str) -> str:
+def _fresh_challenge() -> str:
+    return secrets.token_bytes(CHALLENGE_BYTES).hex()
+
+
+def create(provider: Provider, query_string: str, client_id: str, browser: str
+           ) -> tuple[str, bytes]:
+    """A new transaction: (its id, its card challenge)."""
     tx = secrets.token_urlsafe(24)
+    challenge = _fresh_challenge()
     value = {"qs": query_string, "client_id": client_id, "browser": digest(browser),
-             "status": "pending", "expires_at": provider.now() + TX_TTL, "subject": None}
+             "status": "pending", "expires_at": provider.now() + TX_TTL, "subject": None,
+             "challenge": challenge}
     provider.state.put(_tx_key(tx), value, TX_KEEP)
-    return tx
+    return tx, bytes.fromhex(challenge)
+
+
+def challenge_param(value: bytes) -> str:
+    """The challenge as the page's link carries it (base64url, no padding)."""
+    return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
 
 
 def _live(provider: Provider, tx: str, status: str) -> dict[str, Any]:
@@ -59,9 +83,12 @@ def _live(provider: Provider, tx: str, status: str) -> dict[str, Any]:
     return value
 
 
-def challenge(provider: Provider, tx: str, client: str) -> Challenge:
-    _live(provider, tx, "pending")
-    return provider.services.login.challenge(client)
+def challenge(provider: Provider, tx: str) -> Challenge:
+    """The transaction's challenge (the one its page's link carries), while it waits for a
+    proof."""
+    value = _live(provider, tx, "pending")
+    expires = dt.datetime.fromtimestamp(float(value["expires_at"]), dt.UTC)
+    return Challenge(bytes.fromhex(str(value["challenge"])), expires)
 
 
 def proof(provider: Provider, tx: str, body: Any, client: str) -> str:
@@ -77,15 +104,30 @@ def proof(provider: Provider, tx: str, body: Any, client: str) -> str:
         parsed = LoginRequest.from_json(body if isinstance(body, dict) else {}, client)
     except CredentialRefused:
         parsed = LoginRequest(b"", (), b"", b"", client=client)     # audited as malformed
-    # every check and audit record of POST /login; no broker token (the provider signs its own)
-    result = provider.services.login.authenticate(parsed, purpose="oidc")
-    subject = subject_of(provider, result)
-    key = secrets.token_urlsafe(24)
-    if not provider.state.cas(_tx_key(tx), value,
-                              {**value, "status": "proven", "subject": subject.to_json(),
-                               "key": digest(key)}, TX_KEEP):
+    expected = bytes.fromhex(str(value["challenge"]))
+    if not hmac.compare_digest(parsed.challenge, expected):
+        # audited like POST /login's unknown challenge
+        raise provider.services.login.refusal(parsed, ChallengeRefused("challenge_unknown"))
+    key = _tx_key(tx)
+    proving = {**value, "status": "proving"}
+    if not provider.state.cas(key, value, proving, TX_KEEP):    # the challenge, claimed once
         raise TxRefused("the login transaction was used meanwhile")
-    return key
+    try:
+        # every check and audit record of POST /login, the challenge already claimed above;
+        # no broker token (the provider signs its own)
+        result = provider.services.login.authenticate(parsed, purpose="oidc",
+                                                      challenge_claimed=True)
+    except BaseException:
+        # refused (and audited): the transaction waits again, with a challenge never seen
+        provider.state.cas(key, proving, {**value, "challenge": _fresh_challenge()}, TX_KEEP)
+        raise
+    subject = subject_of(provider, result)
+    secret = secrets.token_urlsafe(24)
+    if not provider.state.cas(key, proving,
+                              {**proving, "status": "proven", "subject": subject.to_json(),
+                               "key": digest(secret)}, TX_KEEP):
+        raise TxRefused("the login transaction was used meanwhile")
+    return secret
 
 
 def finish(provider: Provider, tx: str, browser: str | None,

@@ -169,9 +169,11 @@ def authorize() -> Response:
         p.tx_limiter.fail(address)           # counts every transaction opened
     secret = request.cookies.get(TX_COOKIE) or secrets.token_urlsafe(24)
     query = request.query_string.decode("ascii", "replace")
-    tx = browser.create(p, query, str(request.args.get("client_id")), secret)
+    tx, challenge = browser.create(p, query, str(request.args.get("client_id")), secret)
     agent_url = str(p.services.config.extra.get("agent_url", AGENT_URL))
-    agent = f"{agent_url}?broker={quote(p.issuer, safe='')}&tx={quote(tx, safe='')}"
+    # the agent signs the transaction's challenge from the link: no round trip to ask for it
+    agent = (f"{agent_url}?broker={quote(p.issuer, safe='')}&tx={quote(tx, safe='')}"
+             f"&challenge={browser.challenge_param(challenge)}")
     client = p.clients.query(request.args.get("client_id"))
     name = client.name if client is not None else ""
     body = (f"<p>{html.escape(name)} demande votre connexion par carte CPS.</p>"
@@ -188,7 +190,7 @@ def authorize() -> Response:
 @bp.get("/oidc/tx/<tx>/challenge")
 def tx_challenge(tx: str) -> Response:
     p = provider()
-    issued = browser.challenge(p, tx, request.remote_addr or "")
+    issued = browser.challenge(p, tx)
     return _no_store(jsonify({
         "challenge": base64.b64encode(issued.value).decode(),
         "expires_at": issued.expires_at.isoformat(),

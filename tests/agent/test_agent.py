@@ -320,3 +320,39 @@ def test_organisation_goes_with_the_proof(running: Running) -> None:
                                               "organisation": "3735000000000"})
     assert running.authorize()[0] == 303
     assert running.broker.proofs[-1]["organisation_id"] == "3735000000000"
+
+
+def _b64url(value: bytes) -> str:
+    return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
+
+
+def test_the_links_challenge_is_signed_without_asking_the_broker(running: Running) -> None:
+    value = secrets.token_bytes(32)
+    running.broker.challenges[TX] = value          # the challenge the broker's page gave
+    code, _, _ = running.get(f"/authorize?broker={quote(running.broker.base, safe='')}"
+                             f"&tx={TX}&challenge={_b64url(value)}")
+    assert code == 303
+    assert running.broker.hits == [f"proof {TX}"]
+    assert base64.b64decode(running.broker.proofs[-1]["challenge"]) == value
+
+
+@pytest.mark.parametrize(("error", "hits"), [
+    ("invalid_challenge", ["proof", "challenge", "proof"]),   # replaced since: asked for
+    ("invalid_credentials", ["proof"]),                       # any other refusal: shown
+])
+def test_a_refused_link_challenge(running: Running, error: str, hits: list[str]) -> None:
+    running.broker.refuse = {"error": error}
+    code, _, page = running.get(f"/authorize?broker={quote(running.broker.base, safe='')}"
+                                f"&tx={TX}&challenge={_b64url(secrets.token_bytes(32))}")
+    assert code == 401 and error in page
+    assert running.broker.hits == [f"{hit} {TX}" for hit in hits]
+    assert running.card.closed == running.card.opened == 1
+
+
+@pytest.mark.parametrize("value", ["short", "A" * 44, "A" * 42 + "!"])
+def test_a_malformed_link_challenge_is_refused_before_the_pin(running: Running,
+                                                              value: str) -> None:
+    code, _, _ = running.get(f"/authorize?broker={quote(running.broker.base, safe='')}"
+                             f"&tx={TX}&challenge={quote(value)}")
+    assert code == 400
+    assert running.broker.hits == [] and running.card.opened == 0

@@ -90,7 +90,7 @@ class Browser:
         page = self.session.get(url, allow_redirects=False, timeout=10)
         assert page.status_code == 200, (page.status_code, page.text[:300])
         found = re.search(r'href="http://127\.0\.0\.1:24727/authorize\?broker=[^&"]+&amp;'
-                          r'tx=([A-Za-z0-9_-]+)"', page.text)
+                          r'tx=([A-Za-z0-9_-]+)&amp;challenge=[A-Za-z0-9_-]{43}"', page.text)
         assert found, page.text
         return found.group(1)
 
