@@ -61,6 +61,9 @@ AnyHandler = Callable[[Request], Response | Awaitable[Response] | None]
 # head (same Host, User-Agent, Content-Length), so parsing is one dict lookup. Only heads that
 # parsed cleanly are kept; bounded in count and size.
 HEAD_CACHE_ENTRIES = 1024
+# A whole body this small is answered even when the body budget is spent (it is counted all
+# the same): slow senders holding the budget must not stop ordinary requests.
+SMALL_BODY = 64 * 1024
 HEAD_CACHE_MAX = 2048
 
 
@@ -373,9 +376,8 @@ class HttpProtocol(asyncio.Protocol):
                 return False
             body = bytes(buf[:head.length]) if head.length else b""
             del buf[:head.length]
-        self._release()
         self.head = None
-        self._start(head, body)
+        self._start(head, body)      # the body stays reserved until it is answered
         return True
 
     def _head(self, buf: bytearray) -> _Head | None:
@@ -429,6 +431,16 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _start(self, head: _Head, body: bytes) -> None:
+        try:
+            # Counted until answered: a body waiting for a WSGI thread is memory all the same.
+            self._reserve(len(body))
+        except HttpError as exc:
+            if len(body) > SMALL_BODY:
+                self._fail(exc.status, str(exc))
+                return
+            # a small request, already whole, still passes when slow senders hold the budget
+            self.server.buffered_bodies += len(body) - self.reserved
+            self.reserved = len(body)
         self.busy = True
         self.deadline = 0.0
         req = Request(head.method, head.path, head.query, head.headers, body, self.remote)
@@ -452,6 +464,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- responses ----------------------------------------------------------------------------
     def _respond(self, head: _Head, response: Response) -> None:
+        self._release()
         if self.closing or self.transport is None:
             return
         # The request was framed correctly, so even an error answer keeps the connection.

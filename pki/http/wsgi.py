@@ -33,7 +33,9 @@ def run_wsgi(app: WsgiApp, req: Request, server: HttpServer) -> Response:
         "wsgi.run_once": False,
     }
     for name, value in req.headers.items():
-        if name not in ("content-type", "content-length"):
+        # "X_Forwarded_For" would land where "X-Forwarded-For" does: names with "_" are
+        # dropped, as gunicorn and nginx drop them, so that no header passes for another.
+        if name not in ("content-type", "content-length") and "_" not in name:
             environ["HTTP_" + name.upper().replace("-", "_")] = value
     captured: dict[str, Any] = {}
 
