@@ -35,10 +35,19 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
 from cps_login.config import LoginConfig
 from pki.errors import ConfigError, PkiError
+from pki.http.gunicorn_worker import AsyncioWorker
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 THREADS_PER_WORKER = 8
-ASYNCIO_WORKER = "pki.http.gunicorn_worker.AsyncioWorker"
+ASYNCIO_WORKER = "cps_login.roles.BrokerWorker"
+
+
+class BrokerWorker(AsyncioWorker):
+    """The broker's gunicorn worker: the asyncio HTTP server, bodies bounded as the app bounds
+    them (Flask's MAX_CONTENT_LENGTH; messages to a patient may carry an attachment)."""
+
+    MAX_BODY = 256 * 1024
+    BODY_LIMITS = (("/api/patients", 2 * 1024 * 1024),)
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from gunicorn.workers.base import Worker  # type: ignore[import-untyped]
@@ -35,25 +37,53 @@ from pki.http.server import HttpServer
 from pki.http.wire import Limits
 
 AFFINITY_ENV = "CPS_WORKER_CPU_AFFINITY"
-MAX_BODY = 8 * 1024 * 1024       # the app enforces its own, smaller, per-route limits
 HEARTBEAT = 1.0                  # seconds between checks of alive / parent / heartbeat
+GC_YOUNG = 10_000
 
 
-def worker_cpu(age: int, allowed: set[int]) -> int | None:
-    """The CPU for the worker born ``age``-th (1, 2, ...): round robin over the allowed CPUs;
-    None when there is only one (nothing to choose)."""
+def worker_cpu(age: int, allowed: set[int], taken: dict[int, int] | None = None) -> int | None:
+    """The CPU for the worker born ``age``-th (1, 2, ...): one of the allowed CPUs that the
+    fewest live sibling workers are pinned to (``taken``: CPU -> count), ties broken round
+    robin by age — so a worker that replaces a dead one takes the CPU it left. None when there
+    is only one CPU (nothing to choose)."""
     cpus = sorted(allowed)
     if len(cpus) < 2:
         return None
-    return cpus[(age - 1) % len(cpus)]
+    taken = taken or {}
+    start = (age - 1) % len(cpus)
+    ordered = cpus[start:] + cpus[:start]
+    return min(ordered, key=lambda cpu: taken.get(cpu, 0))
 
 
-def pin_worker(age: int) -> int | None:
+def sibling_cpus(parent: int, me: int) -> dict[int, int]:
+    """CPU -> number of ``parent``'s other children pinned to exactly that CPU (Linux /proc;
+    empty where it cannot be read)."""
+    taken: dict[int, int] = {}
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return taken
+    for child in children:
+        if int(child) == me:
+            continue
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                value = line.split(":", 1)[1].strip()
+                if value.isdigit():
+                    taken[int(value)] = taken.get(int(value), 0) + 1
+    return taken
+
+
+def pin_worker(age: int, parent: int) -> int | None:
     """Pin this process (its threads yet to start inherit it) to its CPU; the CPU, or None
     when not pinned (turned off, one CPU only, or not supported here)."""
     if os.environ.get(AFFINITY_ENV, "1") == "0" or not hasattr(os, "sched_setaffinity"):
         return None
-    cpu = worker_cpu(age, os.sched_getaffinity(0))
+    cpu = worker_cpu(age, os.sched_getaffinity(0), sibling_cpus(parent, os.getpid()))
     if cpu is None:
         return None
     try:
@@ -64,16 +94,29 @@ def pin_worker(age: int) -> int | None:
 
 
 class AsyncioWorker(Worker):  # type: ignore[misc]
-    """One gunicorn worker: ``HttpServer`` on the arbiter's listeners until told to stop."""
+    """One gunicorn worker: ``HttpServer`` on the arbiter's listeners until told to stop.
+
+    Request bodies are bounded before they are buffered: ``MAX_BODY`` (the app's own default
+    limit; keep them equal), ``BODY_LIMITS`` for paths allowed more — a subclass per app."""
+
+    MAX_BODY = 256 * 1024
+    BODY_LIMITS: tuple[tuple[str, int], ...] = ()
 
     def init_process(self) -> None:
-        self.cpu = pin_worker(self.age)     # before any thread of the worker exists
+        self.cpu = pin_worker(self.age, self.ppid)   # before any thread of the worker exists
         super().init_process()
 
     def run(self) -> None:
-        limits = Limits(max_body=MAX_BODY, wsgi_threads=max(1, int(self.cfg.threads)),
+        # The app is built (load_wsgi): what it holds lives as long as the worker. Frozen, the
+        # collector stops walking it at every full collection; young objects are collected
+        # every GC_YOUNG allocations instead of 700 (a request makes a few thousand).
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+        limits = Limits(max_body=self.MAX_BODY, body_limits=self.BODY_LIMITS,
+                        wsgi_threads=max(1, int(self.cfg.threads)),
                         idle_timeout=float(max(1, int(self.cfg.keepalive))))
-        server = HttpServer([], self.wsgi, limits=limits)
+        # /health answers here; /metrics is for the operator's network, not this port
+        server = HttpServer([], self.wsgi, limits=limits, metrics_public=False)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
@@ -99,11 +142,15 @@ class AsyncioWorker(Worker):  # type: ignore[misc]
             for listening in listeners:
                 listening.close()
             await self._drain(server)
+            server.close()                  # its sweeper task, cancelled while the loop runs
+            await asyncio.sleep(0)
 
     async def _drain(self, server: HttpServer) -> None:
-        """Let requests being answered finish (up to graceful_timeout), then close the
-        connections that wait for a next request."""
-        deadline = time.monotonic() + float(self.cfg.graceful_timeout)
+        """Let requests being answered finish, then close the connections that wait for a
+        next request — within the arbiter's graceful_timeout, which began up to a heartbeat
+        ago (after it the arbiter kills the worker)."""
+        deadline = time.monotonic() + max(0.5, float(self.cfg.graceful_timeout) - HEARTBEAT
+                                          - 0.5)
         while any(not p.idle() for p in list(server.protocols)) and \
                 time.monotonic() < deadline:
             self.notify()

@@ -231,3 +231,6 @@ def test_worker_cpu_round_robin() -> None:
 
     assert [worker_cpu(age, {2, 5, 7}) for age in (1, 2, 3, 4)] == [2, 5, 7, 2]
     assert worker_cpu(1, {3}) is None
+    # a replacement takes the CPU its predecessor left, whatever its age
+    assert worker_cpu(3, {0, 1}, {0: 1}) == 1
+    assert worker_cpu(4, {0, 1, 2}, {0: 1, 1: 1, 2: 1}) == 0
