@@ -20,6 +20,7 @@ challenge only, and the transaction is what the browser's cookie and the one-tim
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hmac
 import secrets
@@ -104,6 +105,9 @@ def proof(provider: Provider, tx: str, body: Any, client: str) -> str:
         parsed = LoginRequest.from_json(body if isinstance(body, dict) else {}, client)
     except CredentialRefused:
         parsed = LoginRequest(b"", (), b"", b"", client=client)     # audited as malformed
+    if not parsed.certificate or not parsed.signature:
+        # refused and audited as malformed, before the transaction's challenge is touched
+        provider.services.login.authenticate(parsed, purpose="oidc", challenge_claimed=True)
     expected = bytes.fromhex(str(value["challenge"]))
     if not hmac.compare_digest(parsed.challenge, expected):
         # audited like POST /login's unknown challenge
@@ -112,20 +116,26 @@ def proof(provider: Provider, tx: str, body: Any, client: str) -> str:
     proving = {**value, "status": "proving"}
     if not provider.state.cas(key, value, proving, TX_KEEP):    # the challenge, claimed once
         raise TxRefused("the login transaction was used meanwhile")
+    secret = secrets.token_urlsafe(24)
     try:
         # every check and audit record of POST /login, the challenge already claimed above;
         # no broker token (the provider signs its own)
         result = provider.services.login.authenticate(parsed, purpose="oidc",
                                                       challenge_claimed=True)
+        subject = subject_of(provider, result)
+        proven = provider.state.cas(key, proving,
+                                    {**proving, "status": "proven",
+                                     "subject": subject.to_json(), "key": digest(secret)},
+                                    TX_KEEP)
     except BaseException:
-        # refused (and audited): the transaction waits again, with a challenge never seen
-        provider.state.cas(key, proving, {**value, "challenge": _fresh_challenge()}, TX_KEEP)
+        # refused (and audited) or failed: the transaction waits again, with a challenge never
+        # seen, so that the agent may ask for it and try again; if even that cannot be
+        # written, it expires with TX_TTL — the refusal is what the caller hears either way
+        with contextlib.suppress(Exception):
+            provider.state.cas(key, proving, {**value, "challenge": _fresh_challenge()},
+                               TX_KEEP)
         raise
-    subject = subject_of(provider, result)
-    secret = secrets.token_urlsafe(24)
-    if not provider.state.cas(key, proving,
-                              {**proving, "status": "proven", "subject": subject.to_json(),
-                               "key": digest(secret)}, TX_KEEP):
+    if not proven:
         raise TxRefused("the login transaction was used meanwhile")
     return secret
 
