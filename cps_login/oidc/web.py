@@ -10,6 +10,7 @@ local agent), ``/oidc/tx/<tx>/challenge|proof|continue``; ``/oidc/token``, ``/oi
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import ipaddress
@@ -134,6 +135,7 @@ def _refused(description: str) -> Response:
     return _error_page(InvalidRequestError(description))
 
 
+@functools.lru_cache(maxsize=4096)
 def _client_key(address: str) -> str:
     """The per-address bound's key: an IPv4 address, or the /64 of an IPv6 one (one host
     may hold a whole /64)."""

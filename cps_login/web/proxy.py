@@ -13,6 +13,7 @@ own ``X-Forwarded-Proto`` handling (``cps_login.roles``), so the two never disag
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -37,8 +38,17 @@ def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
 
 
 def _address(text: str) -> Address | None:
+    """The address ``text`` names (IPv4-mapped IPv6 as IPv4), or None."""
+    text = text.strip()
+    return _parsed(text) if len(text) <= 64 else None      # no address is longer
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Address | None:
+    """Memoised (bounded in count, and in size by the caller): a server sees the same few
+    peers, its proxies and its clients, request after request."""
     try:
-        addr = ipaddress.ip_address(text.strip().strip("[]"))
+        addr = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
