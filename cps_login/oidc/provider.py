@@ -27,11 +27,13 @@ from collections import defaultdict
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -325,6 +327,44 @@ class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
                                headers=request.headers)
         self._request = request
         self.payload = _Payload(request)
+
+
+class _StoredPayload(OAuth2Payload):  # type: ignore[misc]
+    """The parameters of a query string, every value of each kept (Authlib refuses repeated
+    PKCE parameters by ``datalist``)."""
+
+    def __init__(self, query: str) -> None:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        self._datalist: defaultdict[str, list[str]] = defaultdict(list)
+        for key, value in pairs:
+            self._datalist[key].append(value)
+        self._data = {key: values[0] for key, values in self._datalist.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return self._datalist
+
+
+class StoredRequest(OAuth2Request):  # type: ignore[misc]
+    """An authorization request kept with its login transaction, replayed at ``continue``:
+    read from its query string alone (no WSGI request is built for it), validated again by
+    the same grant as when it came."""
+
+    def __init__(self, query: str, issuer: str) -> None:
+        OAuth2Request.__init__(self, "GET", f"{issuer}/oidc/authorize?{query}")
+        self.payload = _StoredPayload(query)
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self.payload.data  # type: ignore[no-any-return]
+
+    @property
+    def form(self) -> dict[str, str]:
+        return {}
 
 
 class Provider:

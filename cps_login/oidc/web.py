@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import io
 import ipaddress
 import secrets
 from typing import Any
@@ -20,12 +19,11 @@ from urllib.parse import quote
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 from flask import Blueprint, Response, current_app, jsonify, make_response, request
-from flask.wrappers import Request
 
 from cps_login.errors import TokenInvalid
 from cps_login.oidc import browser, ciba
 from cps_login.oidc.clients import SCOPES as CLIENT_SCOPES
-from cps_login.oidc.provider import OAuthRequest, Provider
+from cps_login.oidc.provider import OAuthRequest, Provider, StoredRequest
 
 bp = Blueprint("oidc", __name__)
 EXTENSION = "cps_login.oidc"
@@ -124,13 +122,6 @@ def _error_page(error: OAuth2Error) -> Response:
     return _page("Connexion refusée", f"<p>{html.escape(text)}</p>", error.status_code or 400)
 
 
-def _oauth_request(query_string: str) -> OAuthRequest:
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/oidc/authorize",
-               "QUERY_STRING": query_string, "SERVER_NAME": "broker", "SERVER_PORT": "80",
-               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO()}
-    return OAuthRequest(Request(environ), provider().issuer)
-
-
 def _refused(description: str) -> Response:
     return _error_page(InvalidRequestError(description))
 
@@ -213,7 +204,7 @@ def tx_proof(tx: str) -> Response:
 def tx_continue(tx: str) -> Response:
     p = provider()
     query, subject = browser.finish(p, tx, request.cookies.get(TX_COOKIE), request.args.get("k"))
-    oauth_request = _oauth_request(query)
+    oauth_request = StoredRequest(query, p.issuer)
     # The request was validated when the transaction was made, and is again now (client still
     # registered, redirect URI, PKCE, nonce unused) by create_authorization_response.
     oauth_request.user = subject
