@@ -1,12 +1,17 @@
 """OpenID Connect code-flow logins per CPU-second of the broker role, over HTTP.
 
     .venv/bin/python bench/oidc.py [--logins 1500] [--cards 100] [--threads 6] [--redis URL]
+                                   [--db postgresql|URL] [--server gunicorn|asyncio|both]
+                                   [--no-isolate]
 
-The roles as deployed: a fresh SoftHSM home (SQLite); the signer and the status role as their
-own processes (OCSP pre-signed, live revocation over HTTP), and the broker role as its own
-process (``cps-admin serve --role broker``, gunicorn, one worker without Redis; with
+The roles as deployed: a fresh SoftHSM home (SQLite, or ``--db``); the signer and the status
+role as their own processes (OCSP pre-signed, live revocation over HTTP), and the broker role
+as its own process (``cps-admin serve --role broker``: gunicorn's arbiter, its worker answering
+on the project's asyncio server and pinned to one CPU; one worker without Redis; with
 ``--redis`` two workers sharing challenges and the provider's state in Redis). One confidential
-client (client_secret_basic) is registered as the officer does.
+client (client_secret_basic) is registered as the officer does. With two CPUs or more (and no
+``--redis``), this process (the load generator), the signer and the status role run on the
+CPUs the broker's worker is not pinned to, as they would on other machines.
 
 One login, every step over HTTP as a relying service, a browser and the local agent make them:
 ``GET /oidc/authorize`` (client, redirect URI, PKCE S256, nonce checked; transaction stored,
@@ -300,7 +305,8 @@ def measure(kind: str, home: Path, port: int, args: argparse.Namespace, cards: l
         print("broker CPU per request, one client at a time: " + ", ".join(
             f"{k} {v * 1e6:.0f} µs" for k, v in per_step.items()))
         print(f"HTTP floor of this server: {floor * 1e6:.0f} µs CPU per request "
-              f"(GET /health); a code-flow login makes 4 requests, the own card login 2; "
+              f"(GET /health, answered without the app); a code-flow login makes 4 "
+              f"requests, the own card login 2; "
               f"the authorization page alone, nothing else running: {page * 1e6:.0f} µs")
         print(f"the HTTP server alone (4 x the floor): {4 * floor * 1e6:.0f} µs of the "
               f"{1e6 / oidc_cpu:.0f} µs a code-flow login costs ({4 * floor * oidc_cpu:.0%}); "
