@@ -6,8 +6,9 @@ arrive together share one transaction (one fsync, one lock of the chain head), w
 lets the broker log every login at more than a thousand logins a second. Nothing is answered
 before its audit record is committed in either sink.
 
-The group commit writes with SQLAlchemy Core on one connection kept by the sink (used by one
-leader at a time): the ORM unit of work and a pool checkout per transaction cost several times
+The group commit writes on one connection kept by the sink (used by one leader at a time),
+with statements compiled once by SQLAlchemy and run on the driver's cursor: the ORM unit of
+work, a pool checkout and SQLAlchemy's execution machinery per transaction cost several times
 the SQL itself. The rows, the chain head lock (``SELECT ... FOR UPDATE``; ``BEGIN IMMEDIATE`` on
 SQLite) and the hashes are exactly those of ``pki.audit.append``; the database's durability
 settings are untouched (SQLite: WAL, ``synchronous=FULL`` — a committed login survives a power
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -86,22 +87,63 @@ def _append_batch(session: Session, batch: list[_Pending], clock: Clock) -> None
     session.flush()
 
 
-def _append_batch_core(conn: Connection, batch: list[_Pending], clock: Clock) -> None:
-    """The same rows as ``_append_batch`` in the connection's transaction, without the ORM."""
-    seq, prev = conn.execute(_LOCK_HEAD).one()
-    rows, seq, prev = _links(batch, seq, prev, clock)
-    conn.execute(_INSERT_LINKS, rows)
-    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+def _same(value: Any) -> Any:
+    return value
 
 
-def _store_error(exc: BaseException) -> BaseException:
-    """The exceptions ``Store.session`` would have raised for this one."""
-    if not isinstance(exc, DBAPIError):
+_ROW_KEYS = ("seq", "at", "actor", "action", "target", "details", "prev_hash", "hash")
+
+
+class _DriverStatements:
+    """``_append_batch``'s rows without the ORM: three statements (lock the chain head, insert
+    the links, move the head) compiled once for a dialect and run on the connection's DB-API
+    cursor inside SQLAlchemy's transaction — the same SQL and the same bound values (the ``at``
+    column through its own type's bind processor), without SQLAlchemy's per-execution machinery
+    (a quarter of an audit record's CPU, measured in-process: 194 → 143 µs)."""
+
+    def __init__(self, dialect: Any) -> None:
+        self.lock = _LOCK_HEAD.compile(dialect=dialect)
+        self.insert = _INSERT_LINKS.compile(dialect=dialect, column_keys=list(_ROW_KEYS))
+        self.move = _MOVE_HEAD.compile(dialect=dialect)
+        self.at: Callable[[Any], Any] = _LOG.c.at.type.bind_processor(dialect) or _same
+        self.lock_params = self._params(self.lock, self.lock.construct_params())
+        # the statements hold no parameter the sink does not give (no default, no literal)
+        if set(self.insert.construct_params(dict.fromkeys(_ROW_KEYS))) != set(_ROW_KEYS):
+            raise ValueError("audit_log insert: unexpected parameters")
+
+    @staticmethod
+    def _params(compiled: Any, values: Mapping[str, Any]) -> Any:
+        if compiled.positional:
+            return tuple(values[key] for key in compiled.positiontup)
+        return values
+
+    def append(self, cursor: Any, batch: list[_Pending], clock: Clock) -> None:
+        cursor.execute(self.lock.string, self.lock_params)
+        seq, prev = cursor.fetchone()
+        rows, seq, prev = _links(batch, seq, prev, clock)
+        for row in rows:
+            row["at"] = self.at(row["at"])
+        cursor.executemany(self.insert.string, [self._params(self.insert, row) for row in rows])
+        cursor.execute(self.move.string, self._params(
+            self.move, self.move.construct_params({"new_seq": seq, "new_hash": prev})))
+
+
+def _store_error(exc: BaseException, dbapi: Any = None) -> BaseException:
+    """The exceptions ``Store.session`` would have raised for this one (SQLAlchemy's, or the
+    driver's own when ``dbapi``, its module, is given)."""
+    if isinstance(exc, DBAPIError):
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        integrity, operational = isinstance(exc, IntegrityError), \
+            isinstance(exc, OperationalError)
+    elif dbapi is not None and isinstance(exc, dbapi.Error):
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        integrity, operational = isinstance(exc, dbapi.IntegrityError), \
+            isinstance(exc, dbapi.OperationalError)
+    else:
         return exc
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-    if isinstance(exc, IntegrityError):
+    if integrity:
         return Duplicate(f"store refused a duplicate: {detail}")
-    if isinstance(exc, OperationalError):
+    if operational:
         return StoreUnavailable(f"database unavailable: {detail}")
     return StoreError(f"database error: {detail}")
 
@@ -128,6 +170,7 @@ class GroupCommitAuditSink:
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._conn: Connection | None = None      # the leader's, under _commit_lock
+        self._statements: _DriverStatements | None = None
 
     def close(self) -> None:
         with self._commit_lock:
@@ -181,10 +224,17 @@ class GroupCommitAuditSink:
         conn = self._conn
         if conn is None or conn.closed or conn.invalidated:
             conn = self._conn = self._store.engine.connect()
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = _DriverStatements(conn.dialect)
         try:
             with conn.begin():   # commits at the end of the block, rolls back on any error
-                _append_batch_core(conn, batch, self._clock)
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    statements.append(cursor, batch, self._clock)
+                finally:
+                    cursor.close()
         except BaseException as exc:
             # A fresh connection for the next batch (this one may be broken or mid-transaction).
             self._drop_connection()
-            raise _store_error(exc) from None
+            raise _store_error(exc, conn.dialect.dbapi) from None
