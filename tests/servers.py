@@ -4,9 +4,12 @@ raw HTTP/1.1 client to talk to it byte by byte."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from pki.http.server import HttpServer
 
@@ -16,6 +19,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM,
+                 timeout: float = 30) -> None:
+    """Send ``sig`` to a process still running, wait ``timeout`` seconds, then kill it."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass

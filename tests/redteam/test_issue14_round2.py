@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.oidc.conftest import OidcServer
+from tests.servers import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,13 +70,7 @@ def worker(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
         proc.kill()
         raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no start")
     yield port, proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, signal.SIGINT, 15)
 
 
 def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cps_sign.tsa import TimeStampAuthority, TsaSettings
 from pki.clock import SYSTEM_CLOCK, Clock
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 BIN = Path(sys.executable).parent
 TEST_POLICY = "1.2.250.1.213.1.7.1.1.1.9.1"
@@ -88,13 +87,7 @@ def running_tsa(home: Path, log: Path | None = None, timeout: float = 60) -> Ite
             time.sleep(0.1)
         yield TsaProcess(base + "/tsa", proc, log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @dataclass(frozen=True)
