@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pki.errors import InvalidInput
 from pki.pdfguard import declared_size_problem
@@ -47,6 +48,15 @@ REFUSALS = {
     "upload_quota": "the record already holds {count} of the patient's documents: the limit "
                     "is reached ({mb} MB at most in all)",
 }
+
+# The record's calendar days are France's: a date a patient writes, "today" on a form, an age.
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def today_in_france(now: dt.datetime) -> dt.date:
+    """The calendar day in France at ``now`` (between 22:00 and midnight UTC it is already
+    tomorrow's in Paris)."""
+    return now.astimezone(PARIS).date()
 
 
 class Refused(InvalidInput):

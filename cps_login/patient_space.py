@@ -34,6 +34,7 @@ from cps_login.patient_checks import (
     check_health,
     check_text,
     limits,
+    today_in_france,
 )
 from cps_login.patients import PatientService, ProfessionalContext, hidden_from
 from pki import audit
@@ -209,7 +210,7 @@ class PatientSpace:
 
     # --- health data ---------------------------------------------------------------------
     def add_health(self, actor_ins: str, ins: str, entry: HealthInput) -> int:
-        value, value2, unit = check_health(entry, self._clock.now().date())
+        value, value2, unit = check_health(entry, today_in_france(self._clock.now()))
         actor = Actor("patient", actor_ins)
         self._allowed(ins, actor, "contribute", subject="health")
         with self._store.session() as session:

@@ -28,6 +28,7 @@ from cps_login.access import (
     RecordState,
     SpaceActions,
 )
+from cps_login.patient_checks import today_in_france
 from pki import audit, ids
 from pki.clock import Clock
 from pki.errors import Duplicate, InvalidInput, NotAuthorised, NotFound
@@ -464,7 +465,7 @@ class PatientService:
                 LegalRepresentative, LegalRepresentative.child_id == Patient.id)
                 .where(LegalRepresentative.representative_id == me.id)
                 .order_by(Patient.birth_date)).scalars()
-            today = self._clock.now().date()
+            today = today_in_france(self._clock.now())
             return [{"ins": p.ins, "name": f"{p.given_name} {p.surname}", "self": p is me}
                     for p in [me, *children]
                     if p is me or _age_years(p.birth_date, today) < MAJORITY_YEARS]

@@ -20,7 +20,6 @@ from werkzeug.wrappers.response import Response
 from cps_login.access import Actor
 from cps_login.pages import i18n
 from cps_login.pages.views import (
-    PARIS,
     PageRefused,
     _check_csrf,
     _frame,
@@ -33,7 +32,7 @@ from cps_login.pages.views import (
     bp,
     t,
 )
-from cps_login.patient_checks import HealthInput, Refused, health_data, limits
+from cps_login.patient_checks import HealthInput, Refused, health_data, limits, today_in_france
 from cps_login.patient_space import SHARE_DAYS_MAX
 from pki.errors import InvalidInput, NotAuthorised, NotFound
 
@@ -274,7 +273,7 @@ def _health_page(ins: str, error: str | None = None, status: int = 200,
             e["label"] = measures[e["name"]]["label"][g.lang]
     return render_template(
         "pages/health.html", **_frame(session.ins, rec), page="health", error=error,
-        done=_done(), form=form or {}, today=show_date(dt.datetime.now(PARIS).date()),
+        done=_done(), form=form or {}, today=show_date(today_in_france(dt.datetime.now(dt.UTC))),
         allergies=[e for e in entries if e["kind"] == "allergy"],
         vaccinations=[e for e in entries if e["kind"] == "vaccination"],
         measures=[e for e in entries if e["kind"] == "measure"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import (
     Blueprint,
@@ -33,6 +32,7 @@ from cps_login.errors import PatientAuthFailed, RateLimited
 from cps_login.pages import i18n
 from cps_login.pages.security import PageSecurity, PageSession, load_secret, security_headers
 from cps_login.patient_auth import PatientSession
+from cps_login.patient_checks import PARIS
 from pki import audit, ids
 from pki.errors import InvalidInput, NotAuthorised, NotFound
 
@@ -40,7 +40,6 @@ bp = Blueprint("pages", __name__, url_prefix="/espace", template_folder="templat
                static_folder="static")
 
 EXTENSION = "cps_login.pages"
-PARIS = ZoneInfo("Europe/Paris")
 CHANGES = ("block", "unblock", "hide_document", "show_document", "oppose_emergency",
            "allow_emergency", "consent", "withdraw_consent")
 EMERGENCY_MODES = ("break_glass", "emergency")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from cps_login.patient_checks import today_in_france
 from cps_login.web import services_of
 from pki.store.models import AuditRecord
 from pki.store.patient_models import AccessEvent, HealthEntry, PatientUpload, ProfileShare
@@ -60,7 +61,7 @@ def test_french_date_fields_are_dd_mm_yyyy(signed_in: Any, env: Env) -> None:  #
     browser, patient, _ = signed_in
     page = text(browser.get(f"/espace/records/{patient.ins}/health"))
     assert 'placeholder="jj/mm/aaaa"' in page and 'type="date"' not in page
-    today = dt.date.today().strftime("%d/%m/%Y")
+    today = today_in_france(dt.datetime.now(dt.UTC)).strftime("%d/%m/%Y")
     assert f'value="{today}"' in page
     response = browser.post(f"/espace/records/{patient.ins}/health", {
         "csrf": csrf_of(page), "kind": "vaccination", "name": "ROR", "date": "03/02/2020"})
