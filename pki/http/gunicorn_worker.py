@@ -5,20 +5,21 @@ restarting workers, the heartbeat timeout, graceful stop on SIGTERM, quick stop 
 SIGQUIT — while each worker answers HTTP with ``pki.http.server.HttpServer`` (the server of
 the status role) instead of ``gthread``'s: the same bounded parsing (header, body and
 connection caps, slow-client timeouts, pipelining in order), the app in a thread pool of
-``threads`` threads. ``bench/oidc.py`` prints the two side by side: a ``gthread`` worker costs
-~200 µs of CPU per keep-alive request before the app runs, this one ~95 µs.
+``threads`` threads. A trivial Flask route under load (keep-alive, 6 clients) costs ~170 µs of
+the worker's CPU a request under ``gthread``, ~107 µs here; ``bench/oidc.py`` prints both
+servers side by side for the whole code flow.
 
-Each worker can also be pinned to one CPU (``cpu_affinity``, on by default): worker *n* to the
-*n*-th CPU the arbiter may use, round robin. A Python process's threads take turns at one
-interpreter lock; on two cores they hand it back and forth between caches, which costs the
-broker about a third more CPU per login than the same threads kept on one core (measured
-by ``bench/oidc.py``: 236 → 365 code-flow logins per CPU-second, same run conditions). One
-worker per CPU, each on its own, is how nginx (``worker_cpu_affinity auto``) and HAProxy
-(``cpu-map``) are deployed for the same reason.
+Each worker is also pinned to one CPU: the allowed CPU the fewest of its live sibling workers
+hold (read from /proc), ties round robin by the worker's age, so a worker that replaces a dead
+one takes the CPU it left. A Python process's threads take turns at one interpreter lock; on
+two cores they hand it back and forth between caches, which costs the broker about a third
+more CPU per login than the same threads kept on one core (measured by ``bench/oidc.py``: 236
+→ 365 code-flow logins per CPU-second, same run conditions). One worker per CPU, each on its
+own, is how nginx (``worker_cpu_affinity auto``) and HAProxy (``cpu-map``) are deployed for the
+same reason. ``CPS_WORKER_CPU_AFFINITY=0`` in the environment turns pinning off.
 
-Use: ``worker_class = "pki.http.gunicorn_worker.AsyncioWorker"``; ``cpu_affinity`` is read
-from the environment variable ``CPS_WORKER_CPU_AFFINITY`` (``0`` turns it off), set by the
-role that starts gunicorn.
+Use: a subclass per app, setting its body limits (``cps_login.roles.BrokerWorker``), named as
+gunicorn's ``worker_class``.
 """
 
 from __future__ import annotations

@@ -61,10 +61,10 @@ AnyHandler = Callable[[Request], Response | Awaitable[Response] | None]
 # head (same Host, User-Agent, Content-Length), so parsing is one dict lookup. Only heads that
 # parsed cleanly are kept; bounded in count and size.
 HEAD_CACHE_ENTRIES = 1024
+HEAD_CACHE_MAX = 2048
 # A whole body this small is answered even when the body budget is spent (it is counted all
 # the same): slow senders holding the budget must not stop ordinary requests.
 SMALL_BODY = 64 * 1024
-HEAD_CACHE_MAX = 2048
 
 
 class HttpServer:
@@ -109,11 +109,7 @@ class HttpServer:
                                           reuse_address=True, reuse_port=reuse_port or None,
                                           backlog=accept_batch())
         widen_backlog(server)
-        sockname = server.sockets[0].getsockname()
-        self.server_name, self.server_port = str(sockname[0]), int(sockname[1])
-        self.listening = True
-        self._sweeper = asyncio.ensure_future(self._sweep())
-        return server
+        return self._listening(server, server.sockets[0].getsockname())
 
     async def start_socket(self, sock: Any) -> asyncio.Server:
         """Serve on a socket already listening (a gunicorn arbiter's, shared by its workers)."""
@@ -121,15 +117,7 @@ class HttpServer:
         guard_accept_errors(loop, self.shedding)
         server = await loop.create_server(lambda: HttpProtocol(self), sock=sock,
                                           backlog=accept_batch())
-        sockname = sock.getsockname()
-        if isinstance(sockname, tuple):
-            self.server_name, self.server_port = str(sockname[0]), int(sockname[1])
-        else:
-            self.server_name, self.server_port = "localhost", 0
-        self.listening = True
-        if self._sweeper is None:
-            self._sweeper = asyncio.ensure_future(self._sweep())
-        return server
+        return self._listening(server, sock.getsockname())
 
     async def start_unix(self, path: str) -> asyncio.Server:
         """Listen on a unix socket (an internal interface: the signer role's), mode 0600; its
@@ -137,9 +125,17 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         server = await loop.create_unix_server(lambda: HttpProtocol(self), path, backlog=128)
         os.chmod(path, 0o600)
-        self.server_name, self.server_port = "localhost", 0
+        return self._listening(server, path)
+
+    def _listening(self, server: asyncio.Server, sockname: Any) -> asyncio.Server:
+        """Record where it listens (a unix socket: localhost) and start the sweeper once."""
+        if isinstance(sockname, tuple):
+            self.server_name, self.server_port = str(sockname[0]), int(sockname[1])
+        else:
+            self.server_name, self.server_port = "localhost", 0
         self.listening = True
-        self._sweeper = asyncio.ensure_future(self._sweep())
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
         return server
 
     def close(self) -> None:
