@@ -132,7 +132,9 @@ def token_key(hsm: Hsm, clock: Clock, label: str = DEFAULT_LABEL,
             with _key_lock(lock_dir):
                 if not hsm.has_key(label):
                     _generate(hsm, label, key_type)
-    key = hsm.key(label)
+    # every token the broker issues is signed with this key: a copy in the token's session
+    # memory spares SoftHSM's per-signature re-read of the key's file
+    key = hsm.key(label, session_copy=True)
     descriptor = _descriptor_certificate(key, label, clock.now())
     signer = TbsSigner(key, descriptor)
     return TokenKey(label=label, kid=jwk_thumbprint(signer.public_key), signer=signer)

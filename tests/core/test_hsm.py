@@ -144,3 +144,68 @@ def test_open_tokens_lists_the_tokens_this_process_holds(home: Path) -> None:
         root_hsm.labels()
     hsm.close()
     assert set(open_tokens()) == before
+
+
+@pytest.mark.parametrize("key_type", [KeyType.P256, KeyType.RSA2048])
+def test_session_copy_signs_as_the_key_and_is_as_locked_down(home: Path,
+                                                              key_type: KeyType) -> None:
+    """A key that signs on every request is used as a copy in the session's memory: same
+    public key, same sign-only, sensitive, never-extractable attributes, not a token object;
+    the token still holds exactly one key of that label, and destroying the key destroys the
+    copy."""
+    hsm = _open(home)
+    label = f"test:copy:{key_type.value}"
+    original = hsm.generate_key(label, key_type)
+    copy = hsm.key(label, session_copy=True)
+    assert copy is hsm.key(label, session_copy=True) and copy is not original
+    assert copy._handle[Attribute.TOKEN] is False and original._handle[Attribute.TOKEN] is True
+    for attr, value in ((Attribute.SENSITIVE, True), (Attribute.EXTRACTABLE, False),
+                        (Attribute.SIGN, True), (Attribute.DECRYPT, False),
+                        (Attribute.UNWRAP, False), (Attribute.DERIVE, False),
+                        (Attribute.PRIVATE, True)):
+        assert copy._handle[attr] is value, attr
+    data = b"signed by the copy"
+    if isinstance(copy, HsmEcKey):
+        original.public_key().verify(copy.sign(data, ec.ECDSA(hashes.SHA256())), data,
+                                     ec.ECDSA(hashes.SHA256()))
+    else:
+        assert isinstance(copy, HsmRsaKey)
+        original.public_key().verify(copy.sign(data, padding.PKCS1v15(), hashes.SHA256()), data,
+                                     padding.PKCS1v15(), hashes.SHA256())
+    with pytest.raises(HsmError):
+        copy.private_bytes(None, None, None)  # type: ignore[arg-type]
+    assert hsm.labels().count(label) == 1 and hsm.has_key(label)
+    hsm.destroy_key(label)
+    assert not hsm.has_key(label)
+    assert not list(hsm._session.get_objects({Attribute.LABEL: label}))
+    with pytest.raises(HsmKeyNotFound):
+        hsm.key(label, session_copy=True)
+
+
+def test_session_copy_refused_by_the_token_signs_with_the_token_object(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hsm = _open(home)
+    label = "test:copy:refused"
+    hsm.generate_key(label, KeyType.P256)
+
+    class NoCopy:
+        """The token's key object, on a token that refuses C_CopyObject."""
+
+        def __init__(self, obj: object) -> None:
+            self.obj = obj
+
+        def copy(self, attrs: object) -> object:
+            raise pkcs11.exceptions.FunctionNotSupported()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.obj, name)
+
+        def __getitem__(self, attr: Attribute) -> object:
+            return self.obj[attr]  # type: ignore[index]
+
+    find = hsm._find_private
+    monkeypatch.setattr(hsm, "_find_private", lambda label: NoCopy(find(label)))
+    key = hsm.key(label, session_copy=True)
+    assert key._handle[Attribute.TOKEN] is True
+    key.public_key().verify(key.sign(b"x", ec.ECDSA(hashes.SHA256())), b"x",
+                            ec.ECDSA(hashes.SHA256()))
