@@ -128,6 +128,7 @@ class RevocationChecker:
         self._crl_refresh = crl_refresh
         self._responders: dict[tuple[bytes, bytes, bytes], tuple[bool, object]] = {}
         self._verified: dict[bytes, dt.datetime] = {}   # signed answer -> signer's notAfter
+        self._requests: dict[tuple[bytes, int], bytes] = {}   # (issuer, serial) -> request DER
         self._issuers: dict[int, _IssuerFacts] = {}
         self._crls: dict[str, _CachedCrl] = {}
         self._urls: dict[int, tuple[x509.Certificate, list[str]]] = {}
@@ -153,7 +154,13 @@ class RevocationChecker:
             raise _Unusable("certificate names no OCSP responder")
         facts = self._facts(issuer)
         serial = cert.serial_number
-        request = ocsp_request_der(facts, serial)
+        request = self._requests.get((facts.fingerprint, serial))
+        if request is None:
+            request = ocsp_request_der(facts, serial)   # the same bytes every time: built once
+            with self._lock:
+                if len(self._requests) >= 100_000:
+                    self._requests.clear()
+                self._requests[(facts.fingerprint, serial)] = request
         try:
             data = self._fetcher.post(urls[0], request, "application/ocsp-request",
                                       self._timeout)

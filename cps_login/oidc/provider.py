@@ -22,16 +22,23 @@ Every time check uses the injected clock.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections import defaultdict
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from authlib.common.security import is_secure_transport
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
-from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Request
+from authlib.oauth2.rfc6749 import (
+    InsecureTransportError,
+    InvalidClientError,
+    InvalidRequestError,
+    OAuth2Request,
+)
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -316,6 +323,24 @@ class _Payload(FlaskOAuth2Payload):  # type: ignore[misc]
         return defaultdict(list, {k: list(v) for k, v in self.data.lists()})
 
 
+@lru_cache(maxsize=16)
+def _secure_transport(issuer: str, insecure_allowed: str | None) -> bool:
+    """Authlib's transport rule for this issuer (every request's URI is the issuer's plus a
+    path, so the answer is the issuer's), by the environment variable Authlib reads."""
+    return bool(is_secure_transport(issuer + "/"))
+
+
+def _request_init(request: OAuth2Request, method: str, uri: str, issuer: str,
+                  headers: Any = None) -> None:
+    """``OAuth2Request.__init__`` with its transport check made once per issuer rather than
+    by parsing each request's URI (tests/oidc/test_provider_requests.py holds the attributes
+    equal to Authlib's)."""
+    if not _secure_transport(issuer, os.environ.get("AUTHLIB_INSECURE_TRANSPORT")):
+        raise InsecureTransportError()
+    OAuth2Request.__init__(request, method, "https://checked.invalid/", headers=headers)
+    request.uri = uri
+
+
 class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
     """A Flask request as Authlib sees it. Its URI is the configured issuer's plus the path:
     Authlib refuses plain http off loopback by that URI (the issuer an operator set, not what
@@ -323,8 +348,8 @@ class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
     quoting every part) is not computed three times a request."""
 
     def __init__(self, request: Any, issuer: str) -> None:
-        OAuth2Request.__init__(self, request.method, issuer + request.full_path.rstrip("?"),
-                               headers=request.headers)
+        _request_init(self, request.method, issuer + request.full_path.rstrip("?"), issuer,
+                      headers=request.headers)
         self._request = request
         self.payload = _Payload(request)
 
@@ -355,7 +380,7 @@ class StoredRequest(OAuth2Request):  # type: ignore[misc]
     the same grant as when it came."""
 
     def __init__(self, query: str, issuer: str) -> None:
-        OAuth2Request.__init__(self, "GET", f"{issuer}/oidc/authorize?{query}")
+        _request_init(self, "GET", f"{issuer}/oidc/authorize?{query}", issuer)
         self.payload = _StoredPayload(query)
 
     @property
