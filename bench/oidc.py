@@ -28,7 +28,10 @@ Figures: logins per CPU-second of the broker role's processes (user + system of 
 arbiter and workers, from /proc), beside, in the same run against the same broker, the card
 login of the broker's own protocol (``/login/challenge`` + ``/login``: the same proof checks,
 one token) — and beside Keycloak's published sizing guidance, about 15 password-based logins
-per second per vCPU (a reference point from its documentation, not measured here).
+per second per vCPU (a reference point from its documentation, not measured here). The
+machine's speed (OpenSSL RSA-2048 signatures and a fixed Python workload per second) is
+printed before and after each server's rounds: this VM's speed drifts by tens of per cent
+between runs, and the login figure moves with it.
 """
 
 from __future__ import annotations
@@ -330,6 +333,27 @@ def measure(kind: str, home: Path, port: int, args: argparse.Namespace, cards: l
         broker.wait(30)
 
 
+def machine_speed(seconds: float = 1.0) -> str:
+    """This machine's speed now, on this process's CPU, for comparing runs made at other
+    times or on other machines (this VM's speed drifts by tens of per cent between runs):
+    OpenSSL RSA-2048 signatures per second and a fixed pure-Python workload (JSON round
+    trip of a small dict) per second — most of the broker's CPU is Python."""
+    key = rsa.generate_private_key(65537, 2048)
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds / 2:
+        key.sign(b"reference", padding.PKCS1v15(), hashes.SHA256())
+        count += 1
+    rsa_rate = count / (time.perf_counter() - t0)
+    sample = {"sub": "810002345678", "amr": ["sc", "pin"], "n": list(range(20)), "x": "y" * 80}
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds / 2:
+        for _ in range(100):
+            json.loads(json.dumps(sample))
+        count += 100
+    return (f"machine speed now: OpenSSL RSA-2048 {rsa_rate:,.0f} signatures/s, Python "
+            f"{count / (time.perf_counter() - t0) / 1000:,.0f}k JSON round trips/s (one CPU)")
+
+
 def _admin_sql(statement: str) -> None:
     import psycopg
 
@@ -391,9 +415,11 @@ def main() -> None:
                  f"on CPUs {sorted(os.sched_getaffinity(0))}" if broker_cpus else
                  "load generator, signer, status and broker share the CPUs"))
         kinds = ("gunicorn", "asyncio") if args.server == "both" else (args.server,)
+        print(machine_speed())
         for kind in kinds:
             measure(kind, home, broker_port, args, cards, client.client_id,
                     str(client.client_secret), broker_cpus)
+            print(machine_speed())
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
