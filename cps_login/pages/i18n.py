@@ -356,6 +356,9 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "invalid.pdf_unreadable": {"fr": "le PDF est illisible ({detail})",
                                "en": "the PDF cannot be read ({detail})"},
     "invalid.pdf_no_page": {"fr": "le PDF n'a aucune page", "en": "the PDF has no page"},
+    "invalid.pdf_busy": {"fr": "le serveur vérifie d'autres fichiers PDF ; réessayez dans une "
+                               "minute",
+                         "en": "the server is checking other PDF files; try again in a minute"},
     "invalid.image_too_large": {"fr": "l'image est trop grande : {width}x{height} pixels",
                                 "en": "the image is too large: {width}x{height} pixels"},
     "invalid.image_unreadable": {"fr": "l'image est illisible ({detail})",
