@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from multiprocessing.connection import Connection
@@ -408,15 +408,10 @@ def _upload_reader() -> type[Any]:
             """The object streams the file's objects are read from (where pyHanko will look
             for each: its latest revision's), all checked before any is inflated."""
             numbers: set[int] = set()
-            seen = 0
-            for revision in range(self.xrefs.total_revisions):
-                for ref in self.xrefs.explicit_refs_in_revision(revision):
-                    seen += 1
-                    if seen > _MAX_PDF_OBJECTS:
-                        raise ValueError("too many objects")
-                    where = self.xrefs[ref]
-                    if isinstance(where, ObjStreamRef):
-                        numbers.add(where.obj_stream_id)
+            for ref in _all_refs(self):
+                where = self.xrefs[ref]
+                if isinstance(where, ObjStreamRef):
+                    numbers.add(where.obj_stream_id)
             for number in sorted(numbers):
                 self.check_object_stream(number)
 
@@ -516,29 +511,36 @@ def _inflated_size(data: bytes, number: int, allowed: int) -> int:
     raise _Unreadable(f"object stream {number} is truncated")
 
 
-def _active_content(reader: Any) -> str | None:
-    """The first active-content key or name in any object of the file, or None."""
-    from pyhanko.pdf_utils import generic
-
+def _all_refs(reader: Any) -> Iterator[Any]:
+    """Every object reference of every revision of the file; a ValueError past
+    ``_MAX_PDF_OBJECTS``."""
     seen = 0
     for revision in range(reader.xrefs.total_revisions):
         for ref in reader.xrefs.explicit_refs_in_revision(revision):
             seen += 1
             if seen > _MAX_PDF_OBJECTS:
                 raise ValueError("too many objects")
-            stack = [reader.get_object(ref)]
-            while stack:
-                obj = stack.pop()
-                if isinstance(obj, generic.DictionaryObject):   # streams too
-                    for key in obj:
-                        if str(key) in _ACTIVE_PDF:
-                            return str(key)
-                    stack.extend(v for v in obj.values()
-                                 if not isinstance(v, generic.IndirectObject))
-                elif isinstance(obj, generic.ArrayObject):
-                    stack.extend(v for v in obj if not isinstance(v, generic.IndirectObject))
-                elif isinstance(obj, generic.NameObject) and str(obj) in _ACTIVE_PDF:
-                    return str(obj)
+            yield ref
+
+
+def _active_content(reader: Any) -> str | None:
+    """The first active-content key or name in any object of the file, or None."""
+    from pyhanko.pdf_utils import generic
+
+    for ref in _all_refs(reader):
+        stack = [reader.get_object(ref)]
+        while stack:
+            obj = stack.pop()
+            if isinstance(obj, generic.DictionaryObject):   # streams too
+                for key in obj:
+                    if str(key) in _ACTIVE_PDF:
+                        return str(key)
+                stack.extend(v for v in obj.values()
+                             if not isinstance(v, generic.IndirectObject))
+            elif isinstance(obj, generic.ArrayObject):
+                stack.extend(v for v in obj if not isinstance(v, generic.IndirectObject))
+            elif isinstance(obj, generic.NameObject) and str(obj) in _ACTIVE_PDF:
+                return str(obj)
     return None
 
 
