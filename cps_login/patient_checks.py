@@ -432,9 +432,6 @@ def _upload_reader() -> type[Any]:
             read once, as far as needed: pyHanko reads it from the start for each object,
             a cost in the square of the objects in the stream (3,000: 15 s of CPU)."""
             self.check_object_stream(stmnum)     # any other way pyHanko comes to read one
-            if self.strict:
-                return super()._get_object_from_stream(  # type: ignore[no-untyped-call]
-                    idnum, stmnum, idx)
             stream = generic.Reference(stmnum, 0, self).get_object()
             assert isinstance(stream, generic.StreamObject)
             assert stream["/Type"] == "/ObjStm"
@@ -442,14 +439,13 @@ def _upload_reader() -> type[Any]:
                 return generic.NullObject()
             data = stream.read_data(DecodePurpose.OBJECT_STREAM)
             first_object = stream["/First"]
-            count = stream["/N"]
-            entries = range(count)
+            count = len(range(stream["/N"]))     # a non-integer /N: pyHanko's TypeError
             if count > _MAX_PDF_OBJECTS:
                 raise _Unreadable(f"object stream {stmnum} holds too many objects")
             index = self.indexes.get(stmnum)
             if index is None or index.stream is not stream:
                 index = self.indexes[stmnum] = _StreamIndex(stream, data)
-            offset = index.offset(idnum, len(entries))
+            offset = index.offset(idnum, count)
             if offset is None:                   # not there, or the header is damaged before
                 return generic.NullObject()
             objects = index.objects
@@ -460,6 +456,7 @@ def _upload_reader() -> type[Any]:
                 return generic.NullObject()
             if isinstance(obj, (generic.StreamObject, generic.IndirectObject)):
                 return obj
+            # as pyHanko: what follows the object is read too (and may fail, as it fails there)
             read_non_whitespace(objects, seek_back=True, allow_eof=True)
             return obj
 

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -92,6 +93,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives headless Chromium (Playwright)")
 
 
+def add_page(writer: Any, contents: bytes) -> None:
+    """One A4 page drawing ``contents``, added to a pyHanko ``PdfFileWriter``."""
+    from pyhanko.pdf_utils import generic
+
+    writer.insert_page(generic.DictionaryObject({
+        generic.NameObject("/Type"): generic.NameObject("/Page"),
+        generic.NameObject("/MediaBox"): generic.ArrayObject(
+            [generic.NumberObject(n) for n in (0, 0, 595, 842)]),
+        generic.NameObject("/Contents"): writer.add_object(
+            generic.StreamObject(stream_data=contents))}))
+
+
 def pdf_with_script(hidden: bool = True) -> bytes:
     """A PDF whose open action runs JavaScript; ``hidden``: kept in a compressed object stream,
     so the words /JavaScript and /JS are nowhere in its raw bytes."""
@@ -103,12 +116,7 @@ def pdf_with_script(hidden: bool = True) -> bytes:
     action = writer.add_object(generic.DictionaryObject({
         generic.NameObject("/S"): generic.NameObject("/JavaScript"),
         generic.NameObject("/JS"): generic.TextStringObject("app.alert(1)")}), obj_stream=stream)
-    writer.insert_page(generic.DictionaryObject({
-        generic.NameObject("/Type"): generic.NameObject("/Page"),
-        generic.NameObject("/MediaBox"): generic.ArrayObject(
-            [generic.NumberObject(n) for n in (0, 0, 595, 842)]),
-        generic.NameObject("/Contents"): writer.add_object(
-            generic.StreamObject(stream_data=b"BT ET"))}))
+    add_page(writer, b"BT ET")
     writer.root[generic.NameObject("/OpenAction")] = action
     out = io.BytesIO()
     writer.write(out)

@@ -28,7 +28,7 @@ from cps_login import patient_checks
 from cps_login.patient_checks import _MAX_PDF_INFLATED, Refused, check_file
 from pki.errors import InvalidInput
 from pki.store.patient_models import PatientUpload
-from tests.patient_space.conftest import Space, pdf, pdf_with_script
+from tests.patient_space.conftest import Space, add_page, pdf, pdf_with_script
 
 MiB = 1024 * 1024
 MAX_UPLOAD = 4 * MiB
@@ -205,12 +205,7 @@ def test_ordinary_object_streams_are_accepted() -> None:
 
     writer = PdfFileWriter(stream_xrefs=True)
     stream = writer.prepare_object_stream()
-    writer.insert_page(generic.DictionaryObject({
-        generic.NameObject("/Type"): generic.NameObject("/Page"),
-        generic.NameObject("/MediaBox"): generic.ArrayObject(
-            [generic.NumberObject(n) for n in (0, 0, 595, 842)]),
-        generic.NameObject("/Contents"): writer.add_object(
-            generic.StreamObject(stream_data=b"BT /F1 12 Tf 72 720 Td (Bilan) Tj ET"))}))
+    add_page(writer, b"BT /F1 12 Tf 72 720 Td (Bilan) Tj ET")
     for n in range(300):
         writer.add_object(generic.DictionaryObject({
             generic.NameObject("/Type"): generic.NameObject("/StructElem"),
