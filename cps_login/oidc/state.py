@@ -14,7 +14,8 @@ wins.
 * ``cas(key, old, new, ttl)`` — replace ``old`` (as ``get`` returned it) by ``new`` (None:
   delete); False when someone changed it first.
 
-Values are serialised canonically (sorted keys), so "unchanged" is "the same text".
+In Redis and the store, values are serialised canonically (sorted keys), so "unchanged" is
+"the same text"; in memory it is "an equal value".
 """
 
 from __future__ import annotations
@@ -50,11 +51,18 @@ class SharedState(Protocol):
 class MemoryState:
     """One process: a dict under a lock, expired values swept when the byte budget is reached
     (then ``SharedStateUnavailable``, 503, rather than unbounded memory: authorization requests
-    come from anonymous browsers)."""
+    come from anonymous browsers).
+
+    The values themselves are kept, not their text: a value goes through the JSON encoder once
+    when it is stored (so that what Redis or the store would refuse is refused here too, and to
+    count its bytes), compare-and-set compares values (``==``), and ``get`` hands out a copy of the
+    stored object. The provider never changes a nested object of a value in place (it builds
+    new ones: ``{**value, "status": ...}``), so a copy one level deep keeps the stored value
+    as it was stored (tests/oidc/test_state.py)."""
 
     def __init__(self, clock: Clock, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._clock = clock
-        self._values: dict[str, tuple[str, float]] = {}
+        self._values: dict[str, tuple[Value, int, float]] = {}
         self._lock = threading.Lock()
         self._bytes = 0
         self._max = max_bytes
@@ -63,50 +71,62 @@ class MemoryState:
         return self._clock.now().timestamp()
 
     @staticmethod
-    def _cost(key: str, text: str) -> int:
-        return 200 + len(key) + len(text)
+    def _cost(key: str, value: Value) -> int:
+        if not isinstance(value, dict):
+            raise TypeError("a state value is a JSON object")
+        # json.dumps with no options: the encoder CPython keeps ready (non-ASCII counted as
+        # its escape, never less than its UTF-8 bytes)
+        return 200 + len(key) + len(json.dumps(value))
 
-    def _set(self, key: str, text: str | None, ttl: int) -> None:
+    def _set(self, key: str, value: Value | None, cost: int, ttl: int) -> None:
         old = self._values.pop(key, None)
         if old is not None:
-            self._bytes -= self._cost(key, old[0])
-        if text is not None:
-            self._values[key] = (text, self._now() + ttl)
-            self._bytes += self._cost(key, text)
+            self._bytes -= old[1]
+        if value is not None:
+            self._values[key] = (value, cost, self._now() + ttl)
+            self._bytes += cost
 
     def _sweep(self) -> None:
         now = self._now()
-        for key in [k for k, (_, exp) in self._values.items() if exp <= now]:
-            self._set(key, None, 0)
+        for key in [k for k, (_, _, exp) in self._values.items() if exp <= now]:
+            self._set(key, None, 0, 0)
+
+    def _room(self, cost: int) -> None:
+        if self._bytes + cost > self._max:
+            self._sweep()
+            if self._bytes + cost > self._max:
+                raise SharedStateUnavailable("oidc state: memory budget reached")
 
     def put(self, key: str, value: Value, ttl: int) -> bool:
-        text = _text(value)
+        cost = self._cost(key, value)
+        value = dict(value)
         with self._lock:
             current = self._values.get(key)
-            if current is not None and current[1] > self._now():
+            if current is not None and current[2] > self._now():
                 return False
-            if self._bytes + self._cost(key, text) > self._max:
-                self._sweep()
-                if self._bytes + self._cost(key, text) > self._max:
-                    raise SharedStateUnavailable("oidc state: memory budget reached")
-            self._set(key, text, ttl)
+            self._room(cost - (current[1] if current is not None else 0))
+            self._set(key, value, cost, ttl)
         return True
 
     def get(self, key: str) -> Value | None:
         with self._lock:
             current = self._values.get(key)
-        if current is None or current[1] <= self._now():
+        if current is None or current[2] <= self._now():
             return None
-        value = json.loads(current[0])
-        return value if isinstance(value, dict) else None
+        return dict(current[0])
 
     def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool:
+        cost = 0 if new is None else self._cost(key, new)
+        new = None if new is None else dict(new)
         with self._lock:
             current = self._values.get(key)
-            if current is None or current[0] != _text(old) or current[1] <= self._now():
+            if current is None or current[2] <= self._now() or current[0] != old:
                 return False
-            self._set(key, None if new is None else _text(new), ttl)
+            if new is not None:
+                self._room(cost - current[1])
+            self._set(key, new, cost, ttl)
         return True
+
 
 
 class StoreState:

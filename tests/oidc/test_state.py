@@ -93,3 +93,25 @@ def test_memory_state_is_bounded() -> None:
     with pytest.raises(SharedStateUnavailable):
         for i in range(1000):
             s.put(f"tx:{i}", {"qs": "x" * 100}, 300)
+
+
+def test_memory_state_keeps_what_was_stored() -> None:
+    """Values are kept as objects: what a caller does with the dict it put, or with the copy
+    ``get`` gave, does not reach the stored value; and equality, not identity, is what
+    compare-and-set compares."""
+    s = MemoryState(FixedClock(dt.datetime.now(dt.UTC)))
+    value = {"status": "pending", "n": 1}
+    assert s.put("tx", value, 60)
+    value["status"] = "changed by the caller"
+    got = s.get("tx")
+    assert got == {"status": "pending", "n": 1}
+    assert got is not None
+    got["status"] = "proven"
+    assert s.get("tx") == {"status": "pending", "n": 1}
+    assert s.cas("tx", {"n": 1, "status": "pending"}, {**got, "n": 2}, 60)
+    assert s.get("tx") == {"status": "proven", "n": 2}
+    with pytest.raises(TypeError):          # not JSON: refused as Redis and the store would
+        s.put("bad", {"x": object()}, 60)
+    with pytest.raises(TypeError):
+        s.put("bad", ["not", "an", "object"], 60)  # type: ignore[arg-type]
+    assert s.get("bad") is None
