@@ -47,11 +47,15 @@ class LazyProvider:
 
 
 def install(app: Flask, services: BrokerServices, clock: Clock) -> LazyProvider:
+    """The provider's Flask routes, and its WSGI front (the browser login and the token
+    endpoint: ``cps_login.oidc.front``) before them."""
     from cps_login.oidc import web
+    from cps_login.oidc.front import OidcFront
 
     lazy = LazyProvider(services, clock)
     app.extensions[web.EXTENSION] = lazy
     app.register_blueprint(web.bp)
+    app.wsgi_app = OidcFront(app.wsgi_app, lazy.get)  # type: ignore[method-assign]
     return lazy
 
 

@@ -55,6 +55,7 @@ from cps_login.claims_psc import AuthContext
 from cps_login.errors import CredentialRefused, TokenInvalid
 from cps_login.oidc.claims import Claims
 from cps_login.oidc.clients import Client, ClientRegistry
+from cps_login.oidc.front import Answer, WebRequest, payload_lists
 from cps_login.oidc.state import SharedState, Value
 from cps_login.oidc.subject import Subject, digest, half_hash, sign_jwt
 from cps_login.tokens import TokenValidator
@@ -299,7 +300,9 @@ class _EndSession(EndSessionEndpoint):  # type: ignore[misc]
 
 class _Server(AuthorizationServer):  # type: ignore[misc]
     """Authlib's Flask server, also given requests other than Flask's current one (the
-    authorization request a login transaction stored, replayed at ``continue``)."""
+    provider's WSGI front's, the authorization request a login transaction stored, replayed at
+    ``continue``). Its responses are ``Answer``s: the front sends them as they are, Flask
+    routes make them Flask responses."""
 
     issuer = ""
 
@@ -307,6 +310,14 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
         if isinstance(request, OAuth2Request):
             return request
         return OAuthRequest(flask_request, self.issuer)
+
+    def handle_response(self, status_code: int, payload: Any, headers: Any) -> Answer:
+        if isinstance(payload, dict):
+            answer = Answer.json(payload, status_code)
+        else:
+            answer = Answer(status_code, str(payload or "").encode())
+        answer.headers.extend((str(k), str(v)) for k, v in headers or ())
+        return answer
 
 
 class _Payload(FlaskOAuth2Payload):  # type: ignore[misc]
@@ -332,13 +343,23 @@ def _secure_transport(issuer: str, insecure_allowed: str | None) -> bool:
 
 def _request_init(request: OAuth2Request, method: str, uri: str, issuer: str,
                   headers: Any = None) -> None:
-    """``OAuth2Request.__init__`` with its transport check made once per issuer rather than
-    by parsing each request's URI (tests/oidc/test_provider_requests.py holds the attributes
-    equal to Authlib's)."""
+    """What ``OAuth2Request.__init__`` sets, with its transport check made once per issuer
+    rather than by parsing each request's URI (tests/oidc/test_provider_requests.py holds the
+    attributes equal to Authlib's, so that an Authlib release that adds one is noticed)."""
     if not _secure_transport(issuer, os.environ.get("AUTHLIB_INSECURE_TRANSPORT")):
         raise InsecureTransportError()
-    OAuth2Request.__init__(request, method, "https://checked.invalid/", headers=headers)
+    request.method = method
     request.uri = uri
+    request.headers = headers if headers is not None else {}
+    request._body = None
+    request.payload = None
+    request.client = None
+    request.auth_method = None
+    request.user = None
+    request.authorization_code = None
+    request.refresh_token = None
+    request.credential = None
+    request._scope = None
 
 
 class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
@@ -355,15 +376,11 @@ class OAuthRequest(FlaskOAuth2Request):  # type: ignore[misc]
 
 
 class _StoredPayload(OAuth2Payload):  # type: ignore[misc]
-    """The parameters of a query string, every value of each kept (Authlib refuses repeated
-    PKCE parameters by ``datalist``)."""
+    """Parameters as Authlib reads them: the first value of each (``data``), every value of
+    each (``datalist``: Authlib refuses repeated PKCE parameters by it)."""
 
-    def __init__(self, query: str) -> None:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        self._datalist: defaultdict[str, list[str]] = defaultdict(list)
-        for key, value in pairs:
-            self._datalist[key].append(value)
-        self._data = {key: values[0] for key, values in self._datalist.items()}
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._data, self._datalist = payload_lists(pairs)
 
     @property
     def data(self) -> dict[str, str]:
@@ -381,7 +398,7 @@ class StoredRequest(OAuth2Request):  # type: ignore[misc]
 
     def __init__(self, query: str, issuer: str) -> None:
         _request_init(self, "GET", f"{issuer}/oidc/authorize?{query}", issuer)
-        self.payload = _StoredPayload(query)
+        self.payload = _StoredPayload(parse_qsl(query, keep_blank_values=True))
 
     @property
     def args(self) -> dict[str, str]:
@@ -390,6 +407,32 @@ class StoredRequest(OAuth2Request):  # type: ignore[misc]
     @property
     def form(self) -> dict[str, str]:
         return {}
+
+
+class WebOAuthRequest(OAuth2Request):  # type: ignore[misc]
+    """A request of the provider's WSGI front as Authlib sees it: the issuer's URI plus the
+    path (as ``OAuthRequest``), the query's parameters (and, unless it is a GET, the form's
+    after them, as werkzeug's ``request.values`` combines them)."""
+
+    def __init__(self, request: WebRequest, issuer: str) -> None:
+        path = WebRequest._text(str(request.environ.get("PATH_INFO", "")))
+        query = f"?{request.query_string}" if request.query_string else ""
+        _request_init(self, request.method, issuer + path + query, issuer,
+                      headers=request.headers)
+        self.environ = request.environ
+        pairs = request.arg_pairs
+        if request.method != "GET":
+            pairs = pairs + request.form_pairs
+        self.payload = _StoredPayload(pairs)
+        self._request = request
+
+    @property
+    def args(self) -> dict[str, str]:
+        return payload_lists(self._request.arg_pairs)[0]
+
+    @property
+    def form(self) -> dict[str, str]:
+        return payload_lists(self._request.form_pairs)[0]
 
 
 class Provider:
@@ -620,7 +663,10 @@ class Provider:
     # --- tls_client_auth (RFC 8705 §2.1) -------------------------------------------------
     def _tls_client_auth(self, query_client: Any, request: Any) -> Client | None:
         client_id = request.payload.data.get("client_id")
-        der = flask_request.environ.get(PEER_CERT_ENVIRON)
+        environ = getattr(request, "environ", None)
+        if environ is None:
+            environ = flask_request.environ
+        der = environ.get(PEER_CERT_ENVIRON)
         if not client_id or not isinstance(der, bytes | bytearray):
             return None
         client = query_client(client_id)

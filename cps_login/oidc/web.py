@@ -1,35 +1,28 @@
 """Blueprint ``oidc``: the provider's HTTP face at the broker's issuer URL.
 
-``/.well-known/openid-configuration``; ``/oidc/authorize`` (page handing the challenge to the
-local agent), ``/oidc/tx/<tx>/challenge|proof|continue``; ``/oidc/token``, ``/oidc/userinfo``,
-``/oidc/introspect``, ``/oidc/revoke``, ``/oidc/logout``; CIBA: ``/oidc/bc-authorize``,
+``/.well-known/openid-configuration``; ``/oidc/userinfo``, ``/oidc/introspect``, ``/oidc/revoke``,
+``/oidc/logout``; CIBA: ``/oidc/bc-authorize``,
 ``/oidc/ciba/pending``, ``/oidc/ciba/<auth_req_id>/approve|deny``. The JWKS stays at
-``/.well-known/jwks.json`` (blueprint ``broker``).
+``/.well-known/jwks.json`` (blueprint ``broker``). The browser login (``/oidc/authorize``,
+``/oidc/tx/<tx>/challenge|proof|continue``) and ``/oidc/token`` are answered before Flask, by
+``cps_login.oidc.front``.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import html
-import ipaddress
-import secrets
 from typing import Any
-from urllib.parse import quote
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
-from flask import Blueprint, Response, current_app, jsonify, make_response, request
+from authlib.oauth2.rfc6749 import OAuth2Error
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from cps_login.errors import TokenInvalid
-from cps_login.oidc import browser, ciba
+from cps_login.oidc import ciba
 from cps_login.oidc.clients import SCOPES as CLIENT_SCOPES
-from cps_login.oidc.provider import OAuthRequest, Provider, StoredRequest
+from cps_login.oidc.front import error_page, page
+from cps_login.oidc.provider import OAuthRequest, Provider
 
 bp = Blueprint("oidc", __name__)
 EXTENSION = "cps_login.oidc"
-TX_COOKIE = "cps-oidc-browser"
-AGENT_URL = "http://127.0.0.1:24727/authorize"
-MAX_QUERY = 4096
 SCOPES = list(CLIENT_SCOPES)
 CLAIMS = ["sub", "SubjectNameID", "SubjectRefPro", "SubjectOrganization",
           "SubjectOrganizationID", "SubjectRole", "given_name", "family_name",
@@ -104,127 +97,17 @@ def openid_configuration() -> Response:
     return response
 
 
-# --- authorization code flow in the browser -----------------------------------------------
+# --- the browser login and the token endpoint: cps_login.oidc.front (WSGI, before Flask) ---
 def _page(title: str, body: str, status: int = 200) -> Response:
-    text = (f"<!doctype html><html lang=\"fr\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>"
-            f"{body}</body></html>")
-    response = make_response(text, status)
-    response.headers["Content-Type"] = "text/html; charset=utf-8"
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
-    response.headers["X-Frame-Options"] = "DENY"
-    return _no_store(response)
+    return page(title, body, status).flask()  # type: ignore[no-any-return]
 
 
 def _error_page(error: OAuth2Error) -> Response:
     """An authorization error without a trustworthy redirect URI: shown, never redirected."""
-    text = f"{error.error}: {error.description or ''}"
-    return _page("Connexion refusée", f"<p>{html.escape(text)}</p>", error.status_code or 400)
+    return error_page(error).flask()  # type: ignore[no-any-return]
 
 
-def _refused(description: str) -> Response:
-    return _error_page(InvalidRequestError(description))
-
-
-@functools.lru_cache(maxsize=4096)
-def _client_key(address: str) -> str:
-    """The per-address bound's key: an IPv4 address, or the /64 of an IPv6 one (one host
-    may hold a whole /64)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
-@bp.get("/oidc/authorize")
-def authorize() -> Response:
-    p = provider()
-    # The whole query is kept with the transaction: bounded, so that anonymous requests
-    # cannot fill the provider's state (a real one is a few hundred bytes).
-    if len(request.query_string) > MAX_QUERY:
-        return _refused(f"authorization request over {MAX_QUERY} bytes")
-    oauth_request = OAuthRequest(request, p.issuer)
-    try:
-        p.server.get_consent_grant(request=oauth_request)
-    except OAuth2Error as error:
-        if error.redirect_uri:       # validated against the client: the error goes back there
-            response: Response = p.server.handle_error_response(oauth_request, error)
-            return response
-        return _error_page(error)
-    except ValueError:               # e.g. Authlib will not quote a backslash in its error
-        return _refused("malformed authorization request")
-    if p.tx_limiter is not None:
-        address = _client_key(request.remote_addr or "")
-        p.tx_limiter.check(address)          # RateLimited: 429 with Retry-After
-        p.tx_limiter.fail(address)           # counts every transaction opened
-    secret = request.cookies.get(TX_COOKIE) or secrets.token_urlsafe(24)
-    query = request.query_string.decode("ascii", "replace")
-    tx, challenge = browser.create(p, query, str(request.args.get("client_id")), secret)
-    agent_url = str(p.services.config.extra.get("agent_url", AGENT_URL))
-    # the agent signs the transaction's challenge from the link: no round trip to ask for it
-    agent = (f"{agent_url}?broker={quote(p.issuer, safe='')}&tx={quote(tx, safe='')}"
-             f"&challenge={browser.challenge_param(challenge)}")
-    client = p.clients.query(request.args.get("client_id"))
-    name = client.name if client is not None else ""
-    body = (f"<p>{html.escape(name)} demande votre connexion par carte CPS.</p>"
-            f"<p>Insérez votre carte, puis :</p>"
-            f"<p><a id=\"agent\" referrerpolicy=\"origin\" href=\"{html.escape(agent)}\">"
-            f"Se connecter avec la carte (agent local cps-login)</a></p>")
-    response = _page("Connexion par carte CPS", body)
-    response.set_cookie(TX_COOKIE, secret, max_age=browser.TX_TTL * 4, httponly=True,
-                        samesite="Lax", path="/oidc/tx",
-                        secure=p.issuer.startswith("https://"))
-    return response
-
-
-@bp.get("/oidc/tx/<tx>/challenge")
-def tx_challenge(tx: str) -> Response:
-    p = provider()
-    issued = browser.challenge(p, tx)
-    return _no_store(jsonify({
-        "challenge": base64.b64encode(issued.value).decode(),
-        "expires_at": issued.expires_at.isoformat(),
-        "broker": p.services.login.issuer,
-        "signed_message": "SHA-256 over b'CPS-LOGIN-V1\\x00' || uint16 len(broker) || "
-                          "broker || challenge",
-    }))
-
-
-@bp.post("/oidc/tx/<tx>/proof")
-def tx_proof(tx: str) -> Response:
-    p = provider()
-    key = browser.proof(p, tx, request.get_json(silent=True), request.remote_addr or "")
-    return _no_store(jsonify({"continue": p.url(f"/oidc/tx/{tx}/continue?k={key}")}))
-
-
-@bp.get("/oidc/tx/<tx>/continue")
-def tx_continue(tx: str) -> Response:
-    p = provider()
-    query, subject = browser.finish(p, tx, request.cookies.get(TX_COOKIE), request.args.get("k"))
-    oauth_request = StoredRequest(query, p.issuer)
-    # The request was validated when the transaction was made, and is again now (client still
-    # registered, redirect URI, PKCE, nonce unused) by create_authorization_response.
-    oauth_request.user = subject
-    try:
-        grant = p.server.get_authorization_grant(oauth_request)
-        response: Response = p.server.create_authorization_response(
-            request=oauth_request, grant_user=subject, grant=grant)
-    except OAuth2Error as error:
-        return _error_page(error)
-    except ValueError:
-        return _refused("malformed authorization request")
-    return _no_store(response)     # an error without a validated redirect URI: JSON, 400
-
-
-# --- token, userinfo, introspection, revocation, logout -----------------------------------
-@bp.post("/oidc/token")
-def token() -> Response:
-    return provider().server.create_token_response()  # type: ignore[no-any-return]
-
-
+# --- userinfo, introspection, revocation, logout --------------------------------------------
 @bp.route("/oidc/userinfo", methods=["GET", "POST"])
 def userinfo() -> Response:
     p = provider()
@@ -241,12 +124,12 @@ def userinfo() -> Response:
 
 @bp.post("/oidc/introspect")
 def introspect() -> Response:
-    return _no_store(provider().server.create_endpoint_response("introspection"))
+    return _no_store(provider().server.create_endpoint_response("introspection").flask())
 
 
 @bp.post("/oidc/revoke")
 def revoke() -> Response:
-    return _no_store(provider().server.create_endpoint_response("revocation"))
+    return _no_store(provider().server.create_endpoint_response("revocation").flask())
 
 
 @bp.route("/oidc/logout", methods=["GET", "POST"])
@@ -258,7 +141,7 @@ def logout() -> Response:
         return _error_page(error)
     if response is None:
         return _page("Déconnecté", "<p>Vous êtes déconnecté du service.</p>")
-    return _no_store(response)  # type: ignore[arg-type]
+    return _no_store(response.flask())
 
 
 # --- CIBA ----------------------------------------------------------------------------------
@@ -271,7 +154,7 @@ def bc_authorize() -> Response:
                                               .TOKEN_ENDPOINT_AUTH_METHODS, "backchannel")
         body = ciba.start(p, client, request.form)
     except OAuth2Error as error:
-        return p.server.handle_error_response(oauth_request, error)  # type: ignore[no-any-return]
+        return p.server.handle_error_response(oauth_request, error).flask()  # type: ignore[no-any-return]
     return _no_store(jsonify(body))
 
 

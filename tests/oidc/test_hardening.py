@@ -74,7 +74,7 @@ def test_malformed_or_oversized_authorization_requests_are_400_and_store_nothing
 
 
 def test_ipv6_clients_are_bounded_per_64() -> None:
-    from cps_login.oidc.web import _client_key
+    from cps_login.oidc.front import client_key as _client_key
 
     assert _client_key("2001:db8:1:2::1") == _client_key("2001:db8:1:2:ffff::9")
     assert _client_key("2001:db8:1:3::1") != _client_key("2001:db8:1:2::1")

@@ -1,0 +1,134 @@
+"""The provider's WSGI front (cps_login.oidc.front): the routes it takes from Flask answer as
+Flask answered them — methods, sizes, errors, headers — and Authlib sees the same requests."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import requests
+from authlib.oauth2.rfc6749 import OAuth2Request
+
+from cps_login.oidc.front import MAX_BODY, Headers, OidcFront, WebRequest, routes
+from cps_login.oidc.provider import WebOAuthRequest
+from pki.errors import NotFound
+from tests.oidc.conftest import Browser, OidcServer
+from tests.oidc.test_refusals import authorize_url
+
+
+def _environ(method: str = "GET", path: str = "/oidc/token", query: str = "",
+             body: bytes = b"", **extra: Any) -> dict[str, Any]:
+    return {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+            "REMOTE_ADDR": "192.0.2.1", "CONTENT_LENGTH": str(len(body)) if body else "",
+            "wsgi.input": io.BytesIO(body), **extra}
+
+
+def test_methods_as_flask_answered_them(oidc: OidcServer) -> None:
+    base = oidc.issuer
+    wrong = requests.post(base + "/oidc/authorize", timeout=10)
+    assert wrong.status_code == 405 and wrong.json() == {"error": "method_not_allowed"}
+    assert set(wrong.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    assert requests.get(base + "/oidc/token", timeout=10).status_code == 405
+    options = requests.options(base + "/oidc/token", timeout=10)
+    assert options.status_code == 200 and options.headers["Allow"] == "OPTIONS, POST"
+    assert "Access-Control-Allow-Origin" not in options.headers
+    # HEAD is GET without a body
+    client = oidc.client()
+    head = requests.head(authorize_url(oidc, client.client_id, "v" * 50), timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["X-Frame-Options"] == "DENY"
+    # paths it does not answer are Flask's (404 JSON), and the other provider routes too
+    assert requests.get(base + "/oidc/tx/", timeout=10).status_code == 404
+    assert requests.get(base + "/oidc/authorize/", timeout=10).status_code == 404
+    assert requests.get(base + "/.well-known/openid-configuration", timeout=10).ok
+
+
+def test_oversized_body_is_413_before_it_is_read(oidc: OidcServer) -> None:
+    calls: list[str] = []
+    front = OidcFront(lambda e, s: calls.append("flask") or [], lambda: calls.append("p"))
+    body = b"x" * (MAX_BODY + 1)
+    out: dict[str, Any] = {}
+    environ = _environ("POST", body=body, CONTENT_TYPE="application/x-www-form-urlencoded")
+    environ["wsgi.input"] = io.BytesIO(b"")          # never read: refused by its length
+    answer = b"".join(front(environ, lambda status, headers: out.update(s=status)))
+    assert out["s"].startswith("413") and b"request_entity_too_large" in answer
+    # over HTTP too, through the server and the front
+    refused = requests.post(oidc.issuer + "/oidc/token", data=body, timeout=10,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert refused.status_code == 413
+
+
+def test_refusals_are_the_brokers_json_and_failures_are_500(oidc: OidcServer) -> None:
+    unknown = requests.post(oidc.issuer + "/oidc/tx/" + "A" * 32 + "/proof", json={},
+                            timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["error"] == NotFound.code
+    assert requests.get(oidc.issuer + "/oidc/tx/short/challenge", timeout=10).status_code \
+        == 404
+
+    def broken() -> Any:
+        raise RuntimeError("provider down")
+
+    front = OidcFront(lambda e, s: [], broken)
+    out: dict[str, Any] = {}
+    body = b"".join(front(_environ("GET", "/oidc/authorize"),
+                          lambda status, headers: out.update(s=status, h=dict(headers))))
+    assert out["s"].startswith("500") and body == b'{"error":"server_error"}'
+    assert out["h"]["Content-Length"] == str(len(body))
+
+
+def test_request_parts_read_once_as_werkzeug_reads_them() -> None:
+    environ = _environ("POST", query="a=1&b=&a=2&n=%C3%A9", body=b"a=3&c=4",
+                       CONTENT_TYPE="application/x-www-form-urlencoded; charset=utf-8",
+                       HTTP_AUTHORIZATION="Basic eDp5",
+                       HTTP_COOKIE='other=1; cps-oidc-browser="q-uoted"; x=2')
+    req = WebRequest(environ)
+    assert req.arg("a") == "1" and req.arg("b") == "" and req.arg("n") == "é"
+    assert req.form_pairs == [("a", "3"), ("c", "4")]
+    assert req.cookie("cps-oidc-browser") == "q-uoted" and req.cookie("absent") is None
+    headers = Headers(environ)
+    assert headers.get("authorization") == headers["Authorization"] == "Basic eDp5"
+    assert headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded")
+    assert "Authorization" in set(headers) and bool(headers)
+    # Authlib's view: query first, then form; every value kept for its repeated-parameter rule
+    oauth = WebOAuthRequest(req, "https://broker.example")
+    assert oauth.payload.data["a"] == "1" and oauth.payload.data["c"] == "4"
+    assert oauth.payload.datalist["a"] == ["1", "2", "3"]
+    assert oauth.uri == "https://broker.example/oidc/token?a=1&b=&a=2&n=%C3%A9"
+    assert oauth.environ is environ and oauth.headers.get("Authorization") == "Basic eDp5"
+    authlib = OAuth2Request("POST", "https://broker.example/oidc/token")
+    assert set(vars(authlib)) <= set(vars(oauth))
+    for name in set(vars(authlib)) - {"payload", "headers", "uri", "method"}:
+        assert getattr(oauth, name) == getattr(authlib, name), name
+    # a GET's form is not read, as werkzeug's request.values leaves it out
+    get = WebOAuthRequest(WebRequest(_environ("GET", query="a=1", body=b"a=9",
+                                              CONTENT_TYPE="application/x-www-form-"
+                                                           "urlencoded")),
+                          "https://broker.example")
+    assert get.payload.datalist["a"] == ["1"]
+    # a JSON body only when it says it is JSON (Flask's get_json(silent=True))
+    assert WebRequest(_environ("POST", body=b'{"a":1}', CONTENT_TYPE="text/plain")).json() \
+        is None
+    assert WebRequest(_environ("POST", body=b'{"a":1}',
+                               CONTENT_TYPE="application/json")).json() == {"a": 1}
+    assert WebRequest(_environ("POST", body=b'{"a":',
+                               CONTENT_TYPE="application/json")).json() is None
+
+
+def test_routes_listed_for_the_openapi_check() -> None:
+    assert set(routes()) == {("/oidc/authorize", "GET"), ("/oidc/token", "POST"),
+                             ("/oidc/tx/<tx>/challenge", "GET"),
+                             ("/oidc/tx/<tx>/proof", "POST"),
+                             ("/oidc/tx/<tx>/continue", "GET")}
+
+
+def test_the_cookie_is_flasks(oidc: OidcServer) -> None:
+    client = oidc.client()
+    browser = Browser(oidc)
+    page = browser.session.get(authorize_url(oidc, client.client_id, "v" * 50), timeout=10)
+    cookie = page.headers["Set-Cookie"]
+    for part in ("cps-oidc-browser=", "Expires=", "Max-Age=1200", "HttpOnly",
+                 "Path=/oidc/tx", "SameSite=Lax"):
+        assert part in cookie, cookie
+    assert "Secure" not in cookie            # an http issuer (tests/oidc: 127.0.0.1)
+    assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
