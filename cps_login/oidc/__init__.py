@@ -36,6 +36,18 @@ class LazyProvider:
     def __getattr__(self, name: str) -> object:
         return getattr(self.get(), name)      # the provider's attributes, built if need be
 
+    def answers_without_waiting(self, method: str, path: str) -> bool:
+        """The requests of the browser login and the token endpoint, once the provider is
+        built and everything they touch is in this process (``Provider.local_only``): the
+        HTTP server answers them on its event loop (pki.http.server)."""
+        provider = self._provider
+        if provider is None or not provider.local_only:
+            return False
+        if method == "GET":
+            return path == "/oidc/authorize" or (
+                path.startswith("/oidc/tx/") and path.endswith(("/continue", "/challenge")))
+        return method == "POST" and path == "/oidc/token"
+
     def get(self) -> Provider:
         provider = self._provider
         if provider is None:
@@ -56,6 +68,7 @@ def install(app: Flask, services: BrokerServices, clock: Clock) -> LazyProvider:
     app.extensions[web.EXTENSION] = lazy
     app.register_blueprint(web.bp)
     app.wsgi_app = OidcFront(app.wsgi_app, lazy.get)  # type: ignore[method-assign]
+    app.answers_without_waiting = lazy.answers_without_waiting  # type: ignore[attr-defined]
     return lazy
 
 

@@ -473,6 +473,22 @@ class Provider:
         server.register_endpoint(_EndSession)
         self.server = server
 
+    @cached_property
+    def local_only(self) -> bool:
+        """Whether the browser login's and the token endpoint's work all happens in this
+        process, waiting on nothing: state and transaction bounds in memory, the store a local
+        SQLite file (client and directory reads, cached), the token key in a software token
+        loaded in the process (SoftHSM). Then the HTTP server may answer those requests on its
+        event loop. Redis, PostgreSQL or a hardware HSM are waits: never on the loop."""
+        from cps_login.oidc.state import MemoryState
+        from cps_login.ratelimit import MemoryRateLimiter
+
+        services = self.services
+        return (isinstance(self.state, MemoryState)
+                and (self.tx_limiter is None or isinstance(self.tx_limiter, MemoryRateLimiter))
+                and services.store.engine.dialect.name == "sqlite"
+                and services.config.pki.hsm.softhsm_conf is not None)
+
     # --- helpers -------------------------------------------------------------------------
     def now(self) -> int:
         return int(self.clock.now().timestamp())
@@ -611,9 +627,11 @@ class Provider:
 
     # --- sessions, revocation, introspection ---------------------------------------------
     def revoke_session(self, sid: str, why: str) -> None:
-        self.state.put(f"sid-revoked:{sid}", {"why": why}, REFRESH_TTL + 300)
-        self.services.audit.record("oidc.session_revoked", sid, {"reason": why},
-                                   actor="oidc")
+        """End a login session; audited once (a code or refresh token replayed again and again
+        ends nothing more, and writes nothing more)."""
+        if self.state.put(f"sid-revoked:{sid}", {"why": why}, REFRESH_TTL + 300):
+            self.services.audit.record("oidc.session_revoked", sid, {"reason": why},
+                                       actor="oidc")
 
     def session_revoked(self, sid: object) -> bool:
         return isinstance(sid, str) and self.state.get(f"sid-revoked:{sid}") is not None

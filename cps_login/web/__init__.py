@@ -72,7 +72,11 @@ def create_broker_app(config: LoginConfig, *, clock: Clock = SYSTEM_CLOCK,
     install_oidc(app, services, clock)     # the OpenID Connect provider (docs/oidc.md)
     # The client's address (sign-in throttling, challenge bounds) behind the configured proxies
     # (the supervisor's front among them), as in the patient app.
-    app.wsgi_app = TrustedProxies(app.wsgi_app, config.trusted_proxies)  # type: ignore[method-assign]
+    front = TrustedProxies(app.wsgi_app, config.trusted_proxies)
+    # the requests the HTTP server may answer on its event loop (pki.http.server), seen
+    # whether it is given the app or its WSGI callable (cps_login.roles gives the latter)
+    front.answers_without_waiting = app.answers_without_waiting  # type: ignore[attr-defined]
+    app.wsgi_app = front  # type: ignore[method-assign]
     return app
 
 

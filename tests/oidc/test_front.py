@@ -132,3 +132,54 @@ def test_the_cookie_is_flasks(oidc: OidcServer) -> None:
     assert "Secure" not in cookie            # an http issuer (tests/oidc: 127.0.0.1)
     assert page.headers["Cache-Control"] == "no-store"
     assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+def test_requests_that_never_wait_are_answered_on_the_event_loop() -> None:
+    """pki.http.server: a WSGI app's ``answers_without_waiting`` requests run on the loop's
+    thread (no hand-off); every other request in a worker thread."""
+    import threading
+
+    from pki.http.server import HttpServer
+    from tests.servers import run_server
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [threading.current_thread().name.encode()]
+
+    app.answers_without_waiting = (  # type: ignore[attr-defined]
+        lambda method, path: method == "GET" and path == "/fast")
+    running = run_server(HttpServer([], app))
+    try:
+        base = f"http://127.0.0.1:{running.port}"
+        assert not requests.get(base + "/fast", timeout=10).text.startswith("wsgi")
+        assert requests.get(base + "/slow", timeout=10).text.startswith("wsgi")
+        assert requests.post(base + "/fast", timeout=10).text.startswith("wsgi")
+    finally:
+        running.close()
+
+
+def test_the_provider_answers_on_the_loop_only_when_nothing_waits(oidc: OidcServer) -> None:
+    from cps_login.oidc.state import MemoryState
+
+    lazy = oidc.app.extensions["cps_login.oidc"]
+    provider = lazy.get()
+    provider.__dict__.pop("local_only", None)
+    # tests/oidc: SQLite, SoftHSM, state and bounds in memory
+    assert isinstance(provider.state, MemoryState) and provider.local_only
+    # seen by the HTTP server whether it is given the app or its WSGI callable (the roles)
+    assert oidc.app.wsgi_app.answers_without_waiting == lazy.answers_without_waiting
+    assert lazy.answers_without_waiting("GET", "/oidc/authorize")
+    assert lazy.answers_without_waiting("GET", "/oidc/tx/abc/continue")
+    assert lazy.answers_without_waiting("POST", "/oidc/token")
+    for method, path in (("POST", "/oidc/tx/abc/proof"),      # OCSP, the audit's commit
+                         ("GET", "/oidc/userinfo"), ("POST", "/oidc/authorize"),
+                         ("GET", "/login/challenge"), ("POST", "/oidc/introspect")):
+        assert not lazy.answers_without_waiting(method, path), (method, path)
+    state = provider.state
+    try:
+        provider.state = object()                  # e.g. Redis: a network round trip
+        provider.__dict__.pop("local_only", None)
+        assert not lazy.answers_without_waiting("GET", "/oidc/authorize")
+    finally:
+        provider.state = state
+        provider.__dict__.pop("local_only", None)
