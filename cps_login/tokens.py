@@ -24,7 +24,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
     encode_dss_signature,
 )
 
@@ -125,10 +124,7 @@ class TokenIssuer:
             claims.update(extra)
         payload = b64url(json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode())
         signing_input = f"{self._header}.{payload}".encode("ascii")
-        signature = self._key.signer.sign(signing_input)
-        if not self._key.signer.is_rsa:
-            r, s = decode_dss_signature(signature)
-            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        signature = self._key.signer.sign_jws(signing_input)
         return IssuedToken(f"{self._header}.{payload}.{b64url(signature)}", claims, self._ttl)
 
     def jwks(self) -> dict[str, Any]:

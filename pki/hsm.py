@@ -404,6 +404,12 @@ class HsmEcKey(ec.EllipticCurvePrivateKey):
         return utils.encode_dss_signature(int.from_bytes(raw[:half], "big"),
                                           int.from_bytes(raw[half:], "big"))
 
+    def sign_raw(self, data: bytes) -> bytes:
+        """ECDSA with SHA-256 over ``data``: the token's own r || s (each as long as the
+        curve's order), as JWS wants it (RFC 7518 §3.4) — no DER to build and take apart."""
+        _, digest = _digest(data, hashes.SHA256())
+        return self.hsm.raw_sign(self._handle, digest, Mechanism.ECDSA)
+
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
 

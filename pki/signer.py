@@ -53,6 +53,13 @@ class TbsSigner:
             return self._key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
         return self._key.sign(tbs, ec.ECDSA(hashes.SHA256()))
 
+    def sign_jws(self, signing_input: bytes) -> bytes:
+        """A JWS signature (RS256: PKCS#1 v1.5; ES256: r || s, RFC 7518 §3.4) over the JWS
+        signing input, computed in the HSM."""
+        if isinstance(self._key, HsmRsaKey):
+            return self._key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return self._key.sign_raw(signing_input)
+
     def throwaway_sign(self, tbs: bytes) -> bytes:
         """A signature of the real shape that no HSM produced: for linting before signing."""
         return throwaway_signature(self.public_key, tbs)

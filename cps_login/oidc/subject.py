@@ -9,8 +9,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
 from cps_login.token_key import TokenKey, b64url
 from cps_login.tokens import Assurance
 
@@ -66,8 +64,5 @@ def sign_jwt(key: TokenKey, claims: dict[str, Any], typ: str = "JWT") -> str:
     signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "." +
                      b64url(json.dumps(claims, separators=(",", ":"),
                                        ensure_ascii=False).encode()))
-    signature = key.signer.sign(signing_input.encode("ascii"))
-    if not key.signer.is_rsa:
-        r, s = decode_dss_signature(signature)
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    signature = key.signer.sign_jws(signing_input.encode("ascii"))
     return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()

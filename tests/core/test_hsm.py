@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, ObjectClass
 
 from pki.ca.authority import Authority
@@ -168,6 +169,13 @@ def test_session_copy_signs_as_the_key_and_is_as_locked_down(home: Path,
     if isinstance(copy, HsmEcKey):
         original.public_key().verify(copy.sign(data, ec.ECDSA(hashes.SHA256())), data,
                                      ec.ECDSA(hashes.SHA256()))
+        # JWS's form (RFC 7518 §3.4): r || s, 32 bytes each for P-256, straight from the token
+        raw = copy.sign_raw(data)
+        assert len(raw) == 64
+        original.public_key().verify(
+            encode_dss_signature(int.from_bytes(raw[:32], "big"),
+                                 int.from_bytes(raw[32:], "big")),
+            data, ec.ECDSA(hashes.SHA256()))
     else:
         assert isinstance(copy, HsmRsaKey)
         original.public_key().verify(copy.sign(data, padding.PKCS1v15(), hashes.SHA256()), data,
