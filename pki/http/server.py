@@ -47,7 +47,15 @@ from pki.http.responses import (
     encode_fields,
     status_line,
 )
-from pki.http.wire import MAX_BLANK_LINES, ChunkedBody, HttpError, Limits, _Head, parse_head
+from pki.http.wire import (
+    MAX_BLANK_LINES,
+    ChunkedBody,
+    Fields,
+    HttpError,
+    Limits,
+    _Head,
+    parse_head,
+)
 from pki.http.wsgi import WsgiApp, run_wsgi
 
 __all__ = ["HttpError", "HttpServer", "Limits", "Prebuilt", "encode_fields", "parse_head", "run",
@@ -101,6 +109,7 @@ class HttpServer:
         # Keep-alive connections waiting for a request, in the order they became idle.
         self.idle: dict[HttpProtocol, None] = {}
         self.head_cache: dict[bytes, _Head] = {}
+        self.fields_cache: dict[tuple[bytes, bytes], Fields] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.max_connections = connection_cap(self.limits.max_connections)
         self.shedding = Shedding(log, "http server", self.max_connections)
@@ -421,7 +430,7 @@ class HttpProtocol(asyncio.Protocol):
         cache = self.server.head_cache
         head = cache.get(raw)
         if head is None:
-            head = parse_head(raw, self.limits)
+            head = parse_head(raw, self.limits, self.server.fields_cache)
             if len(raw) <= HEAD_CACHE_MAX:
                 if len(cache) >= HEAD_CACHE_ENTRIES:
                     cache.clear()

@@ -127,13 +127,26 @@ def _framing(headers: dict[str, str], version: bytes) -> tuple[int, bool]:
     return int(declared), False
 
 
-def parse_head(raw: bytes, limits: Limits) -> _Head:
+# What a request head's fields come to (headers, Content-Length, chunked, keep-alive, the Host
+# field valid), by HTTP version and the fields' exact bytes: a client repeats its fields from
+# request to request while the request line changes (paths, queries). Successful parses only.
+Fields = tuple[dict[str, str], int, bool, bool, bool]
+FIELDS_CACHE_ENTRIES = 1024
+FIELDS_CACHE_MAX = 2048
+
+
+def parse_head(raw: bytes, limits: Limits,
+               fields_cache: dict[tuple[bytes, bytes], Fields] | None = None) -> _Head:
     """The request line and fields (``raw`` without its final blank line and without leading
-    blank lines: callers skip those, RFC 9112 §2.2)."""
+    blank lines: callers skip those, RFC 9112 §2.2). ``fields_cache``: parsed fields kept by
+    their bytes (the caller's, bounded here); the headers dict of a cached entry is shared by
+    the heads made from it, as the heads themselves are (nobody changes them)."""
     if _CTL.search(raw):
         raise HttpError(400, "control character in request head")
-    lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
+    first = raw.find(b"\r\n")
+    if first < 0:
+        first = len(raw)
+    parts = raw[:first].split(b" ")
     if len(parts) != 3:
         raise HttpError(400, "malformed request line")
     method, target, version = parts
@@ -144,22 +157,38 @@ def parse_head(raw: bytes, limits: Limits) -> _Head:
     target, authority = _origin_form(target)
     if not target.startswith(b"/") or _BAD_TARGET.search(target):
         raise HttpError(400, "malformed request target")
-    headers = _fields(raw, len(lines[0]), limits, len(lines) - 1)
+    key = (version, raw[first:])
+    fields = fields_cache.get(key) if fields_cache is not None else None
+    if fields is None:
+        fields = _parse_fields(raw, first, limits, version)
+        if fields_cache is not None and len(key[1]) <= FIELDS_CACHE_MAX:
+            if len(fields_cache) >= FIELDS_CACHE_ENTRIES:
+                fields_cache.clear()
+            fields_cache[key] = fields
+    headers, length, chunked, keep_alive, host_ok = fields
+    if authority is not None:
+        host = authority.decode("latin-1")
+        if not _HOST.fullmatch(host):
+            raise HttpError(400, "malformed Host field")
+        headers = {**headers, "host": host}
+    elif not host_ok:
+        raise HttpError(400, "malformed Host field")
+    text_target = target.decode("latin-1")
+    path, _, query = text_target.partition("?")
+    return _Head(method.decode(), text_target, version.decode(), headers, keep_alive, length,
+                 path, query, chunked)
+
+
+def _parse_fields(raw: bytes, first: int, limits: Limits, version: bytes) -> Fields:
+    headers = _fields(raw, first, limits, raw.count(b"\r\n"))
     host = headers.get("host")
     if host is None and version == b"HTTP/1.1":
         raise HttpError(400, "missing Host field")
-    if authority is not None:
-        headers["host"] = host = authority.decode("latin-1")
-    if host is not None and not _HOST.fullmatch(host):
-        raise HttpError(400, "malformed Host field")
     length, chunked = _framing(headers, version)
-    ver = version.decode()
     connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if ver == "HTTP/1.1" else "keep-alive" in connection
-    text_target = target.decode("latin-1")
-    path, _, query = text_target.partition("?")
-    return _Head(method.decode(), text_target, ver, headers, keep_alive, length, path, query,
-                 chunked)
+    keep_alive = "close" not in connection if version == b"HTTP/1.1" \
+        else "keep-alive" in connection
+    return headers, length, chunked, keep_alive, host is None or bool(_HOST.fullmatch(host))
 
 
 def chunk_size(line: bytes) -> int:

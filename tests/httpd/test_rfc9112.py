@@ -102,3 +102,30 @@ def test_two_thousand_pipelined_requests_are_answered_in_order(running: Running)
     reader.join(60)
     assert answers == [(200, b"%d\n" % (i % 7)) for i in range(2000)]
     conn.close()
+
+
+def test_fields_parsed_once_per_client_whatever_the_request_line() -> None:
+    """A client repeats its fields while its request lines change: the fields are parsed once
+    (by their bytes and HTTP version); each head still gets its own line, and what depends on
+    the line (an absolute-form authority replacing Host) never reaches the cached fields."""
+    import pytest
+
+    from pki.http.wire import HttpError, Limits, parse_head
+
+    limits, cache = Limits(), {}  # type: ignore[var-annotated]
+    fields = b"\r\nHost: broker.example\r\nContent-Length: 3"
+    a = parse_head(b"POST /a HTTP/1.1" + fields, limits, cache)
+    b = parse_head(b"POST /b?x=1 HTTP/1.1" + fields, limits, cache)
+    assert len(cache) == 1 and (a.path, b.path, b.query) == ("/a", "/b", "x=1")
+    assert a.length == b.length == 3 and a.keep_alive and b.keep_alive
+    absolute = parse_head(b"POST http://other.example/c HTTP/1.1" + fields, limits, cache)
+    assert absolute.headers["host"] == "other.example" and absolute.path == "/c"
+    assert b.headers["host"] == "broker.example" and len(cache) == 1
+    old = parse_head(b"POST /d HTTP/1.0" + fields, limits, cache)   # its own entry
+    assert not old.keep_alive and len(cache) == 2
+    for _ in range(2):                 # refused every time, from the cache or not
+        with pytest.raises(HttpError):
+            parse_head(b"GET / HTTP/1.1\r\nHost: bad host", limits, cache)
+        with pytest.raises(HttpError):
+            parse_head(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2", limits,
+                       cache)
