@@ -29,7 +29,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, unquote
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 from werkzeug.http import dump_cookie
@@ -174,7 +174,7 @@ class WebRequest:
     @property
     def arg_pairs(self) -> list[tuple[str, str]]:
         if self._args is None:
-            self._args = parse_qsl(self._text(self.query_string), keep_blank_values=True)
+            self._args = parse_pairs(self._text(self.query_string))
         return self._args
 
     def arg(self, name: str) -> str | None:
@@ -201,8 +201,7 @@ class WebRequest:
         if self._form is None:
             self._form = []
             if self.method != "GET" and self.content_type == "application/x-www-form-urlencoded":
-                self._form = parse_qsl(self.body().decode("utf-8", "replace"),
-                                       keep_blank_values=True)
+                self._form = parse_pairs(self.body().decode("utf-8", "replace"))
         return self._form
 
     def json(self) -> Any:
@@ -226,6 +225,21 @@ class WebRequest:
                     value = value[1:-1]
                 return value
         return None
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``urllib.parse.parse_qsl(text, keep_blank_values=True)``, without decoding the parts
+    that hold nothing to decode (most of an OAuth request's: identifiers, base64url)."""
+    pairs = []
+    for part in text.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name = unquote(name.replace("+", " "))
+            value = unquote(value.replace("+", " "))
+        pairs.append((name, value))
+    return pairs
 
 
 def payload_lists(pairs: Iterable[tuple[str, str]]) -> tuple[dict[str, str],

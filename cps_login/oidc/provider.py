@@ -28,7 +28,6 @@ from collections import defaultdict
 from dataclasses import replace
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 from authlib.common.security import is_secure_transport
 from authlib.integrations.flask_oauth2 import AuthorizationServer
@@ -55,7 +54,7 @@ from cps_login.claims_psc import AuthContext
 from cps_login.errors import CredentialRefused, TokenInvalid
 from cps_login.oidc.claims import Claims
 from cps_login.oidc.clients import Client, ClientRegistry
-from cps_login.oidc.front import Answer, WebRequest, payload_lists
+from cps_login.oidc.front import Answer, WebRequest, parse_pairs, payload_lists
 from cps_login.oidc.state import SharedState, Value
 from cps_login.oidc.subject import Subject, digest, half_hash, sign_jwt
 from cps_login.tokens import TokenValidator
@@ -398,7 +397,7 @@ class StoredRequest(OAuth2Request):  # type: ignore[misc]
 
     def __init__(self, query: str, issuer: str) -> None:
         _request_init(self, "GET", f"{issuer}/oidc/authorize?{query}", issuer)
-        self.payload = _StoredPayload(parse_qsl(query, keep_blank_values=True))
+        self.payload = _StoredPayload(parse_pairs(query))
 
     @property
     def args(self) -> dict[str, str]:

@@ -183,3 +183,19 @@ def test_the_provider_answers_on_the_loop_only_when_nothing_waits(oidc: OidcServ
     finally:
         provider.state = state
         provider.__dict__.pop("local_only", None)
+
+
+def test_parameters_parse_as_urllib_parses_them() -> None:
+    """front.parse_pairs is parse_qsl(keep_blank_values=True), decoding only what needs it."""
+    import random
+    from urllib.parse import parse_qsl
+
+    from cps_login.oidc.front import parse_pairs
+
+    cases = ["a=1&b=2", "a=%C3%A9&b=+x+", "&&a&b=&=c&d==e", "a=%zz&%41=%2", "x=1;y=2",
+             "a=b+c%2Bd", "", "&", "=", "%", "a=%E9"]
+    rng = random.Random(14)
+    cases += ["".join(rng.choice("ab=&%+;2F9E") for _ in range(rng.randint(0, 14)))
+              for _ in range(5000)]
+    for case in cases:
+        assert parse_pairs(case) == parse_qsl(case, keep_blank_values=True), case
