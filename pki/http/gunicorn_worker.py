@@ -5,7 +5,8 @@ restarting workers, the heartbeat timeout, graceful stop on SIGTERM, quick stop 
 SIGQUIT — while each worker answers HTTP with ``pki.http.server.HttpServer`` (the server of
 the status role) instead of ``gthread``'s: the same bounded parsing (header, body and
 connection caps, slow-client timeouts, pipelining in order), the app in a thread pool of
-``threads`` threads. A trivial Flask route under load (keep-alive, 6 clients) costs ~170 µs of
+``threads`` threads (or on the event loop, for the requests it says never wait:
+``HttpServer``'s ``answers_without_waiting``). A trivial Flask route under load (keep-alive, 6 clients) costs ~170 µs of
 the worker's CPU a request under ``gthread``, ~107 µs here; ``bench/oidc.py`` prints both
 servers side by side for the whole code flow.
 
