@@ -6,9 +6,9 @@ SIGQUIT — while each worker answers HTTP with ``pki.http.server.HttpServer`` (
 the status role) instead of ``gthread``'s: the same bounded parsing (header, body and
 connection caps, slow-client timeouts, pipelining in order), the app in a thread pool of
 ``threads`` threads (or on the event loop, for the requests it says never wait:
-``HttpServer``'s ``answers_without_waiting``). A trivial Flask route under load (keep-alive, 6 clients) costs ~170 µs of
-the worker's CPU a request under ``gthread``, ~107 µs here; ``bench/oidc.py`` prints both
-servers side by side for the whole code flow.
+``HttpServer``'s ``answers_without_waiting``). A trivial Flask route under load (keep-alive,
+6 clients) costs ~170 µs of the worker's CPU a request under ``gthread``, ~107 µs here;
+``bench/oidc.py`` prints both servers side by side for the whole code flow.
 
 Each worker is also pinned to one CPU: the allowed CPU the fewest of its live sibling workers
 hold (read from /proc), ties round robin by the worker's age, so a worker that replaces a dead
