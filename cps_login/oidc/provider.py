@@ -315,7 +315,11 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
             answer = Answer.json(payload, status_code)
         else:
             answer = Answer(status_code, str(payload or "").encode())
-        answer.headers.extend((str(k), str(v)) for k, v in headers or ())
+        # one Content-Type, as Flask's response kept one: Authlib's own when it gives one
+        extra = [(str(k), str(v)) for k, v in headers or ()]
+        if any(k.lower() == "content-type" for k, _ in extra):
+            answer.headers = [h for h in answer.headers if h[0].lower() != "content-type"]
+        answer.headers.extend(extra)
         return answer
 
 
