@@ -40,13 +40,10 @@ class LazyProvider:
         """The requests of the browser login and the token endpoint, once the provider is
         built and everything they touch is in this process (``Provider.local_only``): the
         HTTP server answers them on its event loop (pki.http.server)."""
+        from cps_login.oidc.front import never_waits
+
         provider = self._provider
-        if provider is None or not provider.local_only:
-            return False
-        if method == "GET":
-            return path == "/oidc/authorize" or (
-                path.startswith("/oidc/tx/") and path.endswith(("/continue", "/challenge")))
-        return method == "POST" and path == "/oidc/token"
+        return provider is not None and provider.local_only and never_waits(method, path)
 
     def get(self) -> Provider:
         provider = self._provider

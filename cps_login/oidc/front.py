@@ -369,6 +369,17 @@ def routes() -> list[tuple[str, str]]:
                     for action, (methods, _) in _TX.items() for m in methods]
 
 
+def never_waits(method: str, path: str) -> bool:
+    """Whether the front's route for (method, path) waits on nothing outside the process
+    when the provider's state is (``Provider.local_only``): every route but the card proof
+    (the OCSP round trip, the audit commit)."""
+    found = _route(path)
+    if found is None:
+        return False
+    (methods, handler), _ = found
+    return method in methods and handler is not tx_proof
+
+
 def _route(path: str) -> tuple[Route, tuple[str, ...]] | None:
     fixed = _FIXED.get(path)
     if fixed is not None:
