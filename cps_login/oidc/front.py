@@ -186,13 +186,22 @@ class WebRequest:
 
     def body(self) -> bytes:
         if self._body is None:
+            stream = self.environ.get("wsgi.input")
+            declared = self.environ.get("CONTENT_LENGTH")
+            if not declared and self.environ.get("wsgi.input_terminated") and stream is not None:
+                # chunked (or otherwise unsized) and the server ends the stream itself: read
+                # at most one byte past the limit, as werkzeug does
+                body = bytes(stream.read(MAX_BODY + 1))
+                if len(body) > MAX_BODY:
+                    raise _TooLarge
+                self._body = body
+                return body
             try:
-                length = int(self.environ.get("CONTENT_LENGTH") or 0)
+                length = int(declared or 0)
             except ValueError:
                 length = 0
             if length > MAX_BODY:
                 raise _TooLarge
-            stream = self.environ.get("wsgi.input")
             self._body = stream.read(length) if stream is not None and length > 0 else b""
         return self._body
 
@@ -213,7 +222,8 @@ class WebRequest:
             return None
         try:
             return json.loads(self.body())
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: a deeply nested body ("[" * 100_000) is not JSON we accept either
             return None
 
     def cookie(self, name: str) -> str | None:

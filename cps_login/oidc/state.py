@@ -48,6 +48,18 @@ class SharedState(Protocol):
     def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool: ...
 
 
+def _copy(value: Any) -> Any:
+    """A copy of a JSON value all the way down: new dicts and lists, the same immutable
+    leaves (str, int, float, bool, None). The state's values are small and shallow (a few
+    dozen keys, a list or dict or two), so this costs a few microseconds — far less than
+    a JSON round trip."""
+    if isinstance(value, dict):
+        return {k: (_copy(v) if isinstance(v, (dict, list)) else v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [(_copy(v) if isinstance(v, (dict, list)) else v) for v in value]
+    return value
+
+
 class MemoryState:
     """One process: a dict under a lock, expired values swept when the byte budget is reached
     (then ``SharedStateUnavailable``, 503, rather than unbounded memory: authorization requests
@@ -55,10 +67,10 @@ class MemoryState:
 
     The values themselves are kept, not their text: a value goes through the JSON encoder once
     when it is stored (so that what Redis or the store would refuse is refused here too, and to
-    count its bytes), compare-and-set compares values (``==``), and ``get`` hands out a copy of the
-    stored object. The provider never changes a nested object of a value in place (it builds
-    new ones: ``{**value, "status": ...}``), so a copy one level deep keeps the stored value
-    as it was stored (tests/oidc/test_state.py)."""
+    count its bytes), compare-and-set compares values (``==``), and what goes in or comes out
+    is a copy all the way down (``_copy``): a caller that changes a nested object of a value it
+    stored or was given changes nothing stored (tests/oidc/test_state.py,
+    tests/redteam/test_front_attacks.py)."""
 
     def __init__(self, clock: Clock, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._clock = clock
@@ -99,7 +111,7 @@ class MemoryState:
 
     def put(self, key: str, value: Value, ttl: int) -> bool:
         cost = self._cost(key, value)
-        value = dict(value)
+        value = _copy(value)
         with self._lock:
             current = self._values.get(key)
             if current is not None and current[2] > self._now():
@@ -113,11 +125,12 @@ class MemoryState:
             current = self._values.get(key)
         if current is None or current[2] <= self._now():
             return None
-        return dict(current[0])
+        copied: Value = _copy(current[0])
+        return copied
 
     def cas(self, key: str, old: Value, new: Value | None, ttl: int) -> bool:
         cost = 0 if new is None else self._cost(key, new)
-        new = None if new is None else dict(new)
+        new = None if new is None else _copy(new)
         with self._lock:
             current = self._values.get(key)
             if current is None or current[2] <= self._now() or current[0] != old:

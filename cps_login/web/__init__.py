@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Request, Response, jsonify
 
 from cps_login.config import LoginConfig
 from pki.clock import SYSTEM_CLOCK, Clock
@@ -32,10 +32,29 @@ if TYPE_CHECKING:
 EXTENSION = "cps_login"
 
 
+class _Request(Request):
+    """Flask's request, except that a body nested too deeply for the JSON decoder
+    (``b"[" * 100_000``: ``RecursionError``, not ``ValueError``) is refused like any other
+    body that is not JSON — ``None`` when silent, 400 otherwise — instead of a 500 with a
+    logged traceback for an anonymous client."""
+
+    def get_json(self, force: bool = False, silent: bool = False,
+                 cache: bool = True) -> Any:
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            if silent:
+                return None
+            from werkzeug.exceptions import BadRequest
+
+            raise BadRequest("the body is not JSON") from None
+
+
 def _flask(name: str) -> Flask:
     from cps_login.web import errors
 
     app = Flask(name)
+    app.request_class = _Request
     app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=256 * 1024,
                       PROPAGATE_EXCEPTIONS=False)
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -203,9 +203,6 @@ def test_one_content_type_on_token_answers(oidc: OidcServer) -> None:
     assert [k.lower() for k, _ in headers].count("content-type") == 1, headers
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING: a chunked token request under a WSGI server "
-                   "that passes no CONTENT_LENGTH (gunicorn gthread, the mTLS port) is read as "
-                   "an empty body; werkzeug read it (wsgi.input_terminated)")
 def test_chunked_body_is_read_when_the_server_says_the_input_is_terminated() -> None:
     req = WebRequest(_environ("POST", CONTENT_LENGTH="", CONTENT_TYPE=
                               "application/x-www-form-urlencoded",
@@ -214,9 +211,24 @@ def test_chunked_body_is_read_when_the_server_says_the_input_is_terminated() -> 
     assert req.form_pairs == [("grant_type", "x")]
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (pre-existing, kept by the front): a deeply "
-                   "nested JSON proof raises RecursionError, not ValueError: anonymous 500 and "
-                   "a logged traceback, before the transaction is even looked up")
+def test_chunked_body_over_the_limit_is_413_without_reading_past_it() -> None:
+    class Counting(io.BytesIO):
+        asked = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            Counting.asked = size if size is not None else -1
+            return super().read(size)
+
+    stream = Counting(b"a=" + b"x" * (MAX_BODY + 10))
+    front = OidcFront(lambda e, s: [], lambda: pytest.fail("provider reached"))
+    status, _headers, _body = _call(front, _environ(
+        "POST", path="/oidc/token", CONTENT_LENGTH="",
+        CONTENT_TYPE="application/x-www-form-urlencoded",
+        **{"wsgi.input": stream, "wsgi.input_terminated": True}))
+    assert status.startswith("413")
+    assert Counting.asked == MAX_BODY + 1
+
+
 def test_deeply_nested_proof_is_a_refusal_not_a_500(oidc: OidcServer) -> None:
     c = oidc.app.test_client()
     response = c.post("/oidc/tx/" + "A" * 32 + "/proof", data=b"[" * 100_000,
@@ -224,9 +236,13 @@ def test_deeply_nested_proof_is_a_refusal_not_a_500(oidc: OidcServer) -> None:
     assert response.status_code < 500
 
 
-@pytest.mark.xfail(strict=True, reason="LATENT: MemoryState copies one level deep; a nested "
-                   "object of a stored value is shared with every get() (no caller mutates one "
-                   "in place today)")
+@pytest.mark.parametrize("path", ["/login", "/verify"])
+def test_deeply_nested_json_on_flask_routes_is_a_400(oidc: OidcServer, path: str) -> None:
+    c = oidc.app.test_client()
+    response = c.post(path, data=b"[" * 100_000, content_type="application/json")
+    assert 400 <= response.status_code < 500
+
+
 def test_memory_state_nested_values_are_not_shared() -> None:
     s = MemoryState(FixedClock(dt.datetime.now(dt.UTC)))
     assert s.put("code:x", {"used": False, "subject": {"sid": "s1", "amr": ["hwk"]}}, 60)
