@@ -5,15 +5,20 @@ A relying service started a login for this professional (``POST /oidc/bc-authori
 and PIN — the broker's usual card login, so a revoked or held card is refused right there —
 then lists the logins waiting for them (``GET /oidc/ciba/pending``, with the card-level broker
 token), sees each one's client and binding message, and approves or denies it
-(``POST /oidc/ciba/<auth_req_id>/approve|deny``).
+(``POST /oidc/ciba/<auth_req_id>/approve|deny``). An approval carries the card's
+authentication certificate (the one the broker token is bound to): the broker checks it
+again each time the relying service refreshes the session it opens.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cps_login.client import broker_get, broker_post, card_login
 from pki.cards.card import Card
@@ -56,10 +61,12 @@ def pending_logins(broker: str, token: str, timeout: float = 10.0) -> list[Pendi
 
 
 def decide(broker: str, token: str, pending: Pending, approve: bool,
-           timeout: float = 10.0) -> None:
+           timeout: float = 10.0, certificate: bytes | None = None) -> None:
     verb = "approve" if approve else "deny"
+    body = ({"certificate": base64.b64encode(certificate).decode()}
+            if approve and certificate else None)
     broker_post(f"{broker.rstrip('/')}/oidc/ciba/{quote(pending.auth_req_id, safe='')}/{verb}",
-                None, bearer=token, timeout=timeout)
+                body, bearer=token, timeout=timeout)
 
 
 def approve_pending(card: Card, pin: str, broker: str, *,
@@ -69,6 +76,7 @@ def approve_pending(card: Card, pin: str, broker: str, *,
     """Card login, then one decision per pending login (``choose``: True approves, False
     denies, None leaves it pending). ``only`` restricts to one ``auth_req_id``."""
     token = card_login(card, pin, broker, organisation_id=organisation_id).access_token
+    certificate = card.certificate("auth").public_bytes(Encoding.DER)
     decisions = []
     for item in pending_logins(broker, token):
         if only is not None and item.auth_req_id != only:
@@ -76,6 +84,6 @@ def approve_pending(card: Card, pin: str, broker: str, *,
         choice = choose(item)
         if choice is None:
             continue
-        decide(broker, token, item, choice)
+        decide(broker, token, item, choice, certificate=certificate)
         decisions.append(Decision(item, choice))
     return decisions

@@ -43,7 +43,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from cps_login.auditsink import AuditSink
@@ -147,6 +147,7 @@ class Authenticated:
     assurance: Assurance
     auth_time: int
     thumbprint: str                       # x5t#S256 of the certificate
+    certificate: bytes = b""              # its DER: checked again at each refresh of a session
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,35 @@ class LoginService:
                            actor=checked.holder.national_id)
         return checked
 
+    def recheck(self, certificate: bytes) -> None:
+        """A certificate that logged in earlier, checked again now, as a login checks it
+        (path to our roots and validity at this moment, usage, live revocation): before a
+        session it opened goes on (an OpenID Connect refresh). ``CredentialRefused`` (revoked,
+        on hold, expired, no longer trusted...) or ``RevocationUnavailable`` (fail closed)."""
+        digest = hashlib.sha256(certificate).digest()
+        known = self._known.get(digest)
+        leaf = known.leaf if known is not None else _parse_leaf(certificate)
+        path = self._paths.validate(leaf.certificate, [], self._clock.now())
+        if known is None:
+            known = self._trusted(leaf, path.issuer)
+            self._known.put(digest, known, leaf.size + ENTRY_OVERHEAD)
+        self._assurance(known.key_storage)       # software keys refused since: refused now
+        status = self._revocation.status(leaf.certificate, path.issuer)
+        if status.status != "good":
+            raise CredentialRefused(status.status, status.reason or "")
+
+    def known_certificate(self, thumbprint: str) -> bytes | None:
+        """The DER of a certificate this process has seen log in, by its x5t#S256 (a broker
+        token's ``cnf``); None when it is not (or no longer) in the cache."""
+        try:
+            digest = base64.urlsafe_b64decode(thumbprint + "=" * (-len(thumbprint) % 4))
+        except (ValueError, TypeError):
+            return None
+        known = self._known.get(digest)
+        if known is None:
+            return None
+        return known.leaf.certificate.public_bytes(serialization.Encoding.DER)
+
     def refusal(self, request: LoginRequest, exc: ChallengeRefused) -> ChallengeRefused:
         """``exc``, audited as ``login`` audits a refused challenge (for a caller that checks
         challenges of its own: a browser login transaction's)."""
@@ -290,7 +320,8 @@ class LoginService:
         if organisation is not None:
             facts["organisation_id"] = organisation.structure_id
         return Authenticated(holder, leaf.serial, known.key_storage, organisation, assurance,
-                             int(self._clock.now().timestamp()), leaf.thumbprint)
+                             int(self._clock.now().timestamp()), leaf.thumbprint,
+                             request.certificate)
 
     def _issue(self, checked: Authenticated) -> LoginResult:
         """The broker's own access token for a checked login (signed in the HSM)."""

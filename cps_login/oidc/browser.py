@@ -162,4 +162,5 @@ def subject_of(provider: Provider, result: Authenticated) -> Subject:
                    profession_code=result.holder.profession_code, acr=assurance.acr,
                    amr=tuple(assurance.amr), palier=assurance.palier,
                    auth_time=result.auth_time, organisation=organisation,
-                   key_storage=result.key_storage, sid=secrets.token_urlsafe(16))
+                   key_storage=result.key_storage, sid=secrets.token_urlsafe(16),
+                   cert=base64.b64encode(result.certificate).decode())

@@ -52,7 +52,7 @@ INTERVAL = 5
 MAX_BINDING = 64
 MAX_OPEN_PER_SUBJECT = 20        # open requests of all services for one professional
 MAX_OPEN_PER_CLIENT = 3          # ... of one service: none can fill the others' room
-_HINT = re.compile(r"^8[0-9]{11}$")
+_HINT = re.compile(r"8[0-9]{11}")
 
 
 class UnknownUserIdError(OAuth2Error):  # type: ignore[misc]
@@ -95,7 +95,7 @@ def start(provider: Provider, client: Client, form: Any) -> dict[str, Any]:
     hint = form.get("login_hint") or ""
     if form.get("login_hint_token") or form.get("id_token_hint"):
         raise InvalidRequestError("only login_hint (8 + RPPS) is supported")
-    if not _HINT.match(hint):
+    if not _HINT.fullmatch(hint):
         raise InvalidRequestError("login_hint must be the national identifier: 8 + RPPS")
     with provider.services.store.read() as session:
         known = session.execute(select(Professional.id)
@@ -133,7 +133,10 @@ def _index(provider: Provider, sub: str, auth_req_id: str, expires_at: int,
     for _ in range(20):
         current = provider.state.get(key)
         now = provider.now()
-        open_ = [e for e in (current or {}).get("open", []) if e[1] > now]
+        # still open: not expired, and neither collected nor denied (approved but not yet
+        # collected counts: its tokens are still to come)
+        open_ = [e for e in (current or {}).get("open", []) if e[1] > now and _still_open(
+            provider, e[0])]
         if sum(1 for e in open_ if e[2:] == [client_id]) >= MAX_OPEN_PER_CLIENT:
             raise InvalidRequestError("this service has too many open requests for this "
                                       "professional")
@@ -148,6 +151,11 @@ def _index(provider: Provider, sub: str, auth_req_id: str, expires_at: int,
     raise InvalidRequestError("busy, try again")
 
 
+def _still_open(provider: Provider, auth_req_id: str) -> bool:
+    value = provider.state.get(f"ciba:{digest(auth_req_id)}")
+    return value is not None and value.get("status") in ("pending", "approved")
+
+
 def poll(provider: Provider, auth_req_id: str, client: Client) -> tuple[Subject, str]:
     key = f"ciba:{digest(auth_req_id)}"
     value = provider.state.get(key)
@@ -158,12 +166,13 @@ def poll(provider: Provider, auth_req_id: str, client: Client) -> tuple[Subject,
         raise InvalidGrantError("auth_req_id already used")
     if value["status"] == "denied":
         raise AccessDeniedError("the professional denied the request")
+    if now >= value["expires_at"]:
+        # approved or not: the client was told the request ends at expires_in (CIBA §7.3)
+        raise ExpiredTokenError()
     if value["status"] == "approved":
         if not provider.state.cas(key, value, {**value, "status": "done"}, MAX_EXPIRY):
             raise InvalidGrantError("auth_req_id already used")
         return Subject.from_json(value["subject"]), str(value["scope"])
-    if now >= value["expires_at"]:
-        raise ExpiredTokenError()
     if now - int(value["last_poll"]) < int(value["interval"]):
         provider.state.cas(key, value, {**value, "last_poll": now,
                                         "interval": int(value["interval"]) + 5}, MAX_EXPIRY * 2)
@@ -203,8 +212,11 @@ def pending(provider: Provider, claims: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def decide(provider: Provider, claims: dict[str, Any], auth_req_id: str,
-           approve: bool) -> None:
-    """Approve or deny; LookupError when not this professional's open request."""
+           approve: bool, certificate: bytes | None = None) -> None:
+    """Approve or deny; LookupError when not this professional's open request.
+    ``certificate``: the DER of the card's certificate the approver logged in with (its
+    SHA-256 must be the broker token's ``cnf``), kept to check it again when the session's
+    refresh token is used."""
     key = f"ciba:{digest(auth_req_id)}"
     value = provider.state.get(key)
     sub = str(claims["sub"])
@@ -213,7 +225,7 @@ def decide(provider: Provider, claims: dict[str, Any], auth_req_id: str,
     if value["status"] != "pending" or provider.now() >= value["expires_at"]:
         raise LookupError("the request is no longer pending")
     if approve:
-        subject = provider.subject_of_token(claims, secrets.token_urlsafe(16))
+        subject = provider.subject_of_token(claims, secrets.token_urlsafe(16), certificate)
         new = {**value, "status": "approved", "subject": subject.to_json()}
     else:
         new = {**value, "status": "denied"}

@@ -94,7 +94,9 @@ class Client:
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if self.public:
-            return method == "none" and endpoint == "token"
+            # a public client has no secret: it authenticates by its id where it must be able
+            # to act without one (its tokens; revoking its own refresh token at sign-out)
+            return method == "none" and endpoint in ("token", "revocation")
         return method == self.auth_method or (
             method == "client_assertion_jwt" and self.auth_method == "private_key_jwt")
 

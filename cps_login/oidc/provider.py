@@ -3,7 +3,8 @@ protocol.
 
 * grants: authorization code (+ OpenID Connect, + PKCE: S256 only, required of public
   clients), refresh token (rotated, bound to its client; a rotated token used again ends the
-  login session), CIBA poll mode (``cps_login.oidc.ciba``);
+  login session; the certificate that logged in checked again at each refresh), CIBA poll
+  mode (``cps_login.oidc.ciba``);
 * client authentication: ``client_secret_basic``, ``private_key_jwt`` (RFC 7523),
   ``tls_client_auth`` (RFC 8705, the organisation certificate verified by the TLS layer),
   ``none`` for public clients;
@@ -11,10 +12,12 @@ protocol.
 
 Tokens: the access token is the broker's RFC 9068 JWT (``cps_login.tokens.TokenIssuer``, 120 s,
 with ``client_id``, ``scope`` and ``sid``), the ID token an ES256 JWT signed in the broker's
-token, the refresh token an opaque random string kept (by its digest) in the shared state.
+token, the refresh token ``<family>.<secret>``: one record per login session in the shared
+state (by the family's digest), holding the digest of the one current secret.
 
 A login session (``sid``) is revoked by: a code used twice (RFC 6749 §4.1.2: the tokens it
-gave), a rotated refresh token used again, RP-initiated logout. Introspection and userinfo
+gave), a rotated refresh token used again, a refresh token revoked (RFC 7009), the certificate
+that logged in found no longer good at a refresh, RP-initiated logout. Introspection and userinfo
 refuse every token of a revoked session; refresh tokens of it stop working.
 
 Every time check uses the injected clock.
@@ -22,6 +25,8 @@ Every time check uses the injected clock.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 import secrets
 from collections import defaultdict
@@ -35,6 +40,7 @@ from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, Flask
 from authlib.oauth2.rfc6749 import (
     InsecureTransportError,
     InvalidClientError,
+    InvalidGrantError,
     InvalidRequestError,
     OAuth2Request,
 )
@@ -57,6 +63,7 @@ from cps_login.oidc.clients import Client, ClientRegistry
 from cps_login.oidc.front import Answer, WebRequest, parse_pairs, payload_lists
 from cps_login.oidc.state import SharedState, Value
 from cps_login.oidc.subject import Subject, digest, half_hash, sign_jwt
+from cps_login.oidc.subject import thumbprint as thumbprint_of
 from cps_login.tokens import TokenValidator
 from cps_login.web.broker import PEER_CERT_ENVIRON
 from pki.clock import Clock
@@ -207,7 +214,7 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         return refresh_token.subject
 
     def revoke_old_credential(self, refresh_token: _Record) -> None:
-        """Nothing: marked used when it was read (compare-and-set)."""
+        """Nothing: ``save_token`` replaced it with the new one (compare-and-set)."""
 
 
 class _PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
@@ -276,7 +283,11 @@ class _Introspection(IntrospectionEndpoint):  # type: ignore[misc]
         return self.provider.find_token(token_string, token_type_hint)
 
     def check_permission(self, token: Any, client: Client, request: Any) -> bool:
-        return not client.public      # relying services and resource servers, authenticated
+        # relying services and resource servers, authenticated; a refresh token is its own
+        # client's alone (an access token is shown to resource servers: any may ask)
+        if client.public:
+            return False
+        return not isinstance(token, _Record) or token.check_client(client)
 
     def introspect_token(self, token: Any) -> dict[str, Any]:
         return self.provider.introspection(token)
@@ -287,6 +298,18 @@ class _EndSession(EndSessionEndpoint):  # type: ignore[misc]
 
     def get_server_jwks(self) -> dict[str, Any]:
         return self.provider.jwks()
+
+    def validate_request(self, request: Any) -> Any:
+        """Authlib's checks, and the hint must be an ID token of this provider: an access
+        token (RFC 9068, also signed by this key and carrying ``sid``) is shown to every
+        resource server, and must not let them end the professional's session."""
+        validated = super().validate_request(request)
+        claims = validated.id_token_claims
+        if claims is not None and (not isinstance(claims.get("aud"), str)
+                                   or "client_id" in claims or "scope" in claims
+                                   or "at_hash" not in claims):
+            raise InvalidRequestError("id_token_hint is not an ID token of this provider")
+        return validated
 
     def end_session(self, end_session_request: Any) -> None:
         claims = end_session_request.id_token_claims or {}
@@ -505,10 +528,23 @@ class Provider:
     def user_claims(self, subject: Subject) -> dict[str, Any]:
         return self._claims(subject)
 
-    def subject_of_token(self, claims: dict[str, Any], sid: str) -> Subject:
+    def subject_of_token(self, claims: dict[str, Any], sid: str,
+                         certificate: bytes | None = None) -> Subject:
         """Who a broker access token speaks for, and how they authenticated (the token's own
-        ``cps_key_location``: a software key stays a software key)."""
+        ``cps_key_location``: a software key stays a software key).
+
+        The certificate that logged in (kept to check it again at each refresh) is the one
+        the token's ``cnf`` names: ``certificate`` when its SHA-256 is that thumbprint, else
+        the one this process saw log in with it, else none (no refresh token then)."""
         auth = AuthContext.from_token_claims(claims)
+        cnf = claims.get("cnf")
+        thumbprint = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        der = b""
+        if isinstance(thumbprint, str):
+            if certificate and thumbprint_of(certificate) == thumbprint:
+                der = certificate
+            else:
+                der = self.services.login.known_certificate(thumbprint) or b""
         roles = claims.get("SubjectRole") or []
         try:
             profession = int(roles[0]) if roles else None
@@ -518,7 +554,7 @@ class Provider:
             sub=str(claims["sub"]), given_name="", family_name="", profession_code=profession,
             acr=auth.acr, amr=tuple(auth.amr), palier=auth.palier, auth_time=auth.auth_time,
             organisation=claims.get("SubjectOrganizationID"), key_storage=auth.key_location,
-            sid=sid))
+            sid=sid, cert=base64.b64encode(der).decode()))
 
     def with_names(self, subject: Subject) -> Subject:
         """The subject with the directory's names (a CIBA approval or userinfo starts from a
@@ -549,19 +585,45 @@ class Provider:
                    "cps_key_location": user.key_storage})
         token: dict[str, Any] = {"token_type": "Bearer", "access_token": issued.token,
                                  "expires_in": issued.expires_in, "scope": scope}
-        if include_refresh_token and client.check_grant_type("refresh_token"):
+        # A refresh token only for a session whose certificate is known: each refresh checks
+        # it again (revoked since, expired, no longer trusted: the session ends).
+        if include_refresh_token and client.check_grant_type("refresh_token") and user.cert:
+            # the secret part; save_token puts the session's family in front of it
             token["refresh_token"] = secrets.token_urlsafe(32)
         return token
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
-        refresh = token.get("refresh_token")
-        if not refresh:
+        """Keep the refresh token of a new session, or rotate the one a refresh presented.
+
+        One record per session, whatever the number of refreshes (``rt:<family>``): the
+        refresh token is ``<family>.<secret>``, the record holds the digest of the one secret
+        that is current. Rotation replaces it in one compare-and-set; any other secret of the
+        family presented later is a replay and ends the session (RFC 9700 §4.14.2). The record
+        lives as long as the session may (8 h from the card login), never longer."""
+        secret = token.get("refresh_token")
+        if not secret:
             return
-        subject: Subject = request.user
-        value = {"client_id": request.client.client_id, "scope": token["scope"],
-                 "subject": subject.to_json(), "used": False,
-                 "expires_at": min(self.now() + REFRESH_TTL, subject.auth_time + REFRESH_TTL)}
-        self.state.put(f"rt:{digest(refresh)}", value, REFRESH_TTL)
+        old = getattr(request, "refresh_token", None)
+        now = self.now()
+        if isinstance(old, _Record):                      # a refresh: rotate
+            family = old.value["family"]
+            value = {**old.value, "current": digest(secret)}
+            ttl = max(1, int(value["expires_at"]) - now)
+            if not self.state.cas(old.key, old.value, value, ttl):
+                # another refresh with the same token won the race: a replay
+                self.revoke_session(old.subject.sid, "refresh_replay")
+                raise InvalidGrantError("refresh token already used")
+        else:
+            subject: Subject = request.user
+            family = secrets.token_urlsafe(18)
+            expires_at = min(now + REFRESH_TTL, subject.auth_time + REFRESH_TTL)
+            value = {"client_id": request.client.client_id, "scope": token["scope"],
+                     "subject": subject.to_json(), "family": family,
+                     "current": digest(secret), "expires_at": expires_at}
+            if not self.state.put(f"rt:{digest(family)}", value, max(1, expires_at - now)):
+                raise InvalidRequestError("refresh token collision")   # 2^-144: never
+        # the dict Authlib answers with: the client gets the family with the secret
+        token["refresh_token"] = f"{family}.{secret}"
 
     def id_token(self, token: dict[str, Any], request: Any) -> str:
         subject: Subject = request.user
@@ -610,23 +672,50 @@ class Provider:
 
     # --- refresh tokens ------------------------------------------------------------------
     def use_refresh_token(self, refresh_token: str, client: Client) -> _Record | None:
-        """The refresh token's record, marked used (rotation); None (invalid_grant) when
-        unknown, another client's (left as it is), expired, of an ended session, or used
-        before — then its login session ends (RFC 9700 §4.14.2)."""
-        if not isinstance(refresh_token, str) or len(refresh_token) > 256:
+        """The refresh token's session record when the token is its current one; None
+        (invalid_grant) when unknown, another client's (left as it is), expired, of an ended
+        session, or an earlier token of the session — a replay: the session ends (RFC 9700
+        §4.14.2) — or when the certificate that logged in no longer passes (revoked, on hold,
+        expired: the session ends). Nothing is written here: ``save_token`` rotates, once the
+        new tokens are made (a refused scope, or the status tier away, 503, leaves the
+        refresh token usable)."""
+        found = self._refresh_record(refresh_token)
+        if found is None:
             return None
-        key = f"rt:{digest(refresh_token)}"
-        value = self.state.get(key)
-        if value is None or value["client_id"] != client.client_id:
+        record, current = found
+        if record.value["client_id"] != client.client_id:
             return None
-        sid = value["subject"]["sid"]
-        if value["used"] or not self.state.cas(key, value, {**value, "used": True},
-                                               REFRESH_TTL):
+        sid = record.subject.sid
+        if not current:
             self.revoke_session(sid, "refresh_replay")
             return None
-        if self.now() >= value["expires_at"] or self.session_revoked(sid):
+        if self.now() >= record.value["expires_at"] or self.session_revoked(sid):
             return None
-        return _Record(key, value)
+        certificate = record.subject.certificate
+        if not certificate:
+            return None
+        try:
+            self.services.login.recheck(certificate)      # RevocationUnavailable: 503
+        except CredentialRefused as exc:
+            self.revoke_session(sid, f"certificate_{exc.reason}"[:64])
+            return None
+        return record
+
+    def _refresh_record(self, token: object) -> tuple[_Record, bool] | None:
+        """The session record a refresh token names, and whether the token is its current
+        one; None when the token names no session."""
+        if not isinstance(token, str) or len(token) > 256:
+            return None
+        family, dot, secret = token.partition(".")
+        if not dot or not family or not secret:
+            return None
+        key = f"rt:{digest(family)}"
+        value = self.state.get(key)
+        if value is None or value.get("family") != family:
+            return None
+        current = value.get("current")
+        return _Record(key, value), (isinstance(current, str)
+                                     and hmac.compare_digest(current, digest(secret)))
 
     # --- sessions, revocation, introspection ---------------------------------------------
     def revoke_session(self, sid: str, why: str) -> None:
@@ -651,18 +740,35 @@ class Provider:
         return claims
 
     def find_token(self, token: str, hint: str | None) -> _AccessToken | _Record | None:
+        """A live access token or current refresh token of this provider. The hint says
+        where to look first, not only (RFC 7009 §2.1, RFC 7662 §2.1)."""
         if not isinstance(token, str) or len(token) > 8192:
             return None
-        if hint != "refresh_token" and token.count(".") == 2:
-            try:
-                return _AccessToken(token, self.validate_access_token(token), False)
-            except TokenInvalid:
-                return None
-        value = self.state.get(f"rt:{digest(token)}")
-        if value is None or value["used"] or self.now() >= value["expires_at"] or \
-                self.session_revoked(value["subject"]["sid"]):
+        finders = ((self._live_refresh, self._live_access) if hint == "refresh_token"
+                   else (self._live_access, self._live_refresh))
+        for find in finders:
+            found = find(token)
+            if found is not None:
+                return found
+        return None
+
+    def _live_access(self, token: str) -> _AccessToken | None:
+        if token.count(".") != 2:
             return None
-        return _Record(f"rt:{digest(token)}", value)
+        try:
+            return _AccessToken(token, self.validate_access_token(token), False)
+        except TokenInvalid:
+            return None
+
+    def _live_refresh(self, token: str) -> _Record | None:
+        found = self._refresh_record(token)
+        if found is None or not found[1]:
+            return None
+        record = found[0]
+        if self.now() >= record.value["expires_at"] or \
+                self.session_revoked(record.subject.sid):
+            return None
+        return record
 
     def revoke(self, token: _AccessToken | _Record) -> None:
         if isinstance(token, _AccessToken):

@@ -78,6 +78,7 @@ class MemoryState:
         self._lock = threading.Lock()
         self._bytes = 0
         self._max = max_bytes
+        self._swept_at = float("-inf")
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -87,8 +88,11 @@ class MemoryState:
         if not isinstance(value, dict):
             raise TypeError("a state value is a JSON object")
         # json.dumps with no options: the encoder CPython keeps ready (non-ASCII counted as
-        # its escape, never less than its UTF-8 bytes)
-        return 200 + len(key) + len(json.dumps(value))
+        # its escape, never less than its UTF-8 bytes). What the objects take in memory,
+        # measured with tracemalloc on the provider's values (a nonce's {"u": 1}, a refresh
+        # session with and without its certificate): 500 bytes of dict, tuple and key, and
+        # 1.3 times the text — within 15 % of each, where the text alone was half of it.
+        return 500 + len(key) + len(json.dumps(value)) * 13 // 10
 
     def _set(self, key: str, value: Value | None, cost: int, ttl: int) -> None:
         old = self._values.pop(key, None)
@@ -105,7 +109,13 @@ class MemoryState:
 
     def _room(self, cost: int) -> None:
         if self._bytes + cost > self._max:
-            self._sweep()
+            # A sweep walks every value under the lock: at most one a second of the state's
+            # clock, however many writes a full budget refuses meanwhile (they would each have
+            # held the lock, some on the event loop, for milliseconds).
+            now = self._now()
+            if now >= self._swept_at + 1.0:
+                self._swept_at = now
+                self._sweep()
             if self._bytes + cost > self._max:
                 raise SharedStateUnavailable("oidc state: memory budget reached")
 

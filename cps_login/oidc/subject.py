@@ -26,10 +26,17 @@ class Subject:
     organisation: str | None
     key_storage: str            # card | hsm | software: from the certificate, never the request
     sid: str                    # the login session: the tokens of one login share it
+    # the certificate that logged in (base64 DER), checked again at each refresh of the
+    # session; "" when it is not known (then the session gets no refresh token)
+    cert: str = ""
 
     @property
     def rpps(self) -> str:
         return self.sub[1:]
+
+    @property
+    def certificate(self) -> bytes:
+        return base64.b64decode(self.cert) if self.cert else b""
 
     @property
     def assurance(self) -> Assurance:
@@ -40,7 +47,7 @@ class Subject:
                 "family_name": self.family_name, "profession_code": self.profession_code,
                 "acr": self.acr, "amr": list(self.amr), "palier": self.palier,
                 "auth_time": self.auth_time, "organisation": self.organisation,
-                "key_storage": self.key_storage, "sid": self.sid}
+                "key_storage": self.key_storage, "sid": self.sid, "cert": self.cert}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Subject:
@@ -50,6 +57,11 @@ class Subject:
 def digest(value: str) -> str:
     """How secrets (codes, refresh tokens, tx ids, nonces) are named in the shared state."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:48]
+
+
+def thumbprint(der: bytes) -> str:
+    """x5t#S256 of a certificate: base64url of the SHA-256 of its DER (RFC 8705 §3.1)."""
+    return b64url(hashlib.sha256(der).digest())
 
 
 def half_hash(value: str) -> str:

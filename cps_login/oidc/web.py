@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from authlib.oauth2.rfc6749 import OAuth2Error
@@ -180,8 +181,16 @@ def _decide(auth_req_id: str, approve: bool) -> Response | tuple[Response, int]:
         claims = _approver()
     except PermissionError as exc:
         return jsonify({"error": "card_login_required", "message": str(exc)}), 403
+    body = request.get_json(silent=True) if request.content_length else None
+    certificate: bytes | None = None
+    if isinstance(body, dict) and isinstance(body.get("certificate"), str):
+        try:
+            certificate = base64.b64decode(body["certificate"], validate=True)
+        except ValueError:
+            return jsonify({"error": "invalid_request",
+                            "message": "certificate is not base64"}), 400
     try:
-        ciba.decide(provider(), claims, auth_req_id, approve)
+        ciba.decide(provider(), claims, auth_req_id, approve, certificate)
     except LookupError as exc:
         return jsonify({"error": "not_pending", "message": str(exc)}), 404
     return _no_store(jsonify({"auth_req_id": auth_req_id,

@@ -142,3 +142,47 @@ def test_a_revoked_card_cannot_approve(oidc: OidcServer) -> None:
     assert no_token.status_code == 401
     assert poll(oidc, client.client_id, str(client.client_secret),
                 auth_req_id).json()["error"] == "authorization_pending"
+
+
+def test_a_ciba_session_refreshes_only_while_the_approving_card_is_good(
+        oidc: OidcServer) -> None:
+    """The approval carries the card's certificate (``cps-login approve`` sends it): the
+    session's refresh token is checked against it at every refresh — here on a broker that
+    never saw the card log in (its certificate cache emptied, as another replica's)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from cps_login.approve import Pending, decide
+    from cps_login.web import services_of
+    from pki.bytelru import ByteLru
+    from tests.redteam.test_oidc_round4 import _new_card
+
+    card = _new_card(oidc, "ciba-refresh")
+    client = oidc.client(name="Messagerie", ciba=True)
+    secret = str(client.client_secret)
+    login = services_of(oidc.app).login
+
+    def approved_tokens(certificate: bytes | None) -> dict[str, str]:
+        auth_req_id = start(oidc, client.client_id, secret, card).json()["auth_req_id"]
+        token = broker_token(oidc, card)
+        login._known = ByteLru(1 << 20)                  # another replica approves
+        decide(oidc.issuer, token, Pending(auth_req_id, "", "", "", None), True,
+               certificate=certificate)
+        answer = poll(oidc, client.client_id, secret, auth_req_id)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    # a certificate that is not the one the broker token is bound to: no refresh token
+    other = oidc.env.cards["alice"].auth.public_bytes(Encoding.DER)
+    assert "refresh_token" not in approved_tokens(other)
+    tokens = approved_tokens(card.auth.public_bytes(Encoding.DER))
+    refreshed = requests.post(oidc.discovery()["token_endpoint"], auth=(client.client_id, secret),
+                              data={"grant_type": "refresh_token",
+                                    "refresh_token": tokens["refresh_token"]}, timeout=10)
+    assert refreshed.status_code == 200, refreshed.text
+    lifecycle.revoke(oidc.env.auth, card.serial, "keyCompromise")
+    oidc.env.wait_ocsp(card.serial, "revoked")
+    after = requests.post(oidc.discovery()["token_endpoint"], auth=(client.client_id, secret),
+                          data={"grant_type": "refresh_token",
+                                "refresh_token": refreshed.json()["refresh_token"]},
+                          timeout=10)
+    assert after.status_code == 400 and after.json()["error"] == "invalid_grant", after.text

@@ -65,6 +65,57 @@ def test_refresh_rotates_is_bound_to_its_client_and_replay_ends_the_session(
     assert after.status_code == 400
 
 
+def test_a_refresh_refused_before_rotation_keeps_the_refresh_token(
+        oidc: OidcServer) -> None:
+    """Nothing is written before a refresh is granted: the status tier away (503, fail
+    closed) or a widened scope (invalid_scope) leave the refresh token usable, and an
+    unknown family, a forged secret of a live family, or garbage change nothing."""
+    from cps_login.errors import RevocationUnavailable
+    from cps_login.web import services_of
+
+    client = oidc.client()
+    secret = str(client.client_secret)
+    first = tokens_for(oidc, client.client_id, secret)
+    login = services_of(oidc.app).login
+    checker = login._revocation
+
+    def away(*_: object) -> object:
+        raise RevocationUnavailable("OCSP: down; CRL: down")
+
+    original = checker.status
+    checker.status = away  # type: ignore[method-assign]
+    try:
+        down = token_request(oidc, client.client_id, secret, grant_type="refresh_token",
+                             refresh_token=first["refresh_token"])
+    finally:
+        checker.status = original  # type: ignore[method-assign]
+    assert down.status_code == 503 and down.json()["error"] == "revocation_unavailable"
+    wider = token_request(oidc, client.client_id, secret, grant_type="refresh_token",
+                          refresh_token=first["refresh_token"], scope="openid profile admin")
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope"
+    family = first["refresh_token"].split(".")[0]
+    for garbage in ("", ".", "x" * 300, family, family + ".", family + ".forged",
+                    "nofamily.secret"):
+        refused = token_request(oidc, client.client_id, secret, grant_type="refresh_token",
+                                refresh_token=garbage)
+        assert refused.status_code == 400, garbage
+    # the forged secret of a live family counted as a replay: the session ended. Everything
+    # before it left the token as it was: a fresh session shows the 503 and the scope wrote
+    # nothing.
+    second = tokens_for(oidc, client.client_id, secret)
+    checker.status = away  # type: ignore[method-assign]
+    try:
+        token_request(oidc, client.client_id, secret, grant_type="refresh_token",
+                      refresh_token=second["refresh_token"])
+    finally:
+        checker.status = original  # type: ignore[method-assign]
+    token_request(oidc, client.client_id, secret, grant_type="refresh_token",
+                  refresh_token=second["refresh_token"], scope="openid admin")
+    ok = token_request(oidc, client.client_id, secret, grant_type="refresh_token",
+                       refresh_token=second["refresh_token"])
+    assert ok.status_code == 200, ok.text
+
+
 def test_introspection_and_revocation(oidc: OidcServer) -> None:
     client = oidc.client()
     secret = str(client.client_secret)
