@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from cps_login.services import BrokerServices
 
 TX_PER_CLIENT = 100
+# The provider's state in the one broker process (no Redis): what a login leaves for the
+# 8 hours its session may last is ~5 KB (its refresh session with the certificate that logged
+# in, its nonce), so ~50,000 logins an 8-hour day; a larger service sets Redis.
+STATE_MB = 256
 TX_WINDOW = 300
 
 
@@ -83,7 +87,9 @@ def build(services: BrokerServices, clock: Clock) -> Provider:
     elif config.extra.get("oidc_state") == "store":
         state = StoreState(services.store, clock)
     else:
-        state = MemoryState(clock)
+        # one process: bounded (then 503), ``extra.oidc_state_mb`` MiB as the objects take it
+        mib = int(config.extra.get("oidc_state_mb", STATE_MB))
+        state = MemoryState(clock, max_bytes=mib * 1024 * 1024)
     # Login transactions are made for anonymous browsers: each address may open
     # ``extra.oidc_tx_per_client`` (TX_PER_CLIENT) of them per window (beyond: 429 for that
     # address only), as challenges are bounded per address (issue 13).

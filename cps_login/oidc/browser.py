@@ -149,7 +149,10 @@ def finish(provider: Provider, tx: str, browser: str | None,
         raise TxRefused("this login was started in another browser")
     if not key or digest(key) != value["key"]:
         raise TxRefused("continue with the link the card agent gave")
-    if not provider.state.cas(_tx_key(tx), value, {**value, "status": "done"}, TX_KEEP):
+    # done: only what refuses it again is kept (no subject, no certificate, no request) for
+    # the rest of TX_KEEP — at login rates, what stays behind is what fills the state
+    done = {"status": "done", "expires_at": value["expires_at"]}
+    if not provider.state.cas(_tx_key(tx), value, done, TX_KEEP):
         raise TxRefused("the login transaction was used meanwhile")
     return str(value["qs"]), Subject.from_json(value["subject"])
 

@@ -663,7 +663,11 @@ class Provider:
         value = self.state.get(key)
         if value is None or value["client_id"] != client.client_id:
             return None
-        if value["used"] or not self.state.cas(key, value, {**value, "used": True}, CODE_KEEP):
+        # used: only what a replay needs is kept (the client, the session to end), not the
+        # subject and its certificate, nor the request
+        used = {"client_id": value["client_id"], "used": True,
+                "subject": {"sid": value["subject"]["sid"]}}
+        if value["used"] or not self.state.cas(key, value, used, CODE_KEEP):
             self.revoke_session(value["subject"]["sid"], "code_replay")
             return None
         if self.now() >= value["expires_at"]:
