@@ -13,6 +13,21 @@ from cps_sign import report as r
 from cps_sign.report import Verdict
 from pki.pdfguard import declared_size_problem
 
+MiB = 1024 * 1024
+# What pyHanko may inflate for one document, in all: 16 MiB, or 100 times the file for a
+# larger one (a local file given to cps-verify). pyHanko's own default is 256 MiB whatever the
+# file: each of many small object streams may inflate to its 4 MiB floor, so 248 KB posted to
+# the public POST /verify made the broker hold 259 MiB and spend 1.8 s of CPU.
+DOCUMENT_DECODE_BASE = 16 * MiB
+DOCUMENT_DECODE_RATIO = 100
+
+
+def _decode_limits() -> object:
+    from pyhanko.pdf_utils.decode_limits import DecodeLimits, DocumentDecodeBudget
+
+    return DecodeLimits(document_budget=DocumentDecodeBudget(
+        base_allowance=DOCUMENT_DECODE_BASE, max_ratio=DOCUMENT_DECODE_RATIO))
+
 
 @dataclass(frozen=True)
 class PdfSignature:
@@ -35,7 +50,8 @@ def read_pdf_signature(pdf: bytes) -> PdfSignature:
     if problem is not None:
         raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"not a readable PDF: {problem}")
     try:
-        reader = PdfFileReader(io.BytesIO(pdf), strict=False)
+        reader = PdfFileReader(io.BytesIO(pdf), strict=False,
+                               decode_limits=_decode_limits())  # type: ignore[arg-type]
         signatures = reader.embedded_regular_signatures
     except (PdfError, SignatureValidationError, ValueError, KeyError, IndexError,
             TypeError, AttributeError) as exc:

@@ -91,3 +91,40 @@ def test_pades_refusals(sign_env: SignEnv) -> None:
 def test_pades_refuses_non_pdf(sign_env: SignEnv) -> None:
     with pytest.raises(ValueError, match="not a PDF"):
         sign_pades(b"hello", CardSigner(sign_env.cards["alice"], PIN))
+
+
+def test_many_small_object_stream_bombs_are_bounded_by_the_document_budget() -> None:
+    """Sixty fields, each in an object stream that inflates to just under pyHanko's 4 MiB
+    floor for one stream: 248 KB that pyHanko's default document budget (256 MiB) let the
+    public POST /verify inflate whole (259 MiB held, measured). The verifier's budget is
+    16 MiB or 100 times the file: refused as unreadable, a few tens of MiB at most."""
+    import tracemalloc
+
+    from cps_sign import report as r
+    from cps_sign.pdf import read_pdf_signature
+    from cps_sign.report import Verdict
+    from tests.patient_space.test_pdf_bomb import object_stream, pdf_with_object_streams
+
+    mib = 1024 * 1024
+    fields = list(range(10, 70))
+    catalog = [(1, b"<< /Type /Catalog /Pages 2 0 R /AcroForm << /Fields ["
+                + b" ".join(b"%d 0 R" % f for f in fields) + b"] >> >>"),
+               (2, b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"),
+               (3, b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>")]
+    bomb = pdf_with_object_streams(
+        [object_stream(catalog)] +
+        [object_stream([(f, b"<< /FT /Tx /T (f%d) >>" % f)], gap=4 * mib - 4096)
+         for f in fields])
+    assert len(bomb) < 256 * 1024
+    with pytest.raises(Verdict):                       # warm: pyHanko's modules imported
+        read_pdf_signature(b"%PDF-1.7\n%%EOF\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(Verdict) as refused:
+            read_pdf_signature(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.sub_indication == r.FORMAT_FAILURE
+    assert "exceeds the limit" in refused.value.detail
+    assert peak < 64 * mib, peak
