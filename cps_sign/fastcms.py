@@ -83,7 +83,25 @@ def _children(content: bytes) -> list[_Tlv]:
 def _expect(item: _Tlv, cls: int, tag: int) -> bytes:
     if item[0] != cls or item[2] != tag:
         raise Unfamiliar(f"class {item[0]} tag {item[2]} where {cls}/{tag} was expected")
+    # DER: a SEQUENCE or SET is constructed, every other universal type read here primitive
+    # (an OID with the constructed bit set is a format error for the reference reader), and
+    # every context-tagged element read here is constructed (EXPLICIT, or IMPLICIT over a SET
+    # or SEQUENCE: a [0] or [1] with the bit cleared is one too)
+    if item[1] != (tag in (_SEQUENCE, _SET) if cls == _UNIVERSAL else True):
+        raise Unfamiliar(f"tag {tag} {'constructed' if item[1] else 'primitive'}")
     return item[4]
+
+
+def _distinguished_name(item: _Tlv) -> bytes:
+    """A Name's DER, its shape checked as the reference reader checks it (SEQUENCE OF SET OF
+    SEQUENCE {OID, value}, each constructed where DER says so)."""
+    for rdn in _seq(item):
+        for atv in _children(_expect(rdn, _UNIVERSAL, _SET)):
+            fields = _seq(atv)
+            if len(fields) != 2:
+                raise Unfamiliar("AttributeTypeAndValue shape")
+            _expect(fields[0], _UNIVERSAL, _OID)
+    return item[3]
 
 
 def _seq(item: _Tlv) -> list[_Tlv]:
@@ -199,9 +217,9 @@ class _SignedData:
                 raise Unfamiliar("SignerIdentifier shape")
             return None          # [0] subjectKeyIdentifier
         parts = _seq(self.sid)
-        if len(parts) != 2 or (parts[0][0], parts[0][2]) != (_UNIVERSAL, _SEQUENCE):
+        if len(parts) != 2:
             raise Unfamiliar("issuerAndSerialNumber shape")
-        return parts[0][3], _integer(parts[1])
+        return _distinguished_name(parts[0]), _integer(parts[1])
 
     def value(self, oid: bytes) -> _Tlv | None:
         values = self.attrs.get(oid)
