@@ -46,6 +46,7 @@ TX_COOKIE = "cps-oidc-browser"
 AGENT_URL = "http://127.0.0.1:24727/authorize"
 MAX_QUERY = 4096
 MAX_BODY = 256 * 1024           # the broker app's MAX_CONTENT_LENGTH
+_QUERY_SAFE = "".join(chr(c) for c in range(0x21, 0x7f))   # printable ASCII stays as it is
 _REASONS = {200: "OK", 302: "FOUND", 400: "BAD REQUEST", 401: "UNAUTHORIZED",
             403: "FORBIDDEN", 404: "NOT FOUND", 405: "METHOD NOT ALLOWED",
             413: "REQUEST ENTITY TOO LARGE", 429: "TOO MANY REQUESTS",
@@ -297,7 +298,11 @@ def authorize(p: Provider, req: WebRequest) -> Answer:
         p.tx_limiter.check(address)          # RateLimited: 429 with Retry-After
         p.tx_limiter.fail(address)           # counts every transaction opened
     secret = req.cookie(TX_COOKIE) or secrets.token_urlsafe(24)
-    query = req.query_string.encode("latin-1", "replace").decode("ascii", "replace")
+    # kept as ASCII: a raw byte above 0x7f (no URI has one) percent-encoded as a browser would,
+    # not replaced by U+FFFD (one such character makes Python keep the whole string at 2 bytes
+    # a character, beyond what the state's budget counts)
+    raw = req.query_string.encode("latin-1", "replace")
+    query = raw.decode("ascii") if raw.isascii() else quote(raw, safe=_QUERY_SAFE)
     client_id = oauth_request.payload.data.get("client_id")
     tx, challenge = browser.create(p, query, str(client_id), secret)
     agent_url = str(p.services.config.extra.get("agent_url", AGENT_URL))
