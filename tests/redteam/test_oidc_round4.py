@@ -290,14 +290,19 @@ def test_refresh_replay_after_several_rotations_ends_the_newest_tokens(
 
 def test_code_replay_ends_the_tokens_refreshed_from_it(oidc: OidcServer) -> None:
     client = oidc.client()
-    secret = str(client.client_secret)
+    assert_code_replay_ends_the_tokens_refreshed_from_it(oidc, client.client_id,
+                                                         str(client.client_secret))
+
+
+def assert_code_replay_ends_the_tokens_refreshed_from_it(oidc: OidcServer, client_id: str,
+                                                         secret: str) -> None:
     verifier = secrets.token_urlsafe(48)
-    code = _code(oidc, client.client_id, verifier)
-    tokens = exchange(oidc, client.client_id, secret, code, verifier).json()
-    refreshed = _refresh(oidc, client.client_id, secret, tokens["refresh_token"]).json()
-    again = exchange(oidc, client.client_id, secret, code, verifier)
+    code = _code(oidc, client_id, verifier)
+    tokens = exchange(oidc, client_id, secret, code, verifier).json()
+    refreshed = _refresh(oidc, client_id, secret, tokens["refresh_token"]).json()
+    again = exchange(oidc, client_id, secret, code, verifier)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-    assert _refresh(oidc, client.client_id, secret, refreshed["refresh_token"]).status_code \
+    assert _refresh(oidc, client_id, secret, refreshed["refresh_token"]).status_code \
         == 400
     assert _userinfo(oidc, refreshed["access_token"]).status_code == 401
 

@@ -39,9 +39,8 @@ from pki.ca import lifecycle
 from pki.store.models import Professional
 from tests.oidc.conftest import Browser, OidcServer
 from tests.oidc.test_ciba import broker_token, poll, start
-from tests.oidc.test_refusals import REDIRECT, authorize_url, exchange
+from tests.oidc.test_refusals import REDIRECT, authorize_url
 from tests.redteam.test_oidc_round4 import (
-    _code,
     _introspect,
     _memory,
     _new_card,
@@ -49,6 +48,7 @@ from tests.redteam.test_oidc_round4 import (
     _refresh,
     _tokens,
     _userinfo,
+    assert_code_replay_ends_the_tokens_refreshed_from_it,
 )
 
 
@@ -230,15 +230,7 @@ def test_rotation_and_replays_on_every_backend(oidc: OidcServer, backend: str) -
     assert _refresh(oidc, client.client_id, secret, newest["refresh_token"]).status_code == 400
     assert _userinfo(oidc, newest["access_token"]).status_code == 401
     # a used code keeps only what refuses it again: its replay still ends the session
-    verifier = secrets.token_urlsafe(48)
-    code = _code(oidc, client.client_id, verifier)
-    tokens = exchange(oidc, client.client_id, secret, code, verifier).json()
-    refreshed = _refresh(oidc, client.client_id, secret, tokens["refresh_token"]).json()
-    again = exchange(oidc, client.client_id, secret, code, verifier)
-    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-    assert _refresh(oidc, client.client_id, secret, refreshed["refresh_token"]).status_code \
-        == 400
-    assert _userinfo(oidc, refreshed["access_token"]).status_code == 401
+    assert_code_replay_ends_the_tokens_refreshed_from_it(oidc, client.client_id, secret)
     # a CIBA session: approved with the card's certificate, refreshed
     ciba_client = oidc.client(name=f"CIBA {backend}", ciba=True)
     ciba_secret = str(ciba_client.client_secret)
