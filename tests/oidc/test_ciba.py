@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import jwt
 import requests
 
@@ -142,6 +144,34 @@ def test_a_revoked_card_cannot_approve(oidc: OidcServer) -> None:
     assert no_token.status_code == 401
     assert poll(oidc, client.client_id, str(client.client_secret),
                 auth_req_id).json()["error"] == "authorization_pending"
+
+
+def test_a_card_revoked_after_its_login_cannot_approve(oidc: OidcServer) -> None:
+    """``cps-login approve`` logs in, then shows each request and waits for the holder's
+    answer: a card revoked in between is refused at the approval itself (checked live, as a
+    refresh checks it), with or without the certificate in the body; nothing is approved."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.redteam.test_oidc_round4 import _new_card
+
+    card = _new_card(oidc, "ciba-revoked-late")
+    client = oidc.client(ciba=True)
+    secret = str(client.client_secret)
+    auth_req_id = start(oidc, client.client_id, secret, card).json()["auth_req_id"]
+    bearer = {"Authorization": "Bearer " + broker_token(oidc, card)}
+    lifecycle.revoke(oidc.env.auth, card.serial, "keyCompromise")
+    oidc.env.wait_ocsp(card.serial, "revoked")
+    certificate = base64.b64encode(card.auth.public_bytes(Encoding.DER)).decode()
+    for body in ({"certificate": certificate}, None):
+        refused = requests.post(f"{oidc.issuer}/oidc/ciba/{auth_req_id}/approve",
+                                headers=bearer, json=body, timeout=10)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["reason"] == "revoked"
+    assert poll(oidc, client.client_id, secret, auth_req_id).json()["error"] == \
+        "authorization_pending"
+    # the holder may still say no (nothing is granted by a denial)
+    assert requests.post(f"{oidc.issuer}/oidc/ciba/{auth_req_id}/deny", headers=bearer,
+                         timeout=10).status_code == 200
 
 
 def test_a_ciba_session_refreshes_only_while_the_approving_card_is_good(
