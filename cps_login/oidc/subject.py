@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from cps_login.token_key import TokenKey, b64url
@@ -51,7 +51,13 @@ class Subject:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Subject:
-        return cls(**{**data, "amr": tuple(data["amr"])})
+        """Tolerant both ways for a rolling upgrade: a field a newer replica added is left
+        out, one an older replica did not write takes its default (``cert``: no refresh)."""
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        return cls(**{**known, "amr": tuple(data["amr"])})
+
+
+_FIELDS = frozenset(f.name for f in fields(Subject))
 
 
 def digest(value: str) -> str:
