@@ -8,10 +8,13 @@ every ``FILE`` + ``FILE.p7s`` pair in ``DIR``. Exit 0 only when every report is 
 Trust: ``--trust PEM`` (roots and CA certificates, e.g. ``cps-admin ca export --all``) or the
 home's store (``--home``, ``$CPS_HOME``, ``./var/cps``). Revocation: the status tier named by
 each certificate (OCSP, CRL), else what the signature embeds; ``--offline`` uses only the latter.
+The issuing CA's status: the root's CRL, from ``--root-crl FILE`` (offline too) or the status
+tier.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -19,19 +22,24 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from cps_sign.report import Report
 from cps_sign.verify import Verifier
 
+if TYPE_CHECKING:
+    from cps_sign.revocation import LiveRevocation, RootCrls
+
 PROD_SIGN_POLICY = "1.2.250.1.213.1.7.1.1.1.4.1"
 MAX_FILE = 256 * 1024 * 1024
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -59,8 +67,42 @@ def load_pem_certificates(path: Path) -> list[x509.Certificate]:
     return certs
 
 
+def load_root_crls(files: tuple[str, ...], roots: list[x509.Certificate],
+                   live: LiveRevocation | None) -> RootCrls | None:
+    """``--root-crl`` files (PEM or DER), each a CRL signed by one of ``roots`` and not past
+    its nextUpdate: a stale or foreign file is an error here, not a silent "not checked"."""
+    if not files:
+        return None
+    from cps_sign.revocation import RootCrls
+
+    now = dt.datetime.now(dt.UTC)
+    crls = []
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {name}: {exc.strerror or exc}")
+        try:
+            crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
+                   else x509.load_der_x509_crl(data))
+        except ValueError:
+            fail(f"{name} holds no PEM or DER CRL")
+        root = next((c for c in roots if c.subject == crl.issuer), None)
+        key = root.public_key() if root is not None else None
+        if root is None or not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) \
+                or not crl.is_signature_valid(key):
+            fail(f"{name} is not a CRL signed by a trusted root (issuer: "
+                 f"{crl.issuer.rfc4514_string()})")
+        if crl.next_update_utc is not None and crl.next_update_utc < now:
+            fail(f"{name} is out of date (nextUpdate {crl.next_update_utc.isoformat()}): "
+                 "get the root's current CRL")
+        crls.append(crl)
+    return RootCrls(crls, fallback=live)
+
+
 def build_verifier(home: str | None, db_url: str | None, trust: str | None,
-                   policies: tuple[str, ...], offline: bool) -> Verifier:
+                   policies: tuple[str, ...], offline: bool,
+                   root_crl_files: tuple[str, ...] = ()) -> Verifier:
     from cps_sign.revocation import LiveRevocation
 
     live = None if offline else LiveRevocation()
@@ -70,7 +112,8 @@ def build_verifier(home: str | None, db_url: str | None, trust: str | None,
         if not roots:
             fail(f"{trust} holds no root (self-signed) certificate")
         return Verifier(roots, [c for c in certs if c not in roots],
-                        policies or (PROD_SIGN_POLICY,), live=live)
+                        policies or (PROD_SIGN_POLICY,), live=live,
+                        root_crls=load_root_crls(root_crl_files, roots, live))
     from pki.config import Config
     from pki.errors import PkiError
 
@@ -84,7 +127,8 @@ def build_verifier(home: str | None, db_url: str | None, trust: str | None,
     except (PkiError, OSError, ValueError) as exc:
         fail(f"cannot read the trust of {path}: {exc}")
     return Verifier(anchors, intermediates,
-                    policies or (config.profiles.sign_policy_oid,), live=live)
+                    policies or (config.profiles.sign_policy_oid,), live=live,
+                    root_crls=load_root_crls(root_crl_files, anchors, live))
 
 
 def home_trust(db_url: str) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
@@ -172,15 +216,18 @@ def batch_pairs(directory: Path) -> Iterator[tuple[Path, Path]]:
               help="signature certificate policy OID (default: the home's, or production's)")
 @click.option("--offline", is_flag=True,
               help="no network: revocation only from what the signatures embed (B-LT)")
+@click.option("--root-crl", "root_crls", multiple=True, type=click.Path(dir_okay=False),
+              help="the root's CRL (PEM or DER; repeatable): the issuing CA's status, "
+                   "offline too")
 def verify_main(file: str | None, signature: str | None, batch_dir: str | None,
                 as_json: bool, trust: str | None, home: str | None, db_url: str | None,
-                policies: tuple[str, ...], offline: bool) -> None:
+                policies: tuple[str, ...], offline: bool, root_crls: tuple[str, ...]) -> None:
     """Validate CAdES / PAdES signatures: TOTAL_PASSED, TOTAL_FAILED or INDETERMINATE."""
     if (file is None) == (batch_dir is None):
         fail("give one FILE or --batch DIR")
     if batch_dir is not None and signature is not None:
         fail("--signature applies to one FILE, not to --batch")
-    verifier = build_verifier(home, db_url, trust, policies, offline)
+    verifier = build_verifier(home, db_url, trust, policies, offline, root_crls)
     if file is not None:
         report = verify_one(verifier, Path(file), Path(signature) if signature else None)
         click.echo(json.dumps(report.as_dict()) if as_json else report.line())

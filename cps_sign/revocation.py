@@ -166,6 +166,55 @@ def _single_status(single: ocsp.OCSPSingleResponse, source: str,
                   reason.value if reason else None, invalidity, this, nxt)
 
 
+def ca_status_in(crl: x509.CertificateRevocationList, ca: x509.Certificate,
+                 root: x509.Certificate, now: dt.datetime) -> Status | None:
+    """The CA's status in ``crl`` when it is a usable CRL of ``root`` (named and signed by it,
+    not past its nextUpdate); None otherwise."""
+    root_key = root.public_key()
+    if (not isinstance(root_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+            or crl.issuer != root.subject or not crl.is_signature_valid(root_key)
+            or (crl.next_update_utc is not None and crl.next_update_utc < now)):
+        return None
+    entry = crl.get_revoked_certificate_by_serial_number(ca.serial_number)
+    if entry is None:
+        return Status("good", "root CRL", this_update=crl.last_update_utc,
+                      next_update=crl.next_update_utc)
+    try:
+        reason: str | None = entry.extensions.get_extension_for_class(
+            x509.CRLReason).value.reason.value
+    except x509.ExtensionNotFound:
+        reason = None
+    try:
+        invalid: dt.datetime | None = entry.extensions.get_extension_for_class(
+            x509.InvalidityDate).value.invalidity_date_utc
+    except x509.ExtensionNotFound:
+        invalid = None
+    return Status("hold" if reason == "certificateHold" else "revoked", "root CRL",
+                  entry.revocation_date_utc, reason, invalid, crl.last_update_utc,
+                  crl.next_update_utc)
+
+
+class RootCrls:
+    """Roots' CRLs given as files (``cps-verify --root-crl``): the issuing CA's status without
+    the network. A CRL past its nextUpdate is not used (the report then says so); ``fallback``
+    (the status tier, online) is asked when no file answers for that root."""
+
+    def __init__(self, crls: list[x509.CertificateRevocationList], clock: Clock = SYSTEM_CLOCK,
+                 fallback: LiveRevocation | None = None) -> None:
+        self._crls = crls
+        self._clock = clock
+        self._fallback = fallback
+
+    def ca_status(self, ca: x509.Certificate, root: x509.Certificate) -> Status | None:
+        now = self._clock.now()
+        for crl in self._crls:
+            status = ca_status_in(crl, ca, root, now)
+            if status is not None:
+                return Status(status.status, "root CRL file", status.revoked_at, status.reason,
+                              status.invalidity_date, status.this_update, status.next_update)
+        return self._fallback.ca_status(ca, root) if self._fallback is not None else None
+
+
 class LiveRevocation:
     """The status tier's answer now, through ``cps_login.revocation.RevocationChecker`` (OCSP at
     the certificate's AIA URL, the CRL when OCSP cannot answer), plus the invalidity date of a
@@ -225,35 +274,14 @@ class LiveRevocation:
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
         status: Status | None = None
-        root_key = root.public_key()
         for url in _crl_urls(ca, (x509.CRLDistributionPoints,)):
             try:
                 crl = x509.load_der_x509_crl(self._fetcher.get(url, self._timeout))
             except (FetchError, ValueError, OSError):
                 continue
-            if (not isinstance(root_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
-                    or crl.issuer != root.subject or not crl.is_signature_valid(root_key)
-                    or (crl.next_update_utc is not None and crl.next_update_utc < now)):
-                continue
-            entry = crl.get_revoked_certificate_by_serial_number(ca.serial_number)
-            if entry is None:
-                status = Status("good", "root CRL", this_update=crl.last_update_utc,
-                                next_update=crl.next_update_utc)
+            status = ca_status_in(crl, ca, root, now)
+            if status is not None:
                 break
-            try:
-                reason: str | None = entry.extensions.get_extension_for_class(
-                    x509.CRLReason).value.reason.value
-            except x509.ExtensionNotFound:
-                reason = None
-            try:
-                invalid: dt.datetime | None = entry.extensions.get_extension_for_class(
-                    x509.InvalidityDate).value.invalidity_date_utc
-            except x509.ExtensionNotFound:
-                invalid = None
-            status = Status("hold" if reason == "certificateHold" else "revoked", "root CRL",
-                            entry.revocation_date_utc, reason, invalid, crl.last_update_utc,
-                            crl.next_update_utc)
-            break
         with self._lock:
             if len(self._ca_cache) > 1_000:
                 self._ca_cache.clear()

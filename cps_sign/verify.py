@@ -48,7 +48,7 @@ from cps_sign import fastcms
 from cps_sign import report as r
 from cps_sign.cmsparts import SignedParts, TstParts, from_signed_data, oid_name, tst_from_token
 from cps_sign.report import Report, Verdict
-from cps_sign.revocation import LiveRevocation, OcspChecker, Status, Unusable
+from cps_sign.revocation import LiveRevocation, OcspChecker, RootCrls, Status, Unusable
 from pki.bytelru import ByteLru
 from pki.clock import SYSTEM_CLOCK, Clock
 
@@ -121,12 +121,13 @@ class Verifier:
 
     ``intermediates``: CA certificates to build paths with besides those a signature carries.
     ``sign_policies``: the certificate policy OIDs of signature certificates.
-    ``live``: revocation from the status tier (None: only what signatures embed)."""
+    ``live``: revocation from the status tier (None: only what signatures embed).
+    ``root_crls``: roots' CRLs given as files, for the issuing CA's status (offline too)."""
 
     def __init__(self, anchors: Sequence[x509.Certificate],
                  intermediates: Sequence[x509.Certificate], sign_policies: Sequence[str], *,
                  live: LiveRevocation | None = None, clock: Clock = SYSTEM_CLOCK,
-                 fast: bool = True) -> None:
+                 fast: bool = True, root_crls: RootCrls | None = None) -> None:
         if not anchors:
             raise ValueError("no trust anchor: the IGC-Santé root certificate is needed")
         self._anchors = list(anchors)
@@ -134,6 +135,7 @@ class Verifier:
         self._policies = frozenset(sign_policies)
         self._store = xv.Store(self._anchors)
         self._live = live
+        self._ca_status: RootCrls | LiveRevocation | None = root_crls or live
         self._clock = clock
         self._ocsp = OcspChecker()
         # What an anonymous caller sends is never kept: certificates and paths are cached only
@@ -245,7 +247,7 @@ class Verifier:
         tsa_note = ""
         if stamp is not None:
             try:
-                tsa_note = self._check_tsa_status(stamp, embedded)
+                tsa_note = self._check_tsa_status(stamp, embedded, path.issuer)
             except Verdict as verdict:
                 stamp, stamp_error = None, verdict.detail
         level = "B-LT" if stamp and embedded else "B-T" if parts.tst is not None else "B-B"
@@ -405,7 +407,8 @@ class Verifier:
                        if c.subject == tsa.issuer and c != tsa), None)
         return _TimeStamp(t.gen_time, tsa.subject.rfc4514_string(), tsa, issuer)
 
-    def _check_tsa_status(self, stamp: _TimeStamp, embedded: list[bytes]) -> str:
+    def _check_tsa_status(self, stamp: _TimeStamp, embedded: list[bytes],
+                          signer_ca: x509.Certificate) -> str:
         """The TSA certificate's status: from the OCSP response the B-LT signature embeds for
         it, else the status tier (B-T). Revoked or on hold at or before the genTime: the time
         stamp proves nothing (NO_POE). No data, or a responder that does not know the TSA:
@@ -424,10 +427,11 @@ class Verifier:
                 status = self._live.status(stamp.cert, stamp.issuer)
             except Unusable:
                 status = None
+        ca_note = "" if stamp.issuer == signer_ca else self._check_tsa_ca(stamp)
         if status is None or status.status == "unknown":
-            return "; TSA: no revocation data"
+            return "; TSA: no revocation data" + ca_note
         if status.status == "good":
-            return f"; TSA good ({status.source})"
+            return f"; TSA good ({status.source})" + ca_note
         assert status.revoked_at is not None
         since = status.revoked_at
         if status.invalidity_date is not None and status.invalidity_date < since:
@@ -437,7 +441,25 @@ class Verifier:
                           f"the TSA certificate is {status.status} "
                           f"({status.reason or 'unspecified'}) since {since.isoformat()}, "
                           "before its time stamp")
-        return f"; TSA {status.status} since {since.isoformat()}, after the time stamp"
+        return f"; TSA {status.status} since {since.isoformat()}, after the time stamp" + ca_note
+
+    def _check_tsa_ca(self, stamp: _TimeStamp) -> str:
+        """The TSA's issuing CA in its root's CRL, judged as the TSA certificate itself is:
+        revoked at or before the genTime, or on hold, and the time stamp proves nothing
+        (NO_POE). The signer's own CA is judged as such (REVOKED_CA_NO_POE), not here; a good
+        CA is not noted."""
+        assert stamp.issuer is not None
+        found = self._ca_in_root_crl(stamp.issuer)
+        if isinstance(found, str):
+            return ""
+        status, since = found
+        if since <= stamp.gen_time or status.status == "hold":
+            raise Verdict(r.INDETERMINATE, r.NO_POE,
+                          f"the TSA's issuing CA is "
+                          f"{'on hold' if status.status == 'hold' else 'revoked'} "
+                          f"({status.reason or 'unspecified'}) in the root's CRL since "
+                          f"{since.isoformat()}, before the time stamp")
+        return f"; TSA's CA revoked since {since.isoformat()}, after the time stamp"
 
     def _check_tsa(self, tsa: x509.Certificate, others: list[bytes]) -> None:
         der = tsa.tbs_certificate_bytes + tsa.signature
@@ -501,26 +523,15 @@ class Verifier:
                       + (": " + "; ".join(problems) if problems else ""))
 
     def _check_ca(self, path: _Path, at: dt.datetime, *, proven: bool) -> str:
-        """The issuing CA in its root's CRL, when the status tier is asked and serves one
-        (offline, or no root CRL: not checked, and the report says so). A CA revoked or on
-        hold at the signing time, or revoked since with no time stamp proving the signature
-        came first: INDETERMINATE/REVOKED_CA_NO_POE (EN 319 102-1: the signing certificate
-        alone gives TOTAL_FAILED/REVOKED)."""
-        if self._live is None:
-            return ""
-        ca = path.issuer
-        root = next((a for a in self._anchors if a.subject == ca.issuer), None)
-        if root is None or ca.subject == ca.issuer:
-            return ""
-        status = self._live.ca_status(ca, root)
-        if status is None:
-            return "; issuing CA: no root CRL"
-        if status.status == "good":
-            return "; issuing CA good (root CRL)"
-        assert status.revoked_at is not None
-        since = status.revoked_at
-        if status.invalidity_date is not None and status.invalidity_date < since:
-            since = status.invalidity_date
+        """The issuing CA in its root's CRL: a file given (``root_crls``), else the status
+        tier's (offline with no file, or no usable root CRL: not checked, and the report says
+        so). A CA revoked or on hold at the signing time, or revoked since with no time stamp
+        proving the signature came first: INDETERMINATE/REVOKED_CA_NO_POE (EN 319 102-1: the
+        signing certificate alone gives TOTAL_FAILED/REVOKED)."""
+        found = self._ca_in_root_crl(path.issuer)
+        if isinstance(found, str):
+            return found
+        status, since = found
         if since <= at or not proven or status.status == "hold":
             raise Verdict(r.INDETERMINATE, r.REVOKED_CA_NO_POE,
                           f"the issuing CA is {'on hold' if status.status == 'hold' else 'revoked'}"
@@ -529,6 +540,26 @@ class Verifier:
                           + (", at or before the signing time" if since <= at else
                              ", and no time stamp proves the signature came first"))
         return f"; issuing CA revoked since {since.isoformat()}, after the signing time"
+
+    def _ca_in_root_crl(self, ca: x509.Certificate) -> str | tuple[Status, dt.datetime]:
+        """A CA's entry in its root's CRL: (status, effective since) when revoked or on hold,
+        else the report's note (good, no root CRL, not checked; "" when ``ca`` is a root or
+        not under one of ours)."""
+        root = next((a for a in self._anchors if a.subject == ca.issuer), None)
+        if root is None or ca.subject == ca.issuer:
+            return ""
+        if self._ca_status is None:
+            return "; issuing CA not checked (offline, no --root-crl)"
+        status = self._ca_status.ca_status(ca, root)
+        if status is None:
+            return "; issuing CA: no root CRL"
+        if status.status == "good":
+            return f"; issuing CA good ({status.source})"
+        assert status.revoked_at is not None
+        since = status.revoked_at
+        if status.invalidity_date is not None and status.invalidity_date < since:
+            since = status.invalidity_date
+        return status, since
 
     @staticmethod
     def _check_status(status: Status, at: dt.datetime, *, proven: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -206,3 +207,145 @@ def test_b_lt_tsa_certificate_status_from_what_it_embeds(hierarchy: dict[str, ob
     else:
         assert (report.indication, report.sub_indication) == (r.INDETERMINATE, r.NO_POE)
         assert "TSA certificate is revoked" in report.detail, report
+
+
+@pytest.fixture(scope="module")
+def b_lt(hierarchy: dict[str, object]) -> bytes:
+    """A B-LT signature (time stamp, the signer's and the TSA's OCSP responses embedded): what
+    an offline verifier can judge on its own."""
+    from cps_sign.testing import LocalTsa, tsa_certificate
+
+    root, ca, ca_key, card = (hierarchy[k] for k in ("root", "ca", "ca_key", "card"))
+    assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
+    assert isinstance(ca_key, rsa.RSAPrivateKey) and isinstance(card, SoftwareCard)
+    tsa_key = rsa.generate_private_key(65537, 2048)
+    tsa = LocalTsa(tsa_certificate(ca, ca_key, tsa_key), tsa_key, [ca])
+    leaf = card.certs["sign"]
+    return sign_cades(
+        b"care claim\n", CardSigner(card, "1234"), level="B-LT", timestamper=tsa.stamper,
+        chain=[ca, root], ocsp_for=lambda: _ocsp(leaf, ca, ca_key, None),
+        tsa_ocsp_for=lambda cert, _: _ocsp(cert, ca, ca_key, None))
+
+
+def _offline(h: dict[str, object], crls: list[bytes] | None) -> Verifier:
+    from cps_sign.revocation import RootCrls
+
+    root, ca = h["root"], h["ca"]
+    assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
+    files = None if crls is None else RootCrls([x509.load_der_x509_crl(c) for c in crls])
+    return Verifier([root], [ca], [POLICY], root_crls=files)
+
+
+def test_offline_the_issuing_ca_from_a_root_crl_file(hierarchy: dict[str, object],
+                                                     b_lt: bytes) -> None:
+    """``--root-crl``: the issuing CA's status without the network; without it the report
+    says the CA was not checked rather than nothing."""
+    plain = _offline(hierarchy, None).verify_cades(b"care claim\n", b_lt)
+    assert plain.indication == r.TOTAL_PASSED, plain
+    assert plain.revocation is not None and "issuing CA not checked (offline" in plain.revocation
+    good = _offline(hierarchy, [_root_crl(hierarchy, None)]).verify_cades(b"care claim\n", b_lt)
+    assert good.indication == r.TOTAL_PASSED, good
+    assert good.revocation is not None and "issuing CA good (root CRL file)" in good.revocation
+    revoked = _offline(hierarchy, [_root_crl(hierarchy, NOW - dt.timedelta(days=2))])
+    report = revoked.verify_cades(b"care claim\n", b_lt)
+    assert (report.indication, report.sub_indication) == (r.INDETERMINATE,
+                                                          r.REVOKED_CA_NO_POE), report
+    # revoked after the time stamp: the time stamp proves the signature came first
+    later = _offline(hierarchy, [_root_crl(hierarchy, NOW + dt.timedelta(minutes=5))])
+    report = later.verify_cades(b"care claim\n", b_lt)
+    assert report.indication == r.TOTAL_PASSED, report
+    assert report.revocation is not None and "after the signing time" in report.revocation
+
+
+def test_cps_verify_root_crl_option(hierarchy: dict[str, object], b_lt: bytes,
+                                    tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root, ca, root_key = hierarchy["root"], hierarchy["ca"], hierarchy["root_key"]
+    assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
+    assert isinstance(root_key, ec.EllipticCurvePrivateKey)
+    (tmp_path / "claim.txt").write_bytes(b"care claim\n")
+    (tmp_path / "claim.txt.p7s").write_bytes(b_lt)
+    pem = tmp_path / "trust.pem"
+    pem.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (root, ca)))
+    good = x509.load_der_x509_crl(_root_crl(hierarchy, None))
+    (tmp_path / "good.pem").write_bytes(good.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "revoked.crl").write_bytes(_root_crl(hierarchy, NOW - dt.timedelta(days=2)))
+    other = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "forged.crl").write_bytes(
+        x509.CertificateRevocationListBuilder().issuer_name(root.subject).last_update(NOW)
+        .next_update(NOW + dt.timedelta(days=1)).sign(other, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER))
+    (tmp_path / "stale.crl").write_bytes(
+        x509.CertificateRevocationListBuilder().issuer_name(root.subject)
+        .last_update(NOW - dt.timedelta(days=100)).next_update(NOW - dt.timedelta(days=10))
+        .sign(root_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    (tmp_path / "junk.crl").write_bytes(b"\x30\x03\x02\x01\x01")
+    verify = str(Path(sys.executable).with_name("cps-verify"))
+
+    def run(*crl: str) -> subprocess.CompletedProcess[str]:
+        args = [verify, str(tmp_path / "claim.txt"), "--trust", str(pem), "--policy", POLICY,
+                "--offline", "--json"]
+        for name in crl:
+            args += ["--root-crl", str(tmp_path / name)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+    proc = run("good.pem")
+    assert proc.returncode == 0, proc.stderr
+    assert "issuing CA good (root CRL file)" in json.loads(proc.stdout)["revocation"]
+    proc = run("revoked.crl")
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["sub_indication"] == "REVOKED_CA_NO_POE"
+    for name, says in (("forged.crl", "not a CRL signed by a trusted root"),
+                       ("stale.crl", "out of date"), ("junk.crl", "no PEM or DER CRL"),
+                       ("missing.crl", "cannot read")):
+        proc = run(name)
+        assert proc.returncode == 2 and proc.stdout == "", (name, proc.stdout, proc.stderr)
+        assert proc.stderr.startswith("error: ") and says in proc.stderr, (name, proc.stderr)
+        assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("ca_revoked", [NOW - dt.timedelta(days=2),
+                                        NOW + dt.timedelta(minutes=5), None])
+def test_the_tsas_own_issuing_ca_in_the_root_crl(hierarchy: dict[str, object],
+                                                 ca_revoked: dt.datetime | None) -> None:
+    """A TSA under a CA of its own: that CA revoked before the time stamp leaves the signature
+    without proof of time (NO_POE), as the TSA certificate itself would; revoked after it is
+    noted; the signer's CA (good) is reported as before."""
+    from cps_sign.revocation import RootCrls
+    from cps_sign.testing import LocalTsa, tsa_certificate
+
+    root, root_key, ca, ca_key, card = (hierarchy[k] for k in
+                                        ("root", "root_key", "ca", "ca_key", "card"))
+    assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
+    assert isinstance(root_key, ec.EllipticCurvePrivateKey)
+    assert isinstance(ca_key, rsa.RSAPrivateKey) and isinstance(card, SoftwareCard)
+    tsa_ca_key = rsa.generate_private_key(65537, 2048)
+    tsa_ca = _ca("Test TSA CA", tsa_ca_key, root, root_key)
+    tsa_key = rsa.generate_private_key(65537, 2048)
+    tsa = LocalTsa(tsa_certificate(tsa_ca, tsa_ca_key, tsa_key), tsa_key, [tsa_ca])
+    leaf = card.certs["sign"]
+    signature = sign_cades(
+        b"care claim\n", CardSigner(card, "1234"), level="B-LT", timestamper=tsa.stamper,
+        chain=[ca, root], ocsp_for=lambda: _ocsp(leaf, ca, ca_key, None),
+        tsa_ocsp_for=lambda cert, _: _ocsp(cert, tsa_ca, tsa_ca_key, None))
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(root.subject)
+               .last_update(NOW - dt.timedelta(hours=1))
+               .next_update(NOW + dt.timedelta(days=90)))
+    if ca_revoked is not None:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(tsa_ca.serial_number)
+            .revocation_date(ca_revoked).build())
+    crl = builder.sign(root_key, hashes.SHA256())
+    verifier = Verifier([root], [ca, tsa_ca], [POLICY], root_crls=RootCrls([crl]))
+    report = verifier.verify_cades(b"care claim\n", signature)
+    if ca_revoked is not None and ca_revoked < NOW:
+        assert (report.indication, report.sub_indication) == (r.INDETERMINATE, r.NO_POE)
+        assert "the TSA's issuing CA is revoked" in report.detail, report
+        return
+    assert report.indication == r.TOTAL_PASSED, report
+    assert report.revocation is not None
+    assert "issuing CA good (root CRL file)" in report.revocation
+    assert ("TSA's CA revoked since" in report.revocation) == (ca_revoked is not None)
