@@ -98,6 +98,8 @@ class TimeStampAuthority:
         self.settings = settings
         self.clock = clock
         self.certificate = certificate
+        # Why this TSA must not stamp now (its own certificate revoked or on hold), or None.
+        self.suspended: str | None = None
         der = certificate.public_bytes(serialization.Encoding.DER)
         self._cert = asn1_x509.Certificate.load(der)
         chain_certs = [asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
@@ -157,7 +159,8 @@ class TimeStampAuthority:
         try:
             token = self.token(request)
         except Rejected as refused:
-            log.error("time stamp refused: %s", refused.text)
+            if self.suspended is None:      # a suspension is logged once, where it is decided
+                log.error("time stamp refused: %s", refused.text)
             return rejection(refused.fail_info, refused.text)
         except Exception:   # the HSM away, a broken session: the client gets an answer
             log.exception("time-stamp signature failed")
@@ -210,6 +213,9 @@ class TimeStampAuthority:
 
     def token(self, request: tsp.TimeStampReq) -> cms.ContentInfo:
         """The TimeStampToken (CMS SignedData over the TSTInfo), signed by the TSA key."""
+        if self.suspended is not None:
+            # RFC 3161 has no failInfo for it: a system failure, with the reason in clear.
+            raise Rejected("system_failure", self.suspended)
         info = self.tst_info(request)
         now = info["gen_time"].native
         if not (self.certificate.not_valid_before_utc <= now

@@ -123,6 +123,13 @@ class OcspConfig:
 
 
 @dataclass(frozen=True)
+class TsaConfig:
+    # How often the tsa role asks the status tier for its own certificate's status (it stops
+    # stamping while revoked or on hold).
+    status_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     # Test PKI arc by default; production uses 1.2.250.1.213.1.7.1.1.1.5.1 / .4.1 (SPEC §3).
     auth_policy_oid: str = "1.2.250.1.213.1.7.1.1.1.5.1"
@@ -150,6 +157,7 @@ class Config:
     crl: CrlConfig = field(default_factory=CrlConfig)
     ocsp: OcspConfig = field(default_factory=OcspConfig)
     profiles: ProfileConfig = field(default_factory=ProfileConfig)
+    tsa: TsaConfig = field(default_factory=TsaConfig)
 
     # --- paths ---------------------------------------------------------------------------
     def path(self, relative: str) -> Path:
@@ -206,6 +214,7 @@ class Config:
                 crl=CrlConfig(**raw.get("crl", {})),
                 ocsp=OcspConfig(**raw.get("ocsp", {})),
                 profiles=ProfileConfig(**raw.get("profiles", {})),
+                tsa=TsaConfig(**raw.get("tsa", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: invalid configuration ({exc})") from None

@@ -12,6 +12,14 @@ Replicas: any number of processes on one home; each opens its own session on the
 share nothing mutable: serial numbers are 127 random bits (cps_sign.tsa). The store is not
 needed at all.
 
+Its own status: a TSA whose certificate is revoked must stop stamping (its tokens would prove
+nothing). At start the role asks the status tier (OCSP at the certificate's AIA, else its CRL)
+and refuses to start when the certificate is revoked or on hold; then a thread asks again every
+``tsa.status_seconds`` of config.json (60 s): revoked or on hold, every query is rejected
+(``systemFailure`` with the reason) until a hold is released; a revoked TSA stays suspended
+(a restart refuses). The status tier away does not stop the TSA (a verifier checks the TSA
+certificate's status at the time stamp anyway): it is logged.
+
 The protocol is ``cps_sign.tsa.TimeStampAuthority``; this module wires it to the HTTP server:
 the handler parses nothing on the event loop, it hands the body to a small thread pool (the
 HSM session lock in pki.hsm serialises the C_Sign calls of concurrent requests).
@@ -22,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +52,7 @@ from pki.http import Request, Response
 from pki.http.wire import Limits
 
 if TYPE_CHECKING:
+    from cps_login.revocation import RevocationChecker
     from pki.hsm import Hsm
 
 log = logging.getLogger("cps.tsa")
@@ -94,6 +104,88 @@ def load_authority(config: Config, hsm: Hsm, clock: Clock = SYSTEM_CLOCK
             from None
 
 
+class OwnStatusWatch:
+    """Asks the status tier for the TSA certificate's status and suspends ``authority`` while it
+    is revoked or on hold (see the module's docstring)."""
+
+    def __init__(self, authority: TimeStampAuthority, issuer: x509.Certificate | None,
+                 interval: float, checker: RevocationChecker | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        from cps_login.revocation import RevocationChecker
+
+        self.authority = authority
+        self.issuer = issuer
+        self.interval = interval
+        self.checker = checker or RevocationChecker(clock)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.revoked = False
+
+    def check(self) -> str | None:
+        """One check: the status seen (None when the status tier gave no answer)."""
+        from cps_login.errors import RevocationUnavailable
+
+        if self.issuer is None or self.revoked:
+            return "revoked" if self.revoked else None
+        cert = self.authority.certificate
+        try:
+            status = self.checker.status(cert, self.issuer).status
+        except RevocationUnavailable as exc:
+            log.warning("TSA certificate %X: no revocation answer (%s); still stamping",
+                        cert.serial_number, exc)
+            return None
+        except Exception:       # never let the watch die: it is the only one
+            log.exception("TSA certificate %X: status check failed", cert.serial_number)
+            return None
+        if status in ("revoked", "hold"):
+            what = "revoked" if status == "revoked" else "on hold"
+            reason = f"this TSA's certificate {cert.serial_number:X} is {what}: no time stamp"
+            if self.authority.suspended != reason:
+                log.error("%s; every query is rejected%s", reason,
+                          " until it is renewed (cps-admin tsa cert) and the role restarted"
+                          if status == "revoked" else " while the hold lasts")
+            self.authority.suspended = reason
+            self.revoked = status == "revoked"
+        elif status == "good" and self.authority.suspended is not None:
+            log.warning("TSA certificate %X: hold released; stamping again", cert.serial_number)
+            self.authority.suspended = None
+        elif status == "status_unknown":
+            log.warning("TSA certificate %X: the responder does not know it; still stamping",
+                        cert.serial_number)
+        return status
+
+    def start(self) -> None:
+        if self.issuer is None:
+            log.warning("TSA chain without the issuing CA: its own status is not watched")
+            return
+        self._thread = threading.Thread(target=self._run, name="tsa-status", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def watch_own_status(config: Config, authority: TimeStampAuthority,
+                     chain: list[x509.Certificate]) -> OwnStatusWatch:
+    """The start-up check (revoked or on hold: ``ConfigError``), then the watch, started."""
+    issuer = next((c for c in chain[1:] if c.subject == authority.certificate.issuer), None)
+    watch = OwnStatusWatch(authority, issuer, max(float(config.tsa.status_seconds), 0.2))
+    status = watch.check()
+    if status in ("revoked", "hold"):
+        raise ConfigError(f"the TSA certificate {authority.certificate.serial_number:X} is "
+                          f"{'revoked' if status == 'revoked' else 'on hold'}: "
+                          + ("issue a new one with `cps-admin tsa cert`" if status == "revoked"
+                             else "release the hold first"))
+    watch.start()
+    return watch
+
+
 class TsaEndpoint:
     """The pki.http handler of ``POST /tsa``."""
 
@@ -140,8 +232,10 @@ def run_tsa(home: Path, db_url: str | None, *, host: str, port: int,
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     hsm = open_tsa_token(config)
+    watch: OwnStatusWatch | None = None
     try:
         authority = load_authority(config, hsm)
+        watch = watch_own_status(config, authority, read_chain(config))
         cert = authority.certificate
         print(f"tsa pid {os.getpid()}: TSA token {config.hsm.tsa_token_label} — signs time "
               f"stamps only, no CA key; certificate {cert.serial_number:X} "
@@ -151,4 +245,6 @@ def run_tsa(home: Path, db_url: str | None, *, host: str, port: int,
             serve(host, port, [endpoint], None, limits=LIMITS, reuse_port=reuse_port,
                   metrics=[endpoint.metrics_text], metrics_port=metrics_port)
     finally:
+        if watch is not None:
+            watch.stop()
         hsm.close()
