@@ -6,18 +6,12 @@ say in their own language (``invalid.<key>`` in ``cps_login/pages/i18n.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import io
 import json
 import logging
-import multiprocessing
-import os
-import signal
-import sys
 import threading
-import time
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pki import sandbox
 from pki.errors import InvalidInput
 from pki.pdfguard import declared_size_problem
 
@@ -154,10 +149,9 @@ _PDF_CHECK_WAIT = 10.0                 # seconds an upload waits for one of them
 _PDF_ANSWER_MAX = 4096                 # bytes of the child's answer (JSON)
 _PDF_SLOTS = threading.BoundedSemaphore(_PDF_CHECKS_AT_ONCE)
 _TOO_COMPLEX = "too large or too complex to read safely"
-# Imported once by the fork server, not by each child.
-_PDF_CHILD_IMPORTS = ("pyhanko.pdf_utils.reader", "pyhanko.pdf_utils.filters",
-                      "pyhanko.pdf_utils.decode_limits")
-_RUNPY_QUIET = "ignore::RuntimeWarning:runpy"
+# Imported once by the fork server (pki.sandbox), not by each child.
+sandbox.preload(__name__, "pyhanko.pdf_utils.reader", "pyhanko.pdf_utils.filters",
+                "pyhanko.pdf_utils.decode_limits")
 
 
 class _Unreadable(Exception):
@@ -202,29 +196,6 @@ def _read_pdf(data: bytes) -> tuple[int, str | None]:
     return pages, active
 
 
-@functools.cache
-def _pdf_context() -> Any:
-    """multiprocessing's "forkserver": the server process is threaded (gunicorn's gthread
-    workers), and a fork of it would copy locks other threads hold. The fork server is a fresh
-    single-threaded interpreter (started once, by fork + exec) that imports this module and
-    pyHanko, then forks one child for each check.
-
-    Each child also runs the server's main module again, as ``__mp_main__`` (multiprocessing's
-    rule). When the server was started by module name (``python -m pki.cli.admin serve``), the
-    fork server imports that module too, so the run finds its imports done: ~5 ms a check, not
-    the ~0.6 s they take; runpy's warning that the module is already imported is silenced in
-    the fork server (``-W``, the only way to reach it before a child's first line)."""
-    context = multiprocessing.get_context("forkserver")
-    main = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None)
-    preload = [__name__, *_PDF_CHILD_IMPORTS]
-    if isinstance(main, str) and not main.endswith("__main__"):
-        preload.insert(0, main)
-        if _RUNPY_QUIET not in sys.warnoptions:
-            sys.warnoptions.append(_RUNPY_QUIET)   # read by interpreters started from now on
-    context.set_forkserver_preload(preload)
-    return context
-
-
 def _read_pdf_in_child(data: bytes) -> tuple[int, str | None]:
     """``_read_pdf(data)`` in a child process with hard limits (``_PDF_CHILD_*``), at most
     ``_PDF_CHECKS_AT_ONCE`` at a time (then waiting up to ``_PDF_CHECK_WAIT``, then refused as
@@ -239,44 +210,12 @@ def _read_pdf_in_child(data: bytes) -> tuple[int, str | None]:
 
 def _run_child(data: bytes) -> bytes | None:
     """The child's answer, or None when it gave none (killed, crashed, or timed out)."""
-    context = _pdf_context()
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_pdf_child, name="cps-pdf-check", daemon=True,
-                            args=(send, data, _PDF_CHILD_MEMORY, _PDF_CHILD_CPU))
     try:
-        try:
-            child.start()
-        except (OSError, EOFError):  # no process or no fork server: the machine, not the file
-            log.exception("PDF check: no child process")
-            raise Refused("pdf_busy") from None
-        finally:
-            send.close()             # the child's end: EOF here when the child is gone
-        answer = None
-        started = time.monotonic()
-        if receive.poll(_PDF_CHILD_WALL):    # an answer, or EOF: the child is done
-            with contextlib.suppress(EOFError, OSError):  # gone without a word (or too many)
-                answer = receive.recv_bytes(_PDF_ANSWER_MAX)
-            child.join(1.0)
-        if child.exitcode is None:           # past the wall time
-            child.kill()
-            child.join()
-        if answer is None:
-            log.warning("PDF check: no answer from the child after %.1f s (%s): refused",
-                        time.monotonic() - started, _exit_text(child.exitcode))
-        return answer
-    finally:
-        receive.close()
-        if child.exitcode is not None:
-            child.close()
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None or code >= 0:
-        return f"exit status {code}"
-    try:
-        return f"signal {signal.Signals(-code).name}"
-    except ValueError:
-        return f"signal {-code}"
+        return sandbox.run_child(_pdf_child, (data, _PDF_CHILD_MEMORY, _PDF_CHILD_CPU),
+                                 wall=_PDF_CHILD_WALL, answer_max=_PDF_ANSWER_MAX,
+                                 name="cps-pdf-check")
+    except sandbox.NoChild:
+        raise Refused("pdf_busy") from None
 
 
 def _answer(raw: bytes | None) -> tuple[int, str | None]:
@@ -297,7 +236,7 @@ def _answer(raw: bytes | None) -> tuple[int, str | None]:
 
 def _pdf_child(send: Connection, data: bytes, memory: int, cpu: int) -> None:
     """In the child: the limits, then ``_read_pdf(data)``, its answer sent as JSON."""
-    _limit_child(memory, cpu)
+    sandbox.limit_child(memory, cpu)
     logging.disable(logging.CRITICAL)    # pyHanko's warnings, one per damaged object
     answer: dict[str, Any] = {"unreadable": _TOO_COMPLEX}
     try:
@@ -309,22 +248,6 @@ def _pdf_child(send: Connection, data: bytes, memory: int, cpu: int) -> None:
         pass                             # allocate); what the parse held is freed only now
     send.send_bytes(json.dumps(answer).encode())
     send.close()
-
-
-def _limit_child(memory: int, cpu: int) -> None:
-    """Hard limits on this (child) process: ``memory`` bytes of address space more than it has
-    now, ``cpu`` seconds of CPU, no core file."""
-    import resource
-
-    with open("/proc/self/statm", "rb") as statm:
-        size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    for which, soft, hard in ((resource.RLIMIT_AS, size + memory, size + memory),
-                              (resource.RLIMIT_CPU, cpu, cpu + 1),
-                              (resource.RLIMIT_CORE, 0, 0)):
-        ceiling = resource.getrlimit(which)[1]
-        if ceiling != resource.RLIM_INFINITY:
-            soft, hard = min(soft, ceiling), min(hard, ceiling)
-        resource.setrlimit(which, (soft, hard))
 
 
 @functools.cache

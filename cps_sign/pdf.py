@@ -1,16 +1,28 @@
 """What a PAdES signature is made of, read with pyHanko: the CMS, the digest of the signed
-byte range, the coverage of the document, and the OCSP responses of the DSS (B-LT)."""
+byte range, the coverage of the document, and the OCSP responses of the DSS (B-LT).
+
+``read_pdf_signature`` reads in this process (``cps-verify`` on a local file);
+``read_pdf_signature_isolated`` in a child with hard limits (pki.sandbox), for ``POST /verify``:
+a 2 KB PDF whose one array holds a million entries costs pyHanko 11 s of CPU and +290 MB, and
+the decode budget bounds inflated bytes, not the objects built of them."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
 from asn1crypto import cms
 
 from cps_sign import report as r
 from cps_sign.report import Verdict
+from pki import sandbox
 from pki.pdfguard import declared_size_problem
 
 MiB = 1024 * 1024
@@ -20,6 +32,22 @@ MiB = 1024 * 1024
 # the public POST /verify made the broker hold 259 MiB and spend 1.8 s of CPU.
 DOCUMENT_DECODE_BASE = 16 * MiB
 DOCUMENT_DECODE_RATIO = 100
+
+# The child that reads a posted PDF (read_pdf_signature_isolated).
+CHILD_MEMORY = 384 * MiB        # address space it may add to what it starts with
+CHILD_CPU = 10                  # seconds of CPU: SIGXCPU, then SIGKILL a second later
+CHILD_WALL = 15.0               # seconds until the parent kills it
+CHILDREN_AT_ONCE = 2            # per server process
+CHILD_WAIT = 10.0               # seconds a request waits for a free child, then PdfBusy
+_ANSWER_MAX = 4 * MiB           # the CMS and the DSS's OCSP responses of a posted PDF
+_SLOTS = threading.BoundedSemaphore(CHILDREN_AT_ONCE)
+_TOO_COMPLEX = "not a readable PDF: too large or too complex to read safely"
+sandbox.preload(__name__, "pyhanko.pdf_utils.reader", "pyhanko.sign.validation",
+                "pyhanko.sign.diff_analysis")
+
+
+class PdfBusy(Exception):
+    """Every PDF child of this process is busy (or none can be started): try again later."""
 
 
 def _decode_limits() -> object:
@@ -82,3 +110,84 @@ def read_pdf_signature(pdf: bytes) -> PdfSignature:
     except (PdfError, ValueError, KeyError, TypeError, AttributeError):
         ocsp = []     # no DSS (B-B, B-T) or an unreadable one: no embedded revocation data
     return PdfSignature(sig.signed_data, lambda name: sig.compute_digest(name), ocsp)
+
+
+def read_pdf_signature_isolated(pdf: bytes) -> PdfSignature:
+    """``read_pdf_signature`` in a child process with hard limits (``CHILD_*``), at most
+    ``CHILDREN_AT_ONCE`` at a time (then waiting up to ``CHILD_WAIT``, then ``PdfBusy``). A
+    child that dies, or outlives ``CHILD_WALL`` (killed), gives FORMAT_FAILURE: the file is
+    too large or too complex to read safely. Its answer is read as bounded data."""
+    problem = declared_size_problem(pdf)      # cheap, and no child for it
+    if problem is not None:
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"not a readable PDF: {problem}")
+    if not _SLOTS.acquire(timeout=CHILD_WAIT):
+        raise PdfBusy()
+    try:
+        raw = sandbox.run_child(_read_in_child, (pdf, CHILD_MEMORY, CHILD_CPU),
+                                wall=CHILD_WALL, answer_max=_ANSWER_MAX, name="cps-verify-pdf")
+    except sandbox.NoChild:
+        raise PdfBusy() from None
+    finally:
+        _SLOTS.release()
+    return _from_answer(raw)
+
+
+def _read_in_child(send: Connection, pdf: bytes, memory: int, cpu: int) -> None:
+    """In the child: the limits, then ``read_pdf_signature``; its result sent as JSON."""
+    sandbox.limit_child(memory, cpu)
+    logging.disable(logging.CRITICAL)    # pyHanko's warnings, one per damaged object
+    answer: dict[str, Any] = {"verdict": [r.TOTAL_FAILED, r.FORMAT_FAILURE, _TOO_COMPLEX]}
+    try:
+        found = read_pdf_signature(pdf)
+        der = found.signed_data.untag().dump()     # no [0] of its ContentInfo
+        name: str | None = None
+        digest = b""
+        try:
+            name = found.signed_data["signer_infos"][0]["digest_algorithm"]["algorithm"].native
+            digest = found.digest_of(str(name))
+        except Exception:              # the parent's CMS reader says what is malformed
+            name, digest = None, b""
+        answer = {"signed_data": _b64(der), "digest_name": name, "digest": _b64(digest),
+                  "ocsp": [_b64(o) for o in found.ocsp if isinstance(o, bytes)]}
+    except Verdict as verdict:
+        answer = {"verdict": [verdict.indication, verdict.sub_indication, verdict.detail]}
+    except (MemoryError, SystemError):   # out of memory; what the parse held is freed now
+        pass
+    except Exception as exc:
+        answer = {"verdict": [r.TOTAL_FAILED, r.FORMAT_FAILURE,
+                              f"not a readable PDF: {type(exc).__name__}: {exc}"[:300]]}
+    send.send_bytes(json.dumps(answer).encode())
+    send.close()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _from_answer(raw: bytes | None) -> PdfSignature:
+    """The child's answer, read as data (a child that parsed a hostile file is trusted with
+    nothing else): a PdfSignature, or the Verdict it reached."""
+    try:
+        answer = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        answer = None
+    if not isinstance(answer, dict):
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, _TOO_COMPLEX)
+    verdict = answer.get("verdict")
+    if isinstance(verdict, list) and len(verdict) == 3:
+        indication, sub, detail = verdict
+        if indication in (r.TOTAL_FAILED, r.INDETERMINATE) and isinstance(sub, str) \
+                and len(sub) <= 64 and isinstance(detail, str):
+            raise Verdict(indication, sub, detail[:300])
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, _TOO_COMPLEX)
+    try:
+        signed_data = cms.SignedData.load(base64.b64decode(answer["signed_data"],
+                                                           validate=True))
+        name = answer["digest_name"]
+        digest = base64.b64decode(answer["digest"], validate=True)
+        ocsp = [base64.b64decode(o, validate=True) for o in answer["ocsp"]]
+        if name is not None and not isinstance(name, str):
+            raise TypeError("digest_name")
+    except (KeyError, TypeError, ValueError):
+        raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, _TOO_COMPLEX) from None
+    return PdfSignature(signed_data, lambda asked: digest if asked == name else b"", ocsp)

@@ -35,6 +35,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from asn1crypto import cms
 from cryptography import x509
@@ -51,6 +52,9 @@ from cps_sign.report import Report, Verdict
 from cps_sign.revocation import LiveRevocation, OcspChecker, RootCrls, Status, Unusable
 from pki.bytelru import ByteLru
 from pki.clock import SYSTEM_CLOCK, Clock
+
+if TYPE_CHECKING:
+    from cps_sign.pdf import PdfSignature
 
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
@@ -122,12 +126,15 @@ class Verifier:
     ``intermediates``: CA certificates to build paths with besides those a signature carries.
     ``sign_policies``: the certificate policy OIDs of signature certificates.
     ``live``: revocation from the status tier (None: only what signatures embed).
-    ``root_crls``: roots' CRLs given as files, for the issuing CA's status (offline too)."""
+    ``root_crls``: roots' CRLs given as files, for the issuing CA's status (offline too).
+    ``pdf_reader``: how a PDF's signature is read (default in process; a public service gives
+    ``cps_sign.pdf.read_pdf_signature_isolated``: PdfBusy then escapes ``verify_pades``)."""
 
     def __init__(self, anchors: Sequence[x509.Certificate],
                  intermediates: Sequence[x509.Certificate], sign_policies: Sequence[str], *,
                  live: LiveRevocation | None = None, clock: Clock = SYSTEM_CLOCK,
-                 fast: bool = True, root_crls: RootCrls | None = None) -> None:
+                 fast: bool = True, root_crls: RootCrls | None = None,
+                 pdf_reader: Callable[[bytes], PdfSignature] | None = None) -> None:
         if not anchors:
             raise ValueError("no trust anchor: the IGC-Santé root certificate is needed")
         self._anchors = list(anchors)
@@ -136,6 +143,7 @@ class Verifier:
         self._store = xv.Store(self._anchors)
         self._live = live
         self._ca_status: RootCrls | LiveRevocation | None = root_crls or live
+        self._pdf_reader = pdf_reader
         self._clock = clock
         self._ocsp = OcspChecker()
         # What an anonymous caller sends is never kept: certificates and paths are cached only
@@ -195,12 +203,14 @@ class Verifier:
 
     def verify_pades(self, pdf: bytes) -> Report:
         """The last signature of a PDF: byte-range digest and DSS from pyHanko's reader."""
-        from cps_sign.pdf import read_pdf_signature
+        from cps_sign.pdf import PdfBusy, read_pdf_signature
 
         try:
-            found = read_pdf_signature(pdf)
+            found = (self._pdf_reader or read_pdf_signature)(pdf)
             parts = from_signed_data(found.signed_data)
             return self._verify(parts, found.digest_of, found.ocsp, "pades")
+        except PdfBusy:
+            raise
         except Verdict as verdict:
             return Report(verdict.indication, verdict.sub_indication, verdict.detail,
                           format="pades")

@@ -5,7 +5,9 @@ the store's ``ca`` table, revocation from the status tier through the broker's o
 Body (JSON): ``signature`` (base64 DER CMS) with ``content`` (base64) or ``content_sha256``
 (hex, for content the service hashed itself), or ``pdf`` (base64 signed PDF). Answer: 200 with
 the report (``indication``, ``sub_indication``, ``signer``, ``signing_time``, ...) whatever the
-verdict; 400 ``invalid_request`` for a body that is none of these.
+verdict; 400 ``invalid_request`` for a body that is none of these. A PDF is read by a child
+process with hard limits (``cps_sign.pdf.read_pdf_signature_isolated``); all of them busy: 503
+with Retry-After.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from cps_sign.pdf import PdfBusy, read_pdf_signature_isolated
 from cps_sign.verify import Verifier
 
 bp = Blueprint("cps_sign", __name__)
@@ -31,7 +34,9 @@ def verifier_for(services: Any) -> Verifier:
         live = LiveRevocation(services.clock, checker=services.revocation)
         verifier = Verifier(services.trust.anchors, services.trust.intermediates,
                             [services.config.pki.profiles.sign_policy_oid], live=live,
-                            clock=services.clock)
+                            clock=services.clock,
+                            # what anyone posts is parsed by a child with hard limits
+                            pdf_reader=read_pdf_signature_isolated)
         services.extras[EXTRA] = verifier
     return verifier
 
@@ -66,7 +71,13 @@ def verify() -> tuple[Response, int]:
     digest_hex = body.get("content_sha256")
     verifier = verifier_for(services_of(current_app))
     if pdf is not None and signature is None and content is None and digest_hex is None:
-        report = verifier.verify_pades(pdf)
+        try:
+            report = verifier.verify_pades(pdf)
+        except PdfBusy:
+            answer = jsonify({"error": "temporarily_unavailable", "error_description":
+                              "the server is reading other PDF files; try again in a minute"})
+            answer.headers["Retry-After"] = "60"
+            return answer, 503
     elif signature is not None and pdf is None and (content is None) != (digest_hex is None):
         if content is not None:
             report = verifier.verify_cades(content, signature)

@@ -128,3 +128,37 @@ def test_many_small_object_stream_bombs_are_bounded_by_the_document_budget() -> 
     assert refused.value.sub_indication == r.FORMAT_FAILURE
     assert "exceeds the limit" in refused.value.detail
     assert peak < 64 * mib, peak
+
+
+def test_a_child_reads_what_post_verify_is_sent(sign_env: SignEnv,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read_pdf_signature_isolated`` (POST /verify) judges as the in-process reader does —
+    B-LT with its DSS, a forged byte, no signature, garbage — and a PDF too costly to read
+    (the child past its CPU limit) is FORMAT_FAILURE; every child busy is ``PdfBusy``."""
+    import threading
+
+    from cps_sign import pdf as cps_pdf
+    from cps_sign.verify import Verifier
+    from tests.redteam.test_oidc_round6 import _fields_array_pdf
+
+    card = sign_env.cards["alice"]
+    signed = sign_pades(make_pdf(), CardSigner(card, PIN), level="B-LT",
+                        timestamper=HttpTimeStamper(sign_env.tsa_url), chain=sign_env.chain)
+    here = verifier(sign_env)
+    policy = sign_env.auth.config.profiles.sign_policy_oid
+    isolated = Verifier([sign_env.root], [sign_env.issuing], [policy],
+                        pdf_reader=cps_pdf.read_pdf_signature_isolated)
+    for document in (signed, signed.replace(b"paracetamol 1 g", b"paracetamol 9 g"),
+                     make_pdf(), b"%PDF-1.7 garbage"):
+        assert verdict(isolated.verify_pades(document)) == verdict(here.verify_pades(document))
+    report = isolated.verify_pades(signed)
+    assert verdict(report) == ("TOTAL_PASSED", None) and report.level == "B-LT", report
+    monkeypatch.setattr(cps_pdf, "CHILD_CPU", 1)
+    costly = isolated.verify_pades(_fields_array_pdf(1_000_000))    # 2.4 KB, ~11 s of CPU
+    assert verdict(costly) == ("TOTAL_FAILED", "FORMAT_FAILURE")
+    assert "too large or too complex" in costly.detail
+    monkeypatch.setattr(cps_pdf, "_SLOTS", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(cps_pdf, "CHILD_WAIT", 0.1)
+    cps_pdf._SLOTS.acquire()
+    with pytest.raises(cps_pdf.PdfBusy):
+        isolated.verify_pades(signed)
