@@ -78,6 +78,11 @@ class MemoryState:
     # reserve of a sixteenth of the budget beyond it; there is one per session at most, and a
     # session takes a card login.
     RESERVED_PREFIXES = ("sid-revoked:",)
+    # A back-channel (CIBA) request is started by a relying service for any professional of the
+    # public directory: one hostile or compromised CIBA client could otherwise fill the budget
+    # and make every browser login 503. New CIBA keys must leave a quarter of the budget free
+    # (its updates, an approval, are not held back).
+    LOW_PRIORITY_PREFIXES = ("ciba:", "ciba-sub:")
 
     def __init__(self, clock: Clock, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._clock = clock
@@ -115,8 +120,12 @@ class MemoryState:
         for key in [k for k, (_, _, exp) in self._values.items() if exp <= now]:
             self._set(key, None, 0, 0)
 
-    def _room(self, cost: int, key: str = "") -> None:
-        limit = self._max + (self._reserve if key.startswith(self.RESERVED_PREFIXES) else 0)
+    def _room(self, cost: int, key: str = "", new_key: bool = False) -> None:
+        limit = self._max
+        if key.startswith(self.RESERVED_PREFIXES):
+            limit += self._reserve
+        elif new_key and key.startswith(self.LOW_PRIORITY_PREFIXES):
+            limit -= self._max // 4
         if self._bytes + cost > limit:
             # A sweep walks every value under the lock: at most one a second of the state's
             # clock, however many writes a full budget refuses meanwhile (they would each have
@@ -135,7 +144,7 @@ class MemoryState:
             current = self._values.get(key)
             if current is not None and current[2] > self._now():
                 return False
-            self._room(cost - (current[1] if current is not None else 0), key)
+            self._room(cost - (current[1] if current is not None else 0), key, new_key=True)
             self._set(key, value, cost, ttl)
         return True
 

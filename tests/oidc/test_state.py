@@ -115,3 +115,27 @@ def test_memory_state_keeps_what_was_stored() -> None:
     with pytest.raises(TypeError):
         s.put("bad", ["not", "an", "object"], 60)  # type: ignore[arg-type]
     assert s.get("bad") is None
+
+
+def test_new_ciba_keys_leave_a_quarter_of_the_budget_to_browser_logins() -> None:
+    """One CIBA client asking for requests of every professional cannot fill the state: a new
+    ``ciba:``/``ciba-sub:`` key is refused past three quarters of the budget, while a login
+    transaction (any other key) may still use the rest, and a CIBA request already stored may
+    still be updated (approved)."""
+    clock = FixedClock(dt.datetime(2026, 11, 29, tzinfo=dt.UTC))
+    state = MemoryState(clock, max_bytes=100_000)
+    value = {"status": "pending", "pad": "x" * 300}
+    stored = 0
+    while True:
+        try:
+            state.put(f"ciba:{stored}", value, 600)
+        except SharedStateUnavailable:
+            break
+        stored += 1
+    assert 0.70 * 100_000 < state._bytes <= 0.75 * 100_000
+    with pytest.raises(SharedStateUnavailable):
+        state.put("ciba-sub:810000000001", value, 600)
+    for i in range(10):                                   # browser logins still get room
+        assert state.put(f"tx:{i}", value, 600)
+    approved = {**value, "status": "approved", "subject": {"sub": "810000000001"}}
+    assert state.cas("ciba:0", value, approved, 600)
