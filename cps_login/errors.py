@@ -50,6 +50,19 @@ class RevocationUnavailable(PkiError):
     http_status = 503
 
 
+class CertificateRequired(PkiError):
+    """A CIBA approval whose card certificate this broker cannot check: not in the body and
+    not seen logging in here (another replica saw the card's login)."""
+
+    code = "certificate_required"
+    http_status = 401
+
+    def __init__(self) -> None:
+        super().__init__("approving needs the card's authentication certificate in the body "
+                         '({"certificate": base64 DER}, the one the broker token is bound to) '
+                         "so that its status is checked now; cps-login approve sends it")
+
+
 class SharedStateUnavailable(PkiError):
     """Redis (challenges, rate limits shared by the replicas) does not answer: refuse now,
     work again as soon as it is back (the client reconnects by itself)."""

@@ -38,7 +38,7 @@ from authlib.oauth2.rfc8628.errors import (
 )
 from sqlalchemy import select
 
-from cps_login.errors import CredentialRefused
+from cps_login.errors import CertificateRequired, CredentialRefused
 from cps_login.oidc.clients import CIBA_GRANT, Client
 from cps_login.oidc.subject import Subject, digest
 from cps_login.tokens import ACR_EIDAS_HIGH
@@ -227,17 +227,20 @@ def decide(provider: Provider, claims: dict[str, Any], auth_req_id: str,
         raise LookupError("the request is no longer pending")
     if approve:
         subject = provider.subject_of_token(claims, secrets.token_urlsafe(16), certificate)
-        if subject.cert:
-            # The card logged in up to a broker token's lifetime ago: checked again now, as
-            # a refresh checks it, so a card revoked since cannot approve (CredentialRefused
-            # 401, RevocationUnavailable 503; the request stays pending, nothing written).
-            try:
-                provider.services.login.recheck(subject.certificate)
-            except CredentialRefused as exc:
-                provider.services.audit.record(
-                    "oidc.ciba_refused", sub,
-                    {"client_id": value["client_id"], "reason": exc.reason}, actor=sub)
-                raise
+        # The card logged in up to a broker token's lifetime ago: checked again now, as a
+        # refresh checks it, so a card revoked since cannot approve (CredentialRefused 401,
+        # RevocationUnavailable 503; the request stays pending, nothing written). Its
+        # certificate comes with the approval or from this broker's own logins; neither (an
+        # approval sent to another replica without it): refused, never approved unchecked.
+        if not subject.cert:
+            raise CertificateRequired()
+        try:
+            provider.services.login.recheck(subject.certificate)
+        except CredentialRefused as exc:
+            provider.services.audit.record(
+                "oidc.ciba_refused", sub,
+                {"client_id": value["client_id"], "reason": exc.reason}, actor=sub)
+            raise
         new = {**value, "status": "approved", "subject": subject.to_json()}
     else:
         new = {**value, "status": "denied"}
