@@ -71,7 +71,7 @@ def _b64decode(part: str) -> bytes:
 def _json(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):     # RecursionError: a thousand nested '['
         raise TokenInvalid("token_malformed", "not JSON") from None
     if not isinstance(value, dict):
         raise TokenInvalid("token_malformed", "not a JSON object")

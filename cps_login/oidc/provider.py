@@ -232,6 +232,14 @@ class _PrivateKeyJwt(JWTBearerClientAssertion):  # type: ignore[misc]
     def get_audiences(self) -> list[str]:
         return [self._provider.issuer, self._provider.url("/oidc/token")]
 
+    def extract_assertion(self, assertion: str) -> Any:
+        # Read before any signature check: a header or payload of a thousand nested '['
+        # raises RecursionError in the JSON decoder, which Authlib does not catch (a 500).
+        try:
+            return super().extract_assertion(assertion)
+        except RecursionError:
+            raise InvalidClientError(description="malformed client assertion") from None
+
     def resolve_client_public_key(self, client: Client) -> Any:
         from joserfc.jwk import KeySet
 
