@@ -275,6 +275,17 @@ def client_key(address: str) -> str:
     return str(ip)
 
 
+def with_issuer(answer: Answer, issuer: str) -> Answer:
+    """RFC 9207: every authorization response sent back to the client (a code or an error)
+    names the issuer, so that a client using several providers can tell which one answered
+    (mix-up attacks)."""
+    from authlib.common.urls import add_params_to_uri
+
+    answer.headers = [(k, add_params_to_uri(v, [("iss", issuer)]) if k.lower() == "location"
+                       else v) for k, v in answer.headers]
+    return answer
+
+
 # --- the routes ----------------------------------------------------------------------------
 def authorize(p: Provider, req: WebRequest) -> Answer:
     from cps_login.oidc.provider import WebOAuthRequest
@@ -289,7 +300,7 @@ def authorize(p: Provider, req: WebRequest) -> Answer:
     except OAuth2Error as error:
         if error.redirect_uri:       # validated against the client: the error goes back there
             answer: Answer = p.server.handle_error_response(oauth_request, error)
-            return answer
+            return with_issuer(answer, p.issuer)
         return error_page(error)
     except ValueError:               # e.g. Authlib will not quote a backslash in its error
         return refused("malformed authorization request")
@@ -354,7 +365,7 @@ def tx_continue(p: Provider, req: WebRequest, tx: str) -> Answer:
         return error_page(error)
     except ValueError:
         return refused("malformed authorization request")
-    return answer.no_store()     # an error without a validated redirect URI: JSON, 400
+    return with_issuer(answer, p.issuer).no_store()  # no validated redirect URI: JSON, 400
 
 
 def token(p: Provider, req: WebRequest) -> Answer:

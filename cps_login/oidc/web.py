@@ -71,7 +71,7 @@ def discovery(p: Provider) -> dict[str, Any]:
         "claims_supported": CLAIMS,
         "acr_values_supported": ["eidas3", "eidas1"],
         "tls_client_certificate_bound_access_tokens": False,
-        "authorization_response_iss_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,     # RFC 9207
         "request_parameter_supported": False,
         "claims_parameter_supported": False,
         **_mtls_aliases(p),

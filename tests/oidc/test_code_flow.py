@@ -143,3 +143,22 @@ def test_a_nonce_used_before_is_refused(oidc: OidcServer) -> None:
     answer = requests.get(url, allow_redirects=False, timeout=10)
     assert answer.status_code == 302
     assert query_of(answer.headers["Location"])["error"] == "invalid_request"
+
+
+def test_every_authorization_response_names_the_issuer(oidc: OidcServer) -> None:
+    """RFC 9207 (mix-up attacks): the code, and an error sent back to the client, carry
+    ``iss``; discovery says so."""
+    from tests.oidc.test_refusals import REDIRECT, authorize_url
+
+    assert oidc.discovery()["authorization_response_iss_parameter_supported"] is True
+    client = oidc.client()
+    verifier = "v" * 50
+    error = requests.get(authorize_url(oidc, client.client_id, verifier,
+                                       code_challenge_method="plain"),
+                         allow_redirects=False, timeout=10)
+    assert error.status_code == 302 and error.headers["Location"].startswith(REDIRECT)
+    answer = query_of(error.headers["Location"])
+    assert answer["error"] and answer["iss"] == oidc.issuer
+    location = Browser(oidc).login(authorize_url(oidc, client.client_id, verifier),
+                                   oidc.env.cards["alice"])
+    assert query_of(location)["iss"] == oidc.issuer and query_of(location)["code"]
