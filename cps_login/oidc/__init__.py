@@ -44,10 +44,12 @@ class LazyProvider:
         """The requests of the browser login and the token endpoint, once the provider is
         built and everything they touch is in this process (``Provider.local_only``): the
         HTTP server answers them on its event loop (pki.http.server)."""
-        from cps_login.oidc.front import never_waits
-
         provider = self._provider
-        return provider is not None and provider.local_only and never_waits(method, path)
+        if provider is None or not provider.local_only:
+            return False
+        from cps_login.oidc.front import never_waits  # imported by now: a dict lookup
+
+        return never_waits(method, path)
 
     def get(self) -> Provider:
         provider = self._provider

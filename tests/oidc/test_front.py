@@ -4,6 +4,7 @@ Flask answered them — methods, sizes, errors, headers — and Authlib sees the
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import requests
@@ -121,15 +122,26 @@ def test_routes_listed_for_the_openapi_check() -> None:
                              ("/oidc/tx/<tx>/continue", "GET")}
 
 
-def test_the_cookie_is_flasks(oidc: OidcServer) -> None:
+def test_the_transaction_cookie(oidc: OidcServer) -> None:
+    """The attributes Flask's cookie had, with Max-Age alone (RFC 6265 §5.2.2: it wins over
+    Expires in every browser); a cookie the browser sends that is not one of ours is
+    replaced, never echoed."""
     client = oidc.client()
     browser = Browser(oidc)
     page = browser.session.get(authorize_url(oidc, client.client_id, "v" * 50), timeout=10)
     cookie = page.headers["Set-Cookie"]
-    for part in ("cps-oidc-browser=", "Expires=", "Max-Age=1200", "HttpOnly",
+    for part in ("cps-oidc-browser=", "Max-Age=1200", "HttpOnly",
                  "Path=/oidc/tx", "SameSite=Lax"):
         assert part in cookie, cookie
     assert "Secure" not in cookie            # an http issuer (tests/oidc: 127.0.0.1)
+    kept = requests.get(authorize_url(oidc, client.client_id, "v" * 50), timeout=10,
+                        headers={"Cookie": cookie.split(";")[0]})
+    assert kept.headers["Set-Cookie"].split(";")[0] == cookie.split(";")[0]   # the same one
+    for sent in ('"q-uoted"', "x" * 65, "a;b", "short"):
+        fresh = requests.get(authorize_url(oidc, client.client_id, "v" * 50), timeout=10,
+                             headers={"Cookie": f"cps-oidc-browser={sent}"})
+        value = fresh.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
+        assert value != sent and re.fullmatch(r"[A-Za-z0-9_-]{32}", value), value
     assert page.headers["Cache-Control"] == "no-store"
     assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
 
