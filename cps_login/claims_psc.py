@@ -112,10 +112,11 @@ def subject_ref_pro(pro: Professional, situations: Sequence[ExerciseSituation]
         exercices.append({
             "codeProfession": code, "libelleProfession": label,
             "codeCategorieProfessionnelle": "C",          # civil (not military)
+            "codeCiviliteDExercice": pro.exercise_civility or "",
             "nomDExercice": pro.surname, "prenomDExercice": pro.given_name,
             "activities": [_activity(s) for s in situations if s.profession_code == code],
         })
-    return {"codeCivilite": "", "exercices": exercices}
+    return {"codeCivilite": pro.civility or "", "exercices": exercices}
 
 
 def psc_claims(session: Session, rpps: str, *, organisation: str | None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ _COLUMN_ALIASES = {
     "given_name": "given_name", "prenom": "given_name", "prénom": "given_name",
     "surname": "surname", "nom": "surname", "family_name": "surname",
     "adeli": "adeli", "numero_adeli": "adeli", "identifiant_adeli": "adeli",
+    "civility": "civility", "code_civilite": "civility", "civilite": "civility",
+    "exercise_civility": "exercise_civility", "code_civilite_d'exercice": "exercise_civility",
+    "civilite_d'exercice": "exercise_civility",
     # The RPPS extract (PS_LibreAcces_Personne_activite), accents removed.
     "identifiant_pp": "rpps", "nom_d'exercice": "surname", "prenom_d'exercice": "given_name",
     "numero_finess_site": "finess", "finess": "finess",
@@ -54,6 +58,7 @@ STRUCTURE_COLUMNS = ("finess", "siret", "siren")
 _TRUE = frozenset({"1", "true", "yes", "oui", "o", "y", "x"})
 _FALSE = frozenset({"", "0", "false", "no", "non", "n"})
 NAME_MAX = 128            # width of the store columns
+_CIVILITY = re.compile(r"[A-Z]{1,5}")
 INSERT_BATCH = 500
 
 
@@ -64,6 +69,8 @@ class ProfessionalEntry:
     given_name: str
     surname: str
     adeli: str | None = None
+    civility: str | None = None             # M, MME... (the extract's "Code civilité")
+    exercise_civility: str | None = None    # DR, PR... ("Code civilité d'exercice")
 
     @property
     def national_id(self) -> str:
@@ -121,16 +128,33 @@ def clean_name(value: str, what: str) -> str:
 
 
 def professional_entry(rpps: str, profession: str | int, given_name: str,
-                       surname: str, adeli: str | None = None) -> ProfessionalEntry:
+                       surname: str, adeli: str | None = None, civility: str | None = None,
+                       exercise_civility: str | None = None) -> ProfessionalEntry:
     """Validate one professional; raise an InvalidInput subclass naming the field at fault.
 
     ``adeli`` is optional (None or blank: none); when given it must be a valid ADELI number.
+    ``civility`` and ``exercise_civility`` (optional): the RPPS nomenclature's codes, 1 to 5
+    letters, kept upper-case.
     """
     valid_rpps = ids.validate_rpps(rpps)
     code = ids.profession(str(profession).strip()).code
     valid_adeli = ids.validate_adeli(adeli) if adeli is not None and adeli.strip() else None
     return ProfessionalEntry(valid_rpps, code, clean_name(given_name, "given name"),
-                             clean_name(surname, "surname"), valid_adeli)
+                             clean_name(surname, "surname"), valid_adeli,
+                             civility_code(civility, "civility"),
+                             civility_code(exercise_civility, "civility of exercise"))
+
+
+def civility_code(value: str | None, what: str) -> str | None:
+    """A civility code of the RPPS nomenclature (M, MME, DR, PR...): 1 to 5 ASCII letters,
+    upper-cased; None or blank: none."""
+    if value is None or not value.strip():
+        return None
+    code = value.strip().upper()
+    if not _CIVILITY.fullmatch(code):
+        raise InvalidInput(f"{what} {value.strip()[:16]!r} is not a civility code (M, MME, DR, "
+                           f"PR...: 1 to 5 letters)")
+    return code
 
 
 def structure_entry(register: str, number: str, name: str, state: str) -> StructureEntry:
@@ -210,9 +234,11 @@ def parse_csv(text: str, *, progress: Callable[[int], None] | None = None) -> Pa
                                                      f"got {len(row)}"))
                 continue
             try:
-                entry = professional_entry(row[columns["rpps"]], row[columns["profession"]],
-                                           row[columns["given_name"]], row[columns["surname"]],
-                                           row[columns["adeli"]] if "adeli" in columns else None)
+                entry = professional_entry(
+                    row[columns["rpps"]], row[columns["profession"]],
+                    row[columns["given_name"]], row[columns["surname"]],
+                    *(row[columns[c]] if c in columns else None
+                      for c in ("adeli", "civility", "exercise_civility")))
                 situation = (_row_situation(row, columns, entry) if with_structures
                              else None)
             except PkiError as exc:
@@ -326,11 +352,14 @@ def _insert_professionals(store: Store, entries: Sequence[ProfessionalEntry], *,
     with store.session() as session:
         session.execute(insert(Professional), [
             {"rpps": e.rpps, "profession_code": e.profession_code, "given_name": e.given_name,
-             "surname": e.surname, "adeli": e.adeli, "created_at": now} for e in entries])
+             "surname": e.surname, "adeli": e.adeli, "civility": e.civility,
+             "exercise_civility": e.exercise_civility, "created_at": now} for e in entries])
         for e in entries:
+            optional = {k: v for k, v in (("adeli", e.adeli), ("civility", e.civility),
+                                          ("exercise_civility", e.exercise_civility)) if v}
             audit.append(session, action, e.rpps,
                          {"profession": e.profession_code, "given_name": e.given_name,
-                          "surname": e.surname, **({"adeli": e.adeli} if e.adeli else {})},
+                          "surname": e.surname, **optional},
                          actor=actor, clock=clock)
 
 
@@ -344,6 +373,7 @@ def insert_professionals_bulk(store: Store, entries: Sequence[ProfessionalEntry]
             session.execute(insert(Professional), [
                 {"rpps": e.rpps, "profession_code": e.profession_code,
                  "given_name": e.given_name, "surname": e.surname, "adeli": e.adeli,
+                 "civility": e.civility, "exercise_civility": e.exercise_civility,
                  "created_at": now} for e in part])
             audit.append(session, action, f"{part[0].rpps}..{part[-1].rpps}",
                          {"count": len(part)}, actor=actor, clock=clock)
@@ -367,7 +397,7 @@ def get_professional(store: Store, rpps: str) -> ProfessionalEntry:
         if row is None:
             raise NotFound(f"no professional with RPPS {rpps}")
         return ProfessionalEntry(row.rpps, row.profession_code, row.given_name, row.surname,
-                                 row.adeli)
+                                 row.adeli, row.civility, row.exercise_civility)
 
 
 def iter_professionals(store: Store, *, limit: int | None = None
@@ -378,7 +408,7 @@ def iter_professionals(store: Store, *, limit: int | None = None
             query = query.limit(limit)
         for row in session.execute(query.execution_options(yield_per=1000)).scalars():
             yield ProfessionalEntry(row.rpps, row.profession_code, row.given_name, row.surname,
-                                    row.adeli)
+                                    row.adeli, row.civility, row.exercise_civility)
 
 
 def add_structure(store: Store, entry: StructureEntry, *, actor: str = "cps-admin",

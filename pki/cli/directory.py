@@ -25,7 +25,8 @@ from pki.cli.context import (
 def _pro_dict(entry: directory.ProfessionalEntry) -> dict[str, Any]:
     return {"rpps": entry.rpps, "national_id": entry.national_id,
             "profession": entry.profession_code, "profession_label": entry.profession_label,
-            "given_name": entry.given_name, "surname": entry.surname, "adeli": entry.adeli}
+            "given_name": entry.given_name, "surname": entry.surname, "adeli": entry.adeli,
+            "civility": entry.civility, "exercise_civility": entry.exercise_civility}
 
 
 @click.group()
@@ -39,11 +40,17 @@ def pro() -> None:
 @click.option("--given-name", required=True)
 @click.option("--surname", required=True)
 @click.option("--adeli", default=None, help="9-digit ADELI number, if any (Luhn key checked).")
+@click.option("--civility", default=None, help="civility code, e.g. M or MME (RPPS \"Code "
+                                               "civilité\")")
+@click.option("--exercise-civility", default=None,
+              help="civility of exercise, e.g. DR or PR (RPPS \"Code civilité d'exercice\")")
 @pass_admin
 def pro_add(obj: AdminContext, rpps: str, profession: str, given_name: str,
-            surname: str, adeli: str | None) -> None:
+            surname: str, adeli: str | None, civility: str | None,
+            exercise_civility: str | None) -> None:
     """Add one professional to the directory."""
-    entry = directory.professional_entry(rpps, profession, given_name, surname, adeli)
+    entry = directory.professional_entry(rpps, profession, given_name, surname, adeli,
+                                         civility, exercise_civility)
     directory.add_professional(obj.store(), entry)
     click.echo(f"added {entry.national_id} {entry.given_name} {entry.surname} "
                f"({entry.profession_label})")

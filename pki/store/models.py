@@ -75,6 +75,9 @@ class Professional(Base):
     surname: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     adeli: Mapped[str | None] = mapped_column(String(9), nullable=True)   # migration 0041
+    # migration 0051: "Code civilité" (M, MME...) and "Code civilité d'exercice" (DR, PR...)
+    civility: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    exercise_civility: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
 
 class Structure(Base):

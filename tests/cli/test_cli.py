@@ -295,7 +295,8 @@ def test_pro_list_show_and_audit_json(env: Env) -> None:
     row = next(p for p in pros if p["rpps"] == RPPS)
     assert row == {"rpps": RPPS, "national_id": "8" + RPPS, "profession": 10,
                    "profession_label": ids.profession(10).label, "given_name": "Jeanne",
-                   "surname": "Dupont", "adeli": None}
+                   "surname": "Dupont", "adeli": None, "civility": None,
+                   "exercise_civility": None}
     shown = env.json("pro", "show", RPPS)
     assert isinstance(shown, dict) and shown["rpps"] == RPPS
     assert isinstance(shown["certificates"], list)

@@ -235,3 +235,35 @@ def test_cli_imports_the_rpps_extract(admin: tuple[CliRunner, Path], tmp_path: P
     res = runner.invoke(main, ["--home", str(home), "--json", "pro", "situation", "list", rpps])
     assert [(r["structure_id"], r["structure_name"]) for r in json.loads(res.stdout)] == [
         ("1" + FINESS_CHU, "CHU Test"), ("3" + SIRET_CAB, "Cabinet Leroy")]
+
+
+def test_civility_codes_from_the_extract_reach_the_psc_claims(store: Store) -> None:
+    """"Code civilité" and "Code civilité d'exercice" of the RPPS extract: stored, and given
+    as PSC gives them (``SubjectRefPro.codeCivilite``, each exercice's
+    ``codeCiviliteDExercice``); a professional without them gets ""; a malformed code is a
+    row error that writes nothing."""
+    from cps_login.claims_psc import AuthContext, psc_claims
+
+    header = HEADER.replace("Code civilité d'exercice|", "Code civilité|Code civilité d'exercice|")
+
+    def line(rpps: str, surname: str, civility: str, exercise: str) -> str:
+        return _line(rpps, surname, "Jeanne", finess=FINESS_CHU, name="CHU Test").replace(
+            "|DR|", f"|{civility}|{exercise}|", 1)
+
+    bad = "\n".join([header, line(RPPS_A, "DUPONT", "Madame!", "DR")]).encode()
+    with pytest.raises(InvalidInput, match="civility"):
+        directory.import_csv(store, bad)
+    assert _counts(store)[:3] == (0, 0, 0)
+    extract = "\n".join([header, line(RPPS_A, "DUPONT", "mme", "DR"),
+                         line(RPPS_B, "MARTIN", "", "")]).encode()
+    assert directory.import_csv(store, extract).imported == 2
+    entry = directory.get_professional(store, RPPS_A)
+    assert (entry.civility, entry.exercise_civility) == ("MME", "DR")
+    auth = AuthContext.for_key_location("card", 1_700_000_000)
+    with store.read() as session:
+        claims = psc_claims(session, RPPS_A, organisation=None, auth=auth)
+        other = psc_claims(session, RPPS_B, organisation=None, auth=auth)
+    assert claims["SubjectRefPro"]["codeCivilite"] == "MME"
+    assert claims["SubjectRefPro"]["exercices"][0]["codeCiviliteDExercice"] == "DR"
+    assert other["SubjectRefPro"]["codeCivilite"] == ""
+    assert other["SubjectRefPro"]["exercices"][0]["codeCiviliteDExercice"] == ""
