@@ -33,21 +33,34 @@ MiB = 1024 * 1024
 DOCUMENT_DECODE_BASE = 16 * MiB
 DOCUMENT_DECODE_RATIO = 100
 
-# The child that reads a posted PDF (read_pdf_signature_isolated).
+# The child that reads a posted PDF (read_pdf_signature_isolated). A posted PDF is at most
+# the broker's 256 KiB body: a real one is read in well under a second.
 CHILD_MEMORY = 384 * MiB        # address space it may add to what it starts with
-CHILD_CPU = 10                  # seconds of CPU: SIGXCPU, then SIGKILL a second later
-CHILD_WALL = 15.0               # seconds until the parent kills it
+CHILD_CPU = 3                   # seconds of CPU: SIGXCPU, then SIGKILL a second later
+CHILD_WALL = 6.0                # seconds until the parent kills it
 CHILDREN_AT_ONCE = 2            # per server process
-CHILD_WAIT = 10.0               # seconds a request waits for a free child, then PdfBusy
+# A request does not wait for a child: it would hold one of the worker's threads, and a few
+# of them waiting would stall every other route (red team round 7, R7-2). Busy: 503 at once.
+CHILD_WAIT = 0.05
+CHILDREN_PER_CLIENT = 1         # at once, per client address (an IPv6 /64): R7-1
 _ANSWER_MAX = 4 * MiB           # the CMS and the DSS's OCSP responses of a posted PDF
 _SLOTS = threading.BoundedSemaphore(CHILDREN_AT_ONCE)
+_CLIENTS: dict[str, int] = {}   # client -> its children running now
+_CLIENTS_LOCK = threading.Lock()
 _TOO_COMPLEX = "not a readable PDF: too large or too complex to read safely"
+MAX_OCSP = 16                   # OCSP responses of a DSS that are looked at
 sandbox.preload(__name__, "pyhanko.pdf_utils.reader", "pyhanko.sign.validation",
                 "pyhanko.sign.diff_analysis")
 
 
 class PdfBusy(Exception):
-    """Every PDF child of this process is busy (or none can be started): try again later."""
+    """Every PDF child of this process is busy (or none can be started), or this client
+    already has its share of them: try again later."""
+
+    def __init__(self, mine: bool = False) -> None:
+        super().__init__("this client's PDF is still being read" if mine else
+                         "every PDF reader is busy")
+        self.mine = mine        # the client's own share is taken (429), not the server's (503)
 
 
 def _decode_limits() -> object:
@@ -112,23 +125,35 @@ def read_pdf_signature(pdf: bytes) -> PdfSignature:
     return PdfSignature(sig.signed_data, lambda name: sig.compute_digest(name), ocsp)
 
 
-def read_pdf_signature_isolated(pdf: bytes) -> PdfSignature:
-    """``read_pdf_signature`` in a child process with hard limits (``CHILD_*``), at most
-    ``CHILDREN_AT_ONCE`` at a time (then waiting up to ``CHILD_WAIT``, then ``PdfBusy``). A
-    child that dies, or outlives ``CHILD_WALL`` (killed), gives FORMAT_FAILURE: the file is
-    too large or too complex to read safely. Its answer is read as bounded data."""
+def read_pdf_signature_isolated(pdf: bytes, client: str = "") -> PdfSignature:
+    """``read_pdf_signature`` in a child process with hard limits (``CHILD_*``): at most
+    ``CHILDREN_AT_ONCE`` at a time, ``CHILDREN_PER_CLIENT`` of them for one ``client`` (its
+    address, an IPv6 /64), else ``PdfBusy`` at once (no thread waits). A child that dies, or
+    outlives ``CHILD_WALL`` (killed), gives FORMAT_FAILURE: the file is too large or too
+    complex to read safely. Its answer is read as bounded data."""
     problem = declared_size_problem(pdf)      # cheap, and no child for it
     if problem is not None:
         raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, f"not a readable PDF: {problem}")
-    if not _SLOTS.acquire(timeout=CHILD_WAIT):
-        raise PdfBusy()
+    with _CLIENTS_LOCK:
+        if _CLIENTS.get(client, 0) >= CHILDREN_PER_CLIENT:
+            raise PdfBusy(mine=True)
+        _CLIENTS[client] = _CLIENTS.get(client, 0) + 1
     try:
-        raw = sandbox.run_child(_read_in_child, (pdf, CHILD_MEMORY, CHILD_CPU),
-                                wall=CHILD_WALL, answer_max=_ANSWER_MAX, name="cps-verify-pdf")
-    except sandbox.NoChild:
-        raise PdfBusy() from None
+        if not _SLOTS.acquire(timeout=CHILD_WAIT):
+            raise PdfBusy()
+        try:
+            raw = sandbox.run_child(_read_in_child, (pdf, CHILD_MEMORY, CHILD_CPU),
+                                    wall=CHILD_WALL, answer_max=_ANSWER_MAX,
+                                    name="cps-verify-pdf")
+        except sandbox.NoChild:
+            raise PdfBusy() from None
+        finally:
+            _SLOTS.release()
     finally:
-        _SLOTS.release()
+        with _CLIENTS_LOCK:
+            left = _CLIENTS.pop(client, 1) - 1
+            if left > 0:
+                _CLIENTS[client] = left
     return _from_answer(raw)
 
 
@@ -185,7 +210,9 @@ def _from_answer(raw: bytes | None) -> PdfSignature:
                                                            validate=True))
         name = answer["digest_name"]
         digest = base64.b64decode(answer["digest"], validate=True)
-        ocsp = [base64.b64decode(o, validate=True) for o in answer["ocsp"]]
+        # each distinct response once, and a bound: a B-LT document carries two or three
+        ocsp = list(dict.fromkeys(base64.b64decode(o, validate=True)
+                                  for o in answer["ocsp"][:MAX_OCSP * 4]))[:MAX_OCSP]
         if name is not None and not isinstance(name, str):
             raise TypeError("digest_name")
     except (KeyError, TypeError, ValueError):

@@ -134,7 +134,7 @@ class Verifier:
                  intermediates: Sequence[x509.Certificate], sign_policies: Sequence[str], *,
                  live: LiveRevocation | None = None, clock: Clock = SYSTEM_CLOCK,
                  fast: bool = True, root_crls: RootCrls | None = None,
-                 pdf_reader: Callable[[bytes], PdfSignature] | None = None) -> None:
+                 pdf_reader: Callable[[bytes, str], PdfSignature] | None = None) -> None:
         if not anchors:
             raise ValueError("no trust anchor: the IGC-Santé root certificate is needed")
         self._anchors = list(anchors)
@@ -201,12 +201,13 @@ class Verifier:
             raise Verdict(r.TOTAL_FAILED, r.FORMAT_FAILURE, "not a CMS SignedData")
         return from_signed_data(info["content"])
 
-    def verify_pades(self, pdf: bytes) -> Report:
+    def verify_pades(self, pdf: bytes, client: str = "") -> Report:
         """The last signature of a PDF: byte-range digest and DSS from pyHanko's reader."""
         from cps_sign.pdf import PdfBusy, read_pdf_signature
 
         try:
-            found = (self._pdf_reader or read_pdf_signature)(pdf)
+            found = (self._pdf_reader(pdf, client) if self._pdf_reader is not None
+                     else read_pdf_signature(pdf))
             parts = from_signed_data(found.signed_data)
             return self._verify(parts, found.digest_of, found.ocsp, "pades")
         except PdfBusy:
@@ -253,7 +254,8 @@ class Verifier:
                 stamp = self._time_stamp(parts.tst, parts.signature, certs)
             except Verdict as verdict:
                 stamp_error = verdict.detail
-        embedded = list(parts.ocsp) + extra_ocsp
+        # each distinct response once, at most 16: a failing one is checked again each time
+        embedded = list(dict.fromkeys([*parts.ocsp, *extra_ocsp]))[:16]
         tsa_note = ""
         if stamp is not None:
             try:

@@ -6,8 +6,8 @@ Body (JSON): ``signature`` (base64 DER CMS) with ``content`` (base64) or ``conte
 (hex, for content the service hashed itself), or ``pdf`` (base64 signed PDF). Answer: 200 with
 the report (``indication``, ``sub_indication``, ``signer``, ``signing_time``, ...) whatever the
 verdict; 400 ``invalid_request`` for a body that is none of these. A PDF is read by a child
-process with hard limits (``cps_sign.pdf.read_pdf_signature_isolated``); all of them busy: 503
-with Retry-After.
+process with hard limits (``cps_sign.pdf.read_pdf_signature_isolated``): one at a time per
+client address (else 429), and all of them busy: 503, at once, with Retry-After.
 """
 
 from __future__ import annotations
@@ -71,12 +71,19 @@ def verify() -> tuple[Response, int]:
     digest_hex = body.get("content_sha256")
     verifier = verifier_for(services_of(current_app))
     if pdf is not None and signature is None and content is None and digest_hex is None:
+        from cps_login.oidc.front import client_key
+
         try:
-            report = verifier.verify_pades(pdf)
-        except PdfBusy:
+            report = verifier.verify_pades(pdf, client_key(request.remote_addr or ""))
+        except PdfBusy as busy:
+            if busy.mine:
+                answer = jsonify({"error": "too_many_requests", "error_description":
+                                  "your previous PDF is still being read: one at a time"})
+                answer.headers["Retry-After"] = "5"
+                return answer, 429
             answer = jsonify({"error": "temporarily_unavailable", "error_description":
-                              "the server is reading other PDF files; try again in a minute"})
-            answer.headers["Retry-After"] = "60"
+                              "the server is reading other PDF files; try again shortly"})
+            answer.headers["Retry-After"] = "10"
             return answer, 503
     elif signature is not None and pdf is None and (content is None) != (digest_hex is None):
         if content is not None:

@@ -157,6 +157,14 @@ def test_a_child_reads_what_post_verify_is_sent(sign_env: SignEnv,
     costly = isolated.verify_pades(_fields_array_pdf(1_000_000))    # 2.4 KB, ~11 s of CPU
     assert verdict(costly) == ("TOTAL_FAILED", "FORMAT_FAILURE")
     assert "too large or too complex" in costly.detail
+    monkeypatch.setattr(cps_pdf, "CHILD_CPU", 3)
+    # one child at a time per client address: its next PDF is PdfBusy(mine), others go on
+    monkeypatch.setattr(cps_pdf, "_CLIENTS", {"192.0.2.1": 1})
+    with pytest.raises(cps_pdf.PdfBusy) as busy:
+        isolated.verify_pades(signed, "192.0.2.1")
+    assert busy.value.mine
+    assert verdict(isolated.verify_pades(signed, "192.0.2.2")) == ("TOTAL_PASSED", None)
+    assert cps_pdf._CLIENTS == {"192.0.2.1": 1}                 # the other's count released
     monkeypatch.setattr(cps_pdf, "_SLOTS", threading.BoundedSemaphore(1))
     monkeypatch.setattr(cps_pdf, "CHILD_WAIT", 0.1)
     cps_pdf._SLOTS.acquire()
