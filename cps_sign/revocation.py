@@ -196,8 +196,10 @@ def ca_status_in(crl: x509.CertificateRevocationList, ca: x509.Certificate,
 
 class RootCrls:
     """Roots' CRLs given as files (``cps-verify --root-crl``): the issuing CA's status without
-    the network. A CRL past its nextUpdate is not used (the report then says so); ``fallback``
-    (the status tier, online) is asked when no file answers for that root."""
+    the network. A CRL past its nextUpdate is not used (the report then says so). Of the files
+    (and, online, the status tier's CRL: ``fallback``) that answer for a root, the newest
+    (latest thisUpdate) decides, whatever order they were given in: a root's CRL is current
+    for a year, and an older one does not know a revocation since."""
 
     def __init__(self, crls: list[x509.CertificateRevocationList], clock: Clock = SYSTEM_CLOCK,
                  fallback: LiveRevocation | None = None) -> None:
@@ -207,12 +209,18 @@ class RootCrls:
 
     def ca_status(self, ca: x509.Certificate, root: x509.Certificate) -> Status | None:
         now = self._clock.now()
-        for crl in self._crls:
-            status = ca_status_in(crl, ca, root, now)
-            if status is not None:
-                return Status(status.status, "root CRL file", status.revoked_at, status.reason,
-                              status.invalidity_date, status.this_update, status.next_update)
-        return self._fallback.ca_status(ca, root) if self._fallback is not None else None
+        found = [Status(status.status, "root CRL file", status.revoked_at, status.reason,
+                        status.invalidity_date, status.this_update, status.next_update)
+                 for status in (ca_status_in(crl, ca, root, now) for crl in self._crls)
+                 if status is not None]
+        if self._fallback is not None:
+            live = self._fallback.ca_status(ca, root)
+            if live is not None:
+                found.append(live)
+        if not found:
+            return None
+        oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
+        return max(found, key=lambda status: status.this_update or oldest)
 
 
 class LiveRevocation:
