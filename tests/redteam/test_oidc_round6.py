@@ -141,7 +141,10 @@ def test_a_small_pdf_cannot_make_verify_parse_millions_of_objects(
     spent = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     assert answer.status_code == 200, answer.text[:200]
     assert answer.json()["indication"] in ("TOTAL_FAILED", "INDETERMINATE")
-    assert spent < 0.5 and logged < 1000, (
+    # in this process, the bomb cost 2.5-3 s of CPU (more on a loaded machine); now the
+    # broker's part is the request and the child's answer (the bound leaves room for the
+    # other threads of this process: OCSP service, status server)
+    assert spent < 1.0 and logged < 1000, (
         f"{len(bomb)}-byte PDF: {spent:.1f} s of the broker's CPU, {logged} log records")
 
 
