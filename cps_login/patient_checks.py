@@ -145,7 +145,8 @@ _PDF_CHILD_MEMORY = 384 * 1024 * 1024  # address space the child may add to what
 _PDF_CHILD_CPU = 10                    # seconds of CPU: SIGXCPU, then SIGKILL a second later
 _PDF_CHILD_WALL = 15.0                 # seconds until the parent kills it (asleep, or no CPU)
 _PDF_CHECKS_AT_ONCE = 2                # children of one server process at a time
-_PDF_CHECK_WAIT = 10.0                 # seconds an upload waits for one of them, then "busy"
+_PDF_CHECK_WAIT = 1.0                  # seconds an upload waits for one of them, then "busy"
+# (short: a waiting upload holds one of the worker's threads; red team round 7, R7-2)
 _PDF_ANSWER_MAX = 4096                 # bytes of the child's answer (JSON)
 _PDF_SLOTS = threading.BoundedSemaphore(_PDF_CHECKS_AT_ONCE)
 _TOO_COMPLEX = "too large or too complex to read safely"
