@@ -9,7 +9,9 @@ broker's memory (one worker, like its challenges), or in the store with
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pki.clock import Clock
@@ -26,6 +28,15 @@ TX_PER_CLIENT = 100
 # in, its nonce), so ~50,000 logins an 8-hour day; a larger service sets Redis.
 STATE_MB = 256
 TX_WINDOW = 300
+
+
+@functools.cache
+def _never_waits() -> Callable[[str, str], bool]:
+    """``front.never_waits``, imported once (an import statement runs the import machinery
+    at every call: asked at every request)."""
+    from cps_login.oidc.front import never_waits
+
+    return never_waits
 
 
 class LazyProvider:
@@ -47,9 +58,7 @@ class LazyProvider:
         provider = self._provider
         if provider is None or not provider.local_only:
             return False
-        from cps_login.oidc.front import never_waits  # imported by now: a dict lookup
-
-        return never_waits(method, path)
+        return _never_waits()(method, path)
 
     def get(self) -> Provider:
         provider = self._provider
