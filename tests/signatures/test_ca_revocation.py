@@ -181,24 +181,36 @@ def _ocsp(cert: x509.Certificate, ca: x509.Certificate, ca_key: rsa.RSAPrivateKe
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
+def _b_lt(h: dict[str, object], tsa_ca: x509.Certificate | None = None,
+          tsa_ca_key: rsa.RSAPrivateKey | None = None,
+          tsa_revoked: dt.datetime | None = None) -> bytes:
+    """A B-LT signature of the hierarchy's card: time-stamped by a TSA certified by
+    ``tsa_ca`` (default: the card's own CA), the signer's OCSP response (good) and the TSA's
+    (revoked at ``tsa_revoked``, else good) embedded."""
+    from cps_sign.testing import LocalTsa, tsa_certificate
+
+    root, ca, ca_key, card = (h[k] for k in ("root", "ca", "ca_key", "card"))
+    assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
+    assert isinstance(ca_key, rsa.RSAPrivateKey) and isinstance(card, SoftwareCard)
+    issuer, issuer_key = (tsa_ca, tsa_ca_key) if tsa_ca and tsa_ca_key else (ca, ca_key)
+    tsa_key = rsa.generate_private_key(65537, 2048)
+    tsa = LocalTsa(tsa_certificate(issuer, issuer_key, tsa_key), tsa_key, [issuer])
+    leaf = card.certs["sign"]
+    return sign_cades(
+        b"care claim\n", CardSigner(card, "1234"), level="B-LT", timestamper=tsa.stamper,
+        chain=[ca, root], ocsp_for=lambda: _ocsp(leaf, ca, ca_key, None),
+        tsa_ocsp_for=lambda cert, _: _ocsp(cert, issuer, issuer_key, tsa_revoked))
+
+
 @pytest.mark.parametrize("tsa_revoked", [None, NOW - dt.timedelta(days=1)])
 def test_b_lt_tsa_certificate_status_from_what_it_embeds(hierarchy: dict[str, object],
                                                          tsa_revoked: dt.datetime | None
                                                          ) -> None:
     """Offline: the TSA's embedded OCSP response is read; a TSA certificate revoked before the
     time stamp leaves the signature without proof of time (INDETERMINATE/NO_POE)."""
-    from cps_sign.testing import LocalTsa, tsa_certificate
-
-    root, ca, ca_key, card = (hierarchy[k] for k in ("root", "ca", "ca_key", "card"))
+    root, ca = hierarchy["root"], hierarchy["ca"]
     assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
-    assert isinstance(ca_key, rsa.RSAPrivateKey) and isinstance(card, SoftwareCard)
-    tsa_key = rsa.generate_private_key(65537, 2048)
-    tsa = LocalTsa(tsa_certificate(ca, ca_key, tsa_key), tsa_key, [ca])
-    leaf = card.certs["sign"]
-    signature = sign_cades(
-        b"care claim\n", CardSigner(card, "1234"), level="B-LT", timestamper=tsa.stamper,
-        chain=[ca, root], ocsp_for=lambda: _ocsp(leaf, ca, ca_key, None),
-        tsa_ocsp_for=lambda cert, _: _ocsp(cert, ca, ca_key, tsa_revoked))
+    signature = _b_lt(hierarchy, tsa_revoked=tsa_revoked)
     report = Verifier([root], [ca], [POLICY]).verify_cades(b"care claim\n", signature)
     if tsa_revoked is None:
         assert report.indication == r.TOTAL_PASSED, report
@@ -213,18 +225,7 @@ def test_b_lt_tsa_certificate_status_from_what_it_embeds(hierarchy: dict[str, ob
 def b_lt(hierarchy: dict[str, object]) -> bytes:
     """A B-LT signature (time stamp, the signer's and the TSA's OCSP responses embedded): what
     an offline verifier can judge on its own."""
-    from cps_sign.testing import LocalTsa, tsa_certificate
-
-    root, ca, ca_key, card = (hierarchy[k] for k in ("root", "ca", "ca_key", "card"))
-    assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
-    assert isinstance(ca_key, rsa.RSAPrivateKey) and isinstance(card, SoftwareCard)
-    tsa_key = rsa.generate_private_key(65537, 2048)
-    tsa = LocalTsa(tsa_certificate(ca, ca_key, tsa_key), tsa_key, [ca])
-    leaf = card.certs["sign"]
-    return sign_cades(
-        b"care claim\n", CardSigner(card, "1234"), level="B-LT", timestamper=tsa.stamper,
-        chain=[ca, root], ocsp_for=lambda: _ocsp(leaf, ca, ca_key, None),
-        tsa_ocsp_for=lambda cert, _: _ocsp(cert, ca, ca_key, None))
+    return _b_lt(hierarchy)
 
 
 def _offline(h: dict[str, object], crls: list[bytes] | None) -> Verifier:
@@ -316,22 +317,13 @@ def test_the_tsas_own_issuing_ca_in_the_root_crl(hierarchy: dict[str, object],
     without proof of time (NO_POE), as the TSA certificate itself would; revoked after it is
     noted; the signer's CA (good) is reported as before."""
     from cps_sign.revocation import RootCrls
-    from cps_sign.testing import LocalTsa, tsa_certificate
 
-    root, root_key, ca, ca_key, card = (hierarchy[k] for k in
-                                        ("root", "root_key", "ca", "ca_key", "card"))
+    root, root_key, ca = (hierarchy[k] for k in ("root", "root_key", "ca"))
     assert isinstance(root, x509.Certificate) and isinstance(ca, x509.Certificate)
     assert isinstance(root_key, ec.EllipticCurvePrivateKey)
-    assert isinstance(ca_key, rsa.RSAPrivateKey) and isinstance(card, SoftwareCard)
     tsa_ca_key = rsa.generate_private_key(65537, 2048)
     tsa_ca = _ca("Test TSA CA", tsa_ca_key, root, root_key)
-    tsa_key = rsa.generate_private_key(65537, 2048)
-    tsa = LocalTsa(tsa_certificate(tsa_ca, tsa_ca_key, tsa_key), tsa_key, [tsa_ca])
-    leaf = card.certs["sign"]
-    signature = sign_cades(
-        b"care claim\n", CardSigner(card, "1234"), level="B-LT", timestamper=tsa.stamper,
-        chain=[ca, root], ocsp_for=lambda: _ocsp(leaf, ca, ca_key, None),
-        tsa_ocsp_for=lambda cert, _: _ocsp(cert, tsa_ca, tsa_ca_key, None))
+    signature = _b_lt(hierarchy, tsa_ca, tsa_ca_key)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(root.subject)
                .last_update(NOW - dt.timedelta(hours=1))
                .next_update(NOW + dt.timedelta(days=90)))
