@@ -54,10 +54,12 @@ def insert_population(auth, slug: str, n: int) -> float:
         # Random serials into a unique index thrash SQLite's default 2 MB page cache: give the
         # population a big cache (and restore the default before any CRL work is timed).
         conn.exec_driver_sql("PRAGMA cache_size = -1000000")
-        # MATERIALIZED: each random() is drawn once per row, not once per reference.
+        # MATERIALIZED: each random() is drawn once per row, not once per reference. The
+        # serials are canonical (no leading zero byte), as the store writes them.
         conn.exec_driver_sql(f"""
             WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < ?),
-            pop AS MATERIALIZED (SELECT hex(randomblob(16)) AS serial,
+            pop AS MATERIALIZED (SELECT printf('%02X', 1 + abs(random()) % 255)
+                                  || hex(randomblob(15)) AS serial,
                            strftime('%Y-%m-%d %H:%M:%S.000000', 'now',
                                     '-' || (abs(random()) % 31536000) || ' seconds') AS at,
                            json_extract(json_array({reasons}),
@@ -161,8 +163,10 @@ def child_memory(home: str, slug: str) -> None:
         raise RuntimeError(field)
 
     auth = Authority.open(Path(home))
-    root = next(c.slug for c in auth.cas() if c.role == "ROOT")
-    publisher.publish_full(auth, root)          # warm: imports, pkilint, HSM session
+    # Warm up (imports, pkilint, HSM session) on another online CA: the root's key is in the
+    # offline token, which publish_full may not open.
+    other = next(c.slug for c in auth.cas() if c.role != "ROOT" and c.slug != slug)
+    publisher.publish_full(auth, other)
     before = status("VmRSS")
     out = publisher.publish_full(auth, slug)
     print(json.dumps({"before": before, "hwm": status("VmHWM"), "der": len(out[0].der)}))
