@@ -127,6 +127,9 @@ def loop_name(kind: str) -> str:
         return "httptools, stdlib asyncio loop"
 
 
+REVOKED = 0.01                      # of the population, as bench/ocsp.py's default
+
+
 # --- the run ------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -143,6 +146,12 @@ def main() -> None:
     if args.serve:
         serve_child(args.serve[0], Path(args.serve[1]), int(args.serve[2]))
         return
+    if args.count * REVOKED < ocsp_bench.DISTINCT * ocsp_bench.MIX["revoked"]:
+        raise SystemExit(f"error: --count must give at least "
+                         f"{ocsp_bench.DISTINCT * ocsp_bench.MIX['revoked']:.0f} revoked "
+                         f"certificates ({REVOKED:.0%} of them are): "
+                         f"{ocsp_bench.DISTINCT * ocsp_bench.MIX['revoked'] / REVOKED:,.0f} "
+                         f"or more")
 
     from pki.ca.authority import Authority
     from pki.ca.hierarchy import init_home
@@ -151,7 +160,7 @@ def main() -> None:
     home = tmp / "home"
     init_home(home, key_type="p256")
     auth = Authority.open(home)
-    serials = harness.populate_store(auth, args.count, 0.01)
+    serials = harness.populate_store(auth, args.count, REVOKED)
     requests = ocsp_bench.mix(serials, auth.issuing_ca("PERSONNES").certificate)
     auth.close()
     hexfile = tmp / "requests.hex"
