@@ -33,8 +33,10 @@ bench: venv
 	$(PY) bench/ready.py --count 2000000 --populate direct
 	$(PY) bench/cards.py
 	$(PY) bench/login.py
+	$(PY) bench/oidc.py
 	$(PY) bench/tsa.py
 	$(PY) bench/verify.py
+	$(PY) bench/incident.py
 
 # Installs only what is missing; `apt-get update` runs first whenever something is.
 system-deps:
