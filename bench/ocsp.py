@@ -51,6 +51,16 @@ def request_der(issuer: Any, serial: str) -> bytes:
         serialization.Encoding.DER)
 
 
+def check_population(count: int, revoked_fraction: float) -> None:
+    """Exit with a clear message when the population cannot feed ``mix``."""
+    if count * revoked_fraction < DISTINCT * MIX["revoked"] \
+            or count * (1 - revoked_fraction) < DISTINCT * MIX["good"]:
+        raise SystemExit(f"error: {count:,} certificates with {revoked_fraction:.0%} revoked "
+                         f"cannot give the request mix: it needs at least "
+                         f"{DISTINCT * MIX['revoked']:.0f} revoked and "
+                         f"{DISTINCT * MIX['good']:.0f} good certificates")
+
+
 def mix(serials: list[tuple[str, bool]], issuer: Any) -> list[tuple[str, bytes]]:
     """DISTINCT requests (kind, DER) in the MIX proportions, shuffled."""
     rng = random.Random(12)
@@ -197,11 +207,7 @@ def main() -> None:
                              "reference of issue #12's ~20x; p256 is the project's responder "
                              "key type, like for like)")
     args = parser.parse_args()
-    if args.count * args.revoked_fraction < DISTINCT * MIX["revoked"] \
-            or args.count * (1 - args.revoked_fraction) < DISTINCT * MIX["good"]:
-        raise SystemExit(f"error: --count x --revoked-fraction must give at least "
-                         f"{DISTINCT * MIX['revoked']:.0f} revoked and "
-                         f"{DISTINCT * MIX['good']:.0f} good certificates")
+    check_population(args.count, args.revoked_fraction)
 
     from pki.ca.authority import Authority
     from pki.ca.hierarchy import init_home

@@ -146,12 +146,7 @@ def main() -> None:
     if args.serve:
         serve_child(args.serve[0], Path(args.serve[1]), int(args.serve[2]))
         return
-    if args.count * REVOKED < ocsp_bench.DISTINCT * ocsp_bench.MIX["revoked"]:
-        raise SystemExit(f"error: --count must give at least "
-                         f"{ocsp_bench.DISTINCT * ocsp_bench.MIX['revoked']:.0f} revoked "
-                         f"certificates ({REVOKED:.0%} of them are): "
-                         f"{ocsp_bench.DISTINCT * ocsp_bench.MIX['revoked'] / REVOKED:,.0f} "
-                         f"or more")
+    ocsp_bench.check_population(args.count, REVOKED)
 
     from pki.ca.authority import Authority
     from pki.ca.hierarchy import init_home
